@@ -1,0 +1,1 @@
+"""instructcraft agent package."""

@@ -1,0 +1,47 @@
+"""instructcraft environments: Crafter-Instruct and BabyAI under one observation contract.
+
+Importing this package registers the ``instructcraft/*`` ids with gymnasium.
+Nothing here imports torch or other instructcraft packages.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.babyai import LEVELS as BABYAI_LEVELS
+from envs.tasks import TASKS
+
+CRAFTER_ID = "instructcraft/Crafter-Instruct-v0"
+
+
+def babyai_id(level: str) -> str:
+    return f"instructcraft/BabyAI-{level}-v0"
+
+
+def register_envs() -> None:
+    """Register every instructcraft env id (idempotent)."""
+    if CRAFTER_ID not in gym.registry:
+        gym.register(
+            id=CRAFTER_ID,
+            entry_point="envs.crafter_instruct:CrafterInstructEnv",
+            disable_env_checker=True,
+        )
+    for level in BABYAI_LEVELS:
+        env_id = babyai_id(level)
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point="envs.babyai:BabyAIInstructEnv",
+                kwargs={"level": level},
+                disable_env_checker=True,
+            )
+
+
+def registered_ids() -> list[str]:
+    register_envs()
+    return [CRAFTER_ID] + [babyai_id(level) for level in BABYAI_LEVELS]
+
+
+register_envs()
+
+__all__ = ["BABYAI_LEVELS", "CRAFTER_ID", "TASKS", "babyai_id", "register_envs", "registered_ids"]

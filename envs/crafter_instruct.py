@@ -1,0 +1,170 @@
+"""Crafter-Instruct: crafter's open world with one instructed achievement per episode.
+
+crafter speaks the old gym API (``reset() -> obs``, ``step -> (obs, reward, done, info)``);
+this adapter is the only place that sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import crafter
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.spaces import check_instruction, observation_space
+from envs.tasks import TASKS, resolve_tasks
+
+ACTION_NAMES: tuple[str, ...] = tuple(crafter.constants.actions)
+
+
+class CrafterInstructEnv(gym.Env):
+    """Crafter with a text instruction naming the achievement to unlock.
+
+    Args:
+        task: a task name, a list of names to sample from per episode, or None for all tasks.
+        instruction: fixed text replacing the sampled phrasing (the task still decides success).
+        phrasing: index of the phrasing to use for every episode instead of sampling one.
+        reward_mode: "task" (1.0 on the step the instructed achievement unlocks) or "crafter"
+            (crafter's own reward: +1 per first unlock of any achievement, +-0.1 per health point).
+        step_limit: steps before ``truncated``; None uses each task's own limit.
+        size: observation size (H, W).
+        render_size: size of ``render()`` frames; defaults to ``size``.
+        area, view: crafter world and local view sizes.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        task: str | list[str] | tuple[str, ...] | None = None,
+        instruction: str | None = None,
+        phrasing: int | None = None,
+        reward_mode: str = "task",
+        step_limit: int | None = None,
+        size: tuple[int, int] = (64, 64),
+        render_size: tuple[int, int] | None = None,
+        area: tuple[int, int] = (64, 64),
+        view: tuple[int, int] = (9, 9),
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        if reward_mode not in ("task", "crafter"):
+            raise ValueError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
+        if step_limit is not None and step_limit < 1:
+            raise ValueError(f"step_limit must be >= 1, got {step_limit}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self.tasks = resolve_tasks(task)
+        if phrasing is not None:
+            for name in self.tasks:
+                if not 0 <= phrasing < len(TASKS[name].phrasings):
+                    raise ValueError(
+                        f"phrasing {phrasing} out of range for task {name!r} "
+                        f"({len(TASKS[name].phrasings)} phrasings)"
+                    )
+        self.fixed_instruction = None if instruction is None else check_instruction(instruction)
+        self.phrasing = phrasing
+        self.reward_mode = reward_mode
+        self.step_limit = step_limit
+        self.render_mode = render_mode
+        self.size = tuple(size)
+        self.render_size = tuple(render_size) if render_size is not None else self.size
+        # length=None: the adapter owns truncation; crafter's reward=True keeps its reward in info.
+        self._env = crafter.Env(area=area, view=view, size=self.size, reward=True, length=None, seed=0)
+        self.observation_space = observation_space(*self.size)
+        self.action_space = spaces.Discrete(len(ACTION_NAMES))
+        self.task: str = self.tasks[0]
+        self.instruction: str = ""
+        self.world_seed: int = 0
+        self._achievement = TASKS[self.task].achievement
+        self._limit = 0
+        self._steps = 0
+        self._frame: np.ndarray | None = None
+
+    # -- state the experts read -------------------------------------------------------------
+    @property
+    def world(self) -> Any:
+        """crafter's ``engine.World`` (materials, objects); for scripted experts."""
+        return self._env._world
+
+    @property
+    def player(self) -> Any:
+        """crafter's ``objects.Player`` (pos, facing, inventory, achievements)."""
+        return self._env._player
+
+    # -- gymnasium API ----------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        # The world seed is drawn first so that one seed gives the same world for every task.
+        self.world_seed = int(self.np_random.integers(2**31 - 1))
+        task = options.get("task")
+        if task is None:
+            task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        elif task not in TASKS:
+            raise ValueError(f"unknown Crafter-Instruct task {task!r}; known tasks: {sorted(TASKS)}")
+        self.task = task
+        spec = TASKS[task]
+        self._achievement = spec.achievement
+        self._limit = self.step_limit or spec.step_limit
+        if options.get("instruction") is not None:
+            self.instruction = check_instruction(options["instruction"])
+        elif self.fixed_instruction is not None:
+            self.instruction = self.fixed_instruction
+        else:
+            index = self.phrasing
+            if index is None:
+                index = int(self.np_random.integers(len(spec.phrasings)))
+            self.instruction = spec.phrasings[index]
+        self._env._seed = self.world_seed
+        self._env._episode = 0
+        self._frame = self._env.reset()
+        self._steps = 0
+        info = {
+            "instruction": self.instruction,
+            "task": self.task,
+            "success": False,
+            "achievements": dict(self._env._player.achievements),
+            "inventory": dict(self._env._player.inventory),
+            "world_seed": self.world_seed,
+        }
+        return {"image": self._frame, "instruction": self.instruction}, info
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if self._frame is None:
+            raise RuntimeError("call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
+        before = self._env._player.achievements[self._achievement]
+        frame, crafter_reward, dead, crafter_info = self._env.step(int(action))
+        self._frame = frame
+        self._steps += 1
+        achievements = crafter_info["achievements"]
+        success = before == 0 and achievements[self._achievement] > 0
+        if self.reward_mode == "task":
+            reward = 1.0 if success else 0.0
+        else:
+            reward = float(crafter_reward)
+        terminated = bool(success or dead)
+        truncated = not terminated and self._steps >= self._limit
+        info = {
+            "instruction": self.instruction,
+            "task": self.task,
+            "success": success,
+            "achievements": achievements,
+            "inventory": crafter_info["inventory"],
+            "dead": bool(dead),
+        }
+        return {"image": frame, "instruction": self.instruction}, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            return None
+        if self._frame is None:
+            raise RuntimeError("call reset() before render()")
+        if self.render_size == self.size:
+            return self._frame
+        return self._env.render(np.array(self.render_size))

@@ -1,0 +1,30 @@
+"""Experts that produce demonstrations: ``make_expert(name)``."""
+
+from __future__ import annotations
+
+from envs.experts.babyai_expert import BabyAIExpert
+from envs.experts.base import Expert
+from envs.experts.crafter_expert import CrafterExpert
+
+EXPERTS: dict[str, type[Expert]] = {
+    CrafterExpert.name: CrafterExpert,
+    BabyAIExpert.name: BabyAIExpert,
+}
+
+
+def make_expert(name: str, seed: int = 0) -> Expert:
+    if name not in EXPERTS:
+        raise ValueError(f"unknown expert {name!r}; known experts: {sorted(EXPERTS)}")
+    return EXPERTS[name](seed=seed)
+
+
+def default_expert_for(env_id: str) -> str:
+    """The expert that solves ``env_id``'s tasks."""
+    if "Crafter" in env_id:
+        return CrafterExpert.name
+    if "BabyAI" in env_id:
+        return BabyAIExpert.name
+    raise ValueError(f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}")
+
+
+__all__ = ["EXPERTS", "BabyAIExpert", "CrafterExpert", "Expert", "default_expert_for", "make_expert"]

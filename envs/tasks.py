@@ -1,0 +1,106 @@
+"""Crafter-Instruct tasks: the achievement each task unlocks, its phrasings and step limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    achievement: str
+    phrasings: tuple[str, ...]
+    step_limit: int
+    steps: int  # how many distinct sub-goals an expert chains (1 = one-step task)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task(
+            "collect_wood",
+            "collect_wood",
+            ("collect wood", "chop down a tree", "gather some wood", "get wood from a tree"),
+            100,
+            1,
+        ),
+        Task(
+            "collect_sapling",
+            "collect_sapling",
+            ("collect a sapling", "pick up a sapling", "gather a sapling from the grass"),
+            100,
+            1,
+        ),
+        Task(
+            "collect_drink",
+            "collect_drink",
+            ("drink water", "drink some water", "go and drink from the lake"),
+            100,
+            1,
+        ),
+        Task(
+            "eat_cow",
+            "eat_cow",
+            ("eat a cow", "hunt a cow", "kill a cow and eat it"),
+            150,
+            1,
+        ),
+        Task(
+            "place_table",
+            "place_table",
+            ("place a table", "build a crafting table", "put down a workbench"),
+            150,
+            2,
+        ),
+        Task(
+            "make_wood_pickaxe",
+            "make_wood_pickaxe",
+            ("make a wood pickaxe", "craft a wooden pickaxe", "build a pickaxe out of wood"),
+            200,
+            3,
+        ),
+        Task(
+            "make_wood_sword",
+            "make_wood_sword",
+            ("make a wood sword", "craft a wooden sword", "build a sword out of wood"),
+            200,
+            3,
+        ),
+        Task(
+            "place_plant",
+            "place_plant",
+            ("place a plant", "plant a sapling", "plant a tree sapling in the grass"),
+            150,
+            2,
+        ),
+        Task(
+            "collect_stone",
+            "collect_stone",
+            ("collect stone", "mine some stone", "dig up a block of stone"),
+            250,
+            4,
+        ),
+        Task(
+            "place_stone",
+            "place_stone",
+            ("place a stone", "put down a stone block", "build with a block of stone"),
+            250,
+            5,
+        ),
+    )
+}
+
+DEFAULT_TASKS: tuple[str, ...] = tuple(TASKS)
+
+
+def resolve_tasks(task: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Normalise the env's ``task=`` argument to a tuple of known task names."""
+    if task is None:
+        return DEFAULT_TASKS
+    names = (task,) if isinstance(task, str) else tuple(task)
+    if not names:
+        raise ValueError("task list is empty: pass a task name, a list of names, or None for all")
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown Crafter-Instruct task(s) {unknown}; known tasks: {sorted(TASKS)}")
+    return names
