@@ -1,0 +1,137 @@
+"""Run experts in worker processes and write their episodes to a dataset."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs  # noqa: F401  (registers the ids in spawned workers)
+from envs.dataset import DatasetWriter, Episode
+from envs.experts import Expert, make_expert
+
+
+@dataclass(frozen=True)
+class Job:
+    seed: int
+    task: str | None
+
+
+def run_episode(env: gym.Env, expert: Expert, seed: int, task: str | None, env_id: str) -> Episode:
+    """Roll one expert episode; the episode records every observation and the final one."""
+    options = {"task": task} if task is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    expert.reset(env, obs, info)
+    images, actions, rewards, terminated, truncated = [obs["image"]], [], [], [], []
+    success = False
+    while True:
+        action = expert.act(obs, info)
+        obs, reward, term, trunc, info = env.step(action)
+        images.append(obs["image"])
+        actions.append(action)
+        rewards.append(reward)
+        terminated.append(term)
+        truncated.append(trunc)
+        success = success or bool(info.get("success", False))
+        if term or trunc:
+            break
+    return Episode(
+        images=np.stack(images),
+        actions=np.asarray(actions, np.int64),
+        rewards=np.asarray(rewards, np.float32),
+        terminated=np.asarray(terminated, bool),
+        truncated=np.asarray(truncated, bool),
+        instruction=info["instruction"],
+        task=info["task"],
+        env_id=env_id,
+        expert=expert.name,
+        seed=seed,
+        success=success,
+    )
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(env_id: str, env_kwargs: dict[str, Any], expert: str, seed: int) -> None:
+    _worker["env"] = gym.make(env_id, **env_kwargs)
+    _worker["expert"] = make_expert(expert, seed=seed)
+    _worker["env_id"] = env_id
+
+
+def _work(job: Job) -> Episode:
+    return run_episode(_worker["env"], _worker["expert"], job.seed, job.task, _worker["env_id"])
+
+
+def make_jobs(episodes: int, seed: int, tasks: list[str] | None) -> list[Job]:
+    """Episode i uses seed ``seed + i`` and cycles through ``tasks`` (None: the env samples)."""
+    return [Job(seed + i, tasks[i % len(tasks)] if tasks else None) for i in range(episodes)]
+
+
+def iter_episodes(
+    env_id: str,
+    expert: str,
+    jobs: list[Job],
+    workers: int = 1,
+    env_kwargs: dict[str, Any] | None = None,
+    expert_seed: int = 0,
+) -> Iterator[Episode]:
+    """Episodes in job order (deterministic whatever ``workers`` is)."""
+    env_kwargs = env_kwargs or {}
+    if workers <= 1:
+        _init_worker(env_id, env_kwargs, expert, expert_seed)
+        for job in jobs:
+            yield _work(job)
+        return
+    # spawn: workers must not inherit torch threads or CUDA state from a training process.
+    context = mp.get_context("spawn")
+    with context.Pool(workers, _init_worker, (env_id, env_kwargs, expert, expert_seed)) as pool:
+        yield from pool.imap(_work, jobs, chunksize=1)
+
+
+def collect(
+    out: str,
+    env_id: str,
+    expert: str,
+    episodes: int,
+    *,
+    tasks: list[str] | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    only_success: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[Episode, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Collect ``episodes`` expert episodes into the dataset at ``out``; returns statistics."""
+    env_kwargs = dict(env_kwargs or {})
+    probe = gym.make(env_id, **env_kwargs)
+    image_shape = probe.observation_space["image"].shape
+    action_space = probe.action_space
+    probe.close()
+    jobs = make_jobs(episodes, seed, tasks)
+    stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0}
+    start = time.perf_counter()
+    info = {"expert": expert, "tasks": tasks, "seed": seed, "env_kwargs": env_kwargs}
+    with DatasetWriter(out, env_id=env_id, image_shape=image_shape, action_space=action_space, info=info) as writer:
+        for episode in iter_episodes(env_id, expert, jobs, workers, env_kwargs, seed):
+            stats["episodes"] += 1
+            stats["successes"] += int(episode.success)
+            stats["steps"] += episode.length
+            if episode.success or not only_success:
+                writer.add(episode)
+                stats["kept"] += 1
+            if progress is not None:
+                progress(episode, {"success_rate": stats["successes"] / stats["episodes"]})
+    elapsed = time.perf_counter() - start
+    return {
+        **stats,
+        "success_rate": stats["successes"] / max(stats["episodes"], 1),
+        "seconds": elapsed,
+        "episodes_per_s": stats["episodes"] / elapsed if elapsed > 0 else float("inf"),
+        "out": out,
+    }

@@ -1,0 +1,457 @@
+"""The native trajectory dataset: one compressed file per episode plus an append-only index.
+
+Layout of a dataset directory::
+
+    metadata.json        format name + version, env id, image shape, action space
+    index.jsonl          one JSON line per committed episode (the commit log)
+    episodes/000000.npz  images_000, images_001, ... (blocks of frames), actions, rewards,
+                         terminated, truncated
+
+An episode of T steps holds T+1 images (the observation before each action, then the final
+one) and T actions, rewards and flags. Images are split into blocks of ``frames_per_block``
+frames, each a separately deflated member of the npz, so reading a chunk (episode, t0:t0+L)
+inflates only the blocks it touches. Frames are lossless.
+
+Appending is crash-safe: an episode file is written to a temporary name, fsynced and renamed,
+and only then is its line appended to the index and fsynced. A process killed at any point
+leaves every earlier episode readable; a torn last index line is ignored by readers and cut
+off by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import zipfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "instructcraft.trajectories"
+FORMAT_VERSION = 1
+DEFAULT_FRAMES_PER_BLOCK = 32
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be read or written as asked; the message names the file."""
+
+
+@dataclass
+class Episode:
+    """One recorded episode. ``images`` has one more entry than the per-step arrays."""
+
+    images: np.ndarray  # uint8 (T+1, H, W, 3)
+    actions: np.ndarray  # int64 (T,) for Discrete, (T, A) for MultiDiscrete
+    rewards: np.ndarray  # float32 (T,)
+    terminated: np.ndarray  # bool (T,)
+    truncated: np.ndarray  # bool (T,)
+    instruction: str
+    task: str
+    env_id: str
+    expert: str = ""
+    seed: int | None = None
+    success: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        steps = len(self.actions)
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(f"expected images (T+1, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
+        if len(self.images) != steps + 1:
+            raise ValueError(f"expected {steps + 1} images for {steps} actions, got {len(self.images)}")
+        for name in ("rewards", "terminated", "truncated"):
+            if len(getattr(self, name)) != steps:
+                raise ValueError(f"expected {steps} {name}, got {len(getattr(self, name))}")
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def action_space_spec(space: Any) -> dict[str, Any]:
+    """A JSON description of a Discrete or MultiDiscrete action space (no gymnasium import)."""
+    kind = type(space).__name__
+    if kind == "Discrete":
+        return {"type": "Discrete", "n": int(space.n)}
+    if kind == "MultiDiscrete":
+        return {"type": "MultiDiscrete", "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
+    raise DatasetError(f"the dataset stores Discrete or MultiDiscrete actions, got {kind}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
+    """Committed index entries and the byte length of the valid prefix of index.jsonl."""
+    path = root / "index.jsonl"
+    if not path.exists():
+        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset")
+    raw = path.read_bytes()
+    entries: list[dict[str, Any]] = []
+    valid = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        if is_last:
+            # Text after the final newline is a line torn by a killed writer: not committed.
+            break
+        if not line.strip():
+            valid += len(line) + 1
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path} line {number} is corrupt ({error}); the episodes before it are intact") from None
+        if entry.get("episode") != len(entries):
+            raise DatasetError(
+                f"{path} line {number}: expected episode {len(entries)}, got {entry.get('episode')!r}"
+            )
+        entries.append(entry)
+        valid += len(line) + 1
+    return entries, valid
+
+
+def _read_metadata(root: Path) -> dict[str, Any]:
+    path = root / "metadata.json"
+    if not path.exists():
+        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path} is corrupt ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {version} is not supported (this instructcraft reads {FORMAT_VERSION})"
+        )
+    return metadata
+
+
+class DatasetWriter:
+    """Appends episodes to a dataset directory (created if missing). One writer at a time.
+
+    Args:
+        root: dataset directory.
+        env_id: the env the episodes come from.
+        image_shape: (H, W, 3) of every frame.
+        action_space: the env's action space, or its spec from ``action_space_spec``.
+        frames_per_block: frames per deflated block; smaller = cheaper random chunks.
+        info: free-form JSON stored in metadata.json (tasks, collection settings).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        env_id: str,
+        image_shape: tuple[int, int, int],
+        action_space: Any,
+        frames_per_block: int = DEFAULT_FRAMES_PER_BLOCK,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        spec = action_space if isinstance(action_space, dict) else action_space_spec(action_space)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "episodes").mkdir(exist_ok=True)
+        self._lock = open(self.root / ".lock", "w")  # noqa: SIM115  (held for the writer's life)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise DatasetError(f"{self.root} is being written by another process") from None
+        metadata_path = self.root / "metadata.json"
+        if metadata_path.exists():
+            self.metadata = _read_metadata(self.root)
+            expected = {"image_shape": list(image_shape), "action_space": spec}
+            for key, value in expected.items():
+                if self.metadata[key] != value:
+                    self.close()
+                    raise DatasetError(
+                        f"{metadata_path}: cannot append, {key} is {self.metadata[key]} but the new "
+                        f"episodes have {value}; write to a new dataset directory"
+                    )
+            entries, valid = _read_index(self.root)
+            index_path = self.root / "index.jsonl"
+            if valid != index_path.stat().st_size:
+                with open(index_path, "r+b") as handle:
+                    handle.truncate(valid)
+            self._count = len(entries)
+        else:
+            self.metadata = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "env_id": env_id,
+                "image_shape": list(image_shape),
+                "action_space": spec,
+                "frames_per_block": frames_per_block,
+                "images_per_episode": "steps + 1",
+                "info": info or {},
+            }
+            atomic_write_bytes(metadata_path, json.dumps(self.metadata, indent=2).encode())
+            atomic_write_bytes(self.root / "index.jsonl", b"")
+            self._count = 0
+        self.frames_per_block = int(self.metadata["frames_per_block"])
+        self._index = open(self.root / "index.jsonl", "ab")  # noqa: SIM115
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, episode: Episode) -> int:
+        """Commit one episode; returns its index."""
+        shape = list(episode.images.shape[1:])
+        if shape != self.metadata["image_shape"]:
+            raise DatasetError(f"expected images {self.metadata['image_shape']}, got {shape}")
+        number = self._count
+        relative = f"episodes/{number:06d}.npz"
+        arrays: dict[str, np.ndarray] = {
+            "actions": np.asarray(episode.actions, np.int64),
+            "rewards": np.asarray(episode.rewards, np.float32),
+            "terminated": np.asarray(episode.terminated, bool),
+            "truncated": np.asarray(episode.truncated, bool),
+        }
+        block = self.frames_per_block
+        for b, start in enumerate(range(0, len(episode.images), block)):
+            arrays[f"images_{b:04d}"] = np.ascontiguousarray(episode.images[start : start + block])
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        data = buffer.getvalue()
+        atomic_write_bytes(self.root / relative, data)
+        entry = {
+            "episode": number,
+            "file": relative,
+            "length": episode.length,
+            "instruction": episode.instruction,
+            "task": episode.task,
+            "env_id": episode.env_id,
+            "expert": episode.expert,
+            "seed": episode.seed,
+            "success": bool(episode.success),
+            "return": float(np.sum(episode.rewards)),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **({"extra": episode.extra} if episode.extra else {}),
+        }
+        self._index.write((json.dumps(entry) + "\n").encode())
+        self._index.flush()
+        os.fsync(self._index.fileno())
+        self._count += 1
+        return number
+
+    def close(self) -> None:
+        if getattr(self, "_index", None) is not None and not self._index.closed:
+            self._index.close()
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Dataset:
+    """Reads a dataset directory: episode metadata, whole episodes, or chunks (episode, t0:t1).
+
+    Only the committed episodes (those in index.jsonl) are visible.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], max_open_files: int = 64) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root} is not a directory: pass a dataset written by `instructcraft collect`")
+        self.metadata = _read_metadata(self.root)
+        self.episodes, _ = _read_index(self.root)
+        self.frames_per_block = int(self.metadata["frames_per_block"])
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._max_open = max_open_files
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open zip handles do not cross process boundaries (DataLoader workers reopen them).
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        return state
+
+    @property
+    def num_steps(self) -> int:
+        return sum(entry["length"] for entry in self.episodes)
+
+    def _path(self, episode: int) -> Path:
+        return self.root / self.episodes[episode]["file"]
+
+    def _error(self, episode: int, error: BaseException) -> DatasetError:
+        return DatasetError(
+            f"{self._path(episode)} (episode {episode}) is corrupt or truncated: {error}. "
+            f"Run `instructcraft data check {self.root}` to list every bad episode."
+        )
+
+    def _npz(self, episode: int) -> Any:
+        if not 0 <= episode < len(self.episodes):
+            raise IndexError(f"episode {episode} out of range: the dataset has {len(self.episodes)} episodes")
+        handle = self._open.get(episode)
+        if handle is not None:
+            self._open.move_to_end(episode)
+            return handle
+        path = self._path(episode)
+        if not path.exists():
+            raise DatasetError(f"{path} (episode {episode}) is missing")
+        try:
+            handle = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise self._error(episode, error) from None
+        self._open[episode] = handle
+        if len(self._open) > self._max_open:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return handle
+
+    def _member(self, episode: int, name: str) -> np.ndarray:
+        try:
+            return self._npz(episode)[name]
+        except DatasetError:
+            raise
+        except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+            raise self._error(episode, error) from None
+
+    def images(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """uint8 (stop - start, H, W, 3); indices run over the T+1 images of the episode."""
+        count = self.episodes[episode]["length"] + 1
+        stop = count if stop is None else min(stop, count)
+        if not 0 <= start <= stop:
+            raise IndexError(f"image range {start}:{stop} invalid for episode {episode} with {count} images")
+        if start == stop:
+            return np.zeros((0, *self.metadata["image_shape"]), np.uint8)
+        block = self.frames_per_block
+        parts = []
+        for b in range(start // block, (stop - 1) // block + 1):
+            frames = self._member(episode, f"images_{b:04d}")
+            parts.append(frames[max(start - b * block, 0) : stop - b * block])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def chunk(self, episode: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Steps ``start:stop`` of an episode: images, actions, rewards, terminated, truncated."""
+        length = self.episodes[episode]["length"]
+        stop = min(stop, length)
+        if not 0 <= start < stop:
+            raise IndexError(f"step range {start}:{stop} invalid for episode {episode} of length {length}")
+        return {
+            "images": self.images(episode, start, stop),
+            "actions": self._member(episode, "actions")[start:stop],
+            "rewards": self._member(episode, "rewards")[start:stop],
+            "terminated": self._member(episode, "terminated")[start:stop],
+            "truncated": self._member(episode, "truncated")[start:stop],
+        }
+
+    def episode(self, episode: int) -> Episode:
+        entry = self.episodes[episode]
+        steps = self.chunk(episode, 0, entry["length"]) if entry["length"] else None
+        return Episode(
+            images=self.images(episode),
+            actions=steps["actions"] if steps else np.zeros(0, np.int64),
+            rewards=steps["rewards"] if steps else np.zeros(0, np.float32),
+            terminated=steps["terminated"] if steps else np.zeros(0, bool),
+            truncated=steps["truncated"] if steps else np.zeros(0, bool),
+            instruction=entry["instruction"],
+            task=entry["task"],
+            env_id=entry["env_id"],
+            expert=entry.get("expert", ""),
+            seed=entry.get("seed"),
+            success=entry.get("success", False),
+            extra=entry.get("extra", {}),
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for number in range(len(self)):
+            yield self.episode(number)
+
+    def shard(self, rank: int, world_size: int) -> list[int]:
+        """The episode indices rank ``rank`` of ``world_size`` reads (round robin)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        return list(range(rank, len(self), world_size))
+
+    def summary(self) -> dict[str, Any]:
+        """Per-task episode counts, success rates and lengths."""
+        tasks: dict[str, dict[str, Any]] = {}
+        for entry in self.episodes:
+            row = tasks.setdefault(entry["task"], {"episodes": 0, "successes": 0, "steps": 0})
+            row["episodes"] += 1
+            row["successes"] += int(entry.get("success", False))
+            row["steps"] += entry["length"]
+        for row in tasks.values():
+            row["success_rate"] = row["successes"] / row["episodes"]
+            row["mean_length"] = row["steps"] / row["episodes"]
+        return {
+            "path": str(self.root),
+            "format_version": self.metadata["format_version"],
+            "env_id": self.metadata["env_id"],
+            "image_shape": self.metadata["image_shape"],
+            "action_space": self.metadata["action_space"],
+            "episodes": len(self),
+            "steps": self.num_steps,
+            "bytes": sum(entry.get("bytes", 0) for entry in self.episodes),
+            "instructions": len({entry["instruction"] for entry in self.episodes}),
+            "tasks": tasks,
+        }
+
+    def check(self) -> list[str]:
+        """Verify every episode (checksum, members, lengths); returns one line per problem."""
+        problems: list[str] = []
+        known = {entry["file"] for entry in self.episodes}
+        for number, entry in enumerate(self.episodes):
+            path = self._path(number)
+            if not path.exists():
+                problems.append(f"{path} (episode {number}): missing")
+                continue
+            data = path.read_bytes()
+            if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                problems.append(f"{path} (episode {number}): checksum mismatch (file changed or truncated)")
+                continue
+            try:
+                episode = self.episode(number)
+            except (DatasetError, ValueError) as error:
+                problems.append(str(error))
+                continue
+            if episode.length != entry["length"]:
+                problems.append(f"{path} (episode {number}): {episode.length} steps, index says {entry['length']}")
+        for path in sorted((self.root / "episodes").glob("*.npz")):
+            if f"episodes/{path.name}" not in known:
+                problems.append(f"{path}: not in index.jsonl (left by an interrupted write; safe to delete)")
+        return problems
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            with contextlib.suppress(Exception):
+                handle.close()
+        self._open.clear()

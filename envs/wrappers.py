@@ -1,0 +1,210 @@
+"""Wrappers that make the observation contract consumable by fixed-size learners (SB3, vector envs).
+
+Text cannot pass through SB3 or shared-memory vector envs, so ``TokenizeInstruction`` turns it
+into fixed-length ids + mask; ``FrameHistory`` keeps the last k frames + a validity mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+Tokenizer = Callable[[str], Any]
+
+
+class ByteTokenizer:
+    """A dependency-free tokenizer: UTF-8 bytes shifted by one, id 0 = padding.
+
+    Exactly invertible, so tests and closed-vocabulary setups can decode what an env sent.
+    """
+
+    vocab_size = 257
+    pad_id = 0
+
+    def __call__(self, text: str) -> list[int]:
+        return [byte + 1 for byte in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) - 1 for i in ids if int(i) != self.pad_id).decode("utf-8")
+
+
+def _token_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids from any tokenizer callable: a list of ints or a HF-style mapping with input_ids."""
+    out = tokenizer(text)
+    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
+        out = out["input_ids"]
+    ids = np.asarray(out).reshape(-1)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"tokenizer must return integer ids, got dtype {ids.dtype}")
+    return ids.tolist()
+
+
+def _vocab_size(tokenizer: Tokenizer, vocab_size: int | None) -> int:
+    if vocab_size is not None:
+        return vocab_size
+    for attr in ("vocab_size", "__len__"):
+        if hasattr(tokenizer, attr):
+            value = len(tokenizer) if attr == "__len__" else tokenizer.vocab_size
+            return int(value)
+    raise ValueError("cannot tell the tokenizer's vocabulary size: pass vocab_size=")
+
+
+class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Replace ``instruction`` (Text) by ``instruction_ids`` int64 (max_tokens,) and
+    ``instruction_mask`` uint8 (max_tokens,), 1 = real token, right-padded with ``pad_id``.
+
+    An instruction longer than ``max_tokens`` raises ValueError unless ``truncate=True``, which
+    keeps the first ``max_tokens`` tokens. Ids are computed once per distinct instruction.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        tokenizer: Tokenizer | None = None,
+        max_tokens: int = 64,
+        *,
+        vocab_size: int | None = None,
+        pad_id: int | None = None,
+        truncate: bool = False,
+        keep_text: bool = False,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self,
+            tokenizer=tokenizer,
+            max_tokens=max_tokens,
+            vocab_size=vocab_size,
+            pad_id=pad_id,
+            truncate=truncate,
+            keep_text=keep_text,
+        )
+        gym.ObservationWrapper.__init__(self, env)
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict) or "instruction" not in space.spaces:
+            raise ValueError(f"TokenizeInstruction needs a Dict observation with 'instruction', got {space}")
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        self.max_tokens = max_tokens
+        self.vocab_size = _vocab_size(self.tokenizer, vocab_size)
+        self.pad_id = pad_id if pad_id is not None else int(getattr(self.tokenizer, "pad_token_id", None) or 0)
+        self.truncate = truncate
+        self.keep_text = keep_text
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        new = dict(space.spaces)
+        if not keep_text:
+            del new["instruction"]
+        new["instruction_ids"] = spaces.Box(0, self.vocab_size - 1, (max_tokens,), np.int64)
+        new["instruction_mask"] = spaces.Box(0, 1, (max_tokens,), np.uint8)
+        self.observation_space = spaces.Dict(new)
+
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        ids = _token_ids(self.tokenizer, text)
+        if len(ids) > self.max_tokens:
+            if not self.truncate:
+                raise ValueError(
+                    f"instruction {text!r} has {len(ids)} tokens, more than max_tokens={self.max_tokens}: "
+                    "raise max_tokens or pass truncate=True"
+                )
+            ids = ids[: self.max_tokens]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size}) for {text!r}")
+        padded = np.full(self.max_tokens, self.pad_id, np.int64)
+        padded[: len(ids)] = ids
+        mask = np.zeros(self.max_tokens, np.uint8)
+        mask[: len(ids)] = 1
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[text] = (padded, mask)
+        return padded, mask
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        out = dict(observation)
+        text = out["instruction"] if self.keep_text else out.pop("instruction")
+        ids, mask = self.encode(text)
+        # Copies: consumers (replay buffers) may keep and mutate observations.
+        out["instruction_ids"] = ids.copy()
+        out["instruction_mask"] = mask.copy()
+        return out
+
+
+class FrameHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Add ``frames`` uint8 (k, H, W, 3), oldest first, and ``frame_mask`` uint8 (k,),
+    1 = a real frame of this episode, 0 = left padding (zeros) before the episode began.
+
+    ``stack_channels=True`` lays the frames out as one (H, W, 3k) image instead, which SB3's
+    stock CNN extractors recognise as an image. ``image`` is dropped unless ``keep_image=True``
+    (it equals the newest frame).
+    """
+
+    def __init__(
+        self, env: gym.Env, k: int = 4, *, stack_channels: bool = False, keep_image: bool = False
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, k=k, stack_channels=stack_channels, keep_image=keep_image)
+        gym.Wrapper.__init__(self, env)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict) or "image" not in space.spaces:
+            raise ValueError(f"FrameHistory needs a Dict observation with 'image', got {space}")
+        image = space.spaces["image"]
+        self.k = k
+        self.stack_channels = stack_channels
+        self.keep_image = keep_image
+        new = dict(space.spaces)
+        if not keep_image:
+            del new["image"]
+        height, width, channels = image.shape
+        shape = (height, width, channels * k) if stack_channels else (k, height, width, channels)
+        new["frames"] = spaces.Box(0, 255, shape, image.dtype)
+        new["frame_mask"] = spaces.Box(0, 1, (k,), np.uint8)
+        self.observation_space = spaces.Dict(new)
+        self._frames = np.zeros((k, *image.shape), image.dtype)
+        self._mask = np.zeros(k, np.uint8)
+
+    def _push(self, observation: dict[str, Any]) -> dict[str, Any]:
+        self._frames[:-1] = self._frames[1:]
+        self._mask[:-1] = self._mask[1:]
+        self._frames[-1] = observation["image"]
+        self._mask[-1] = 1
+        out = dict(observation)
+        if not self.keep_image:
+            del out["image"]
+        if self.stack_channels:
+            # (k, H, W, C) -> (H, W, k*C), oldest frame in the first channels.
+            out["frames"] = np.concatenate(self._frames, axis=-1)
+        else:
+            out["frames"] = self._frames.copy()
+        out["frame_mask"] = self._mask.copy()
+        return out
+
+    def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        observation, info = self.env.reset(**kwargs)
+        self._frames[:] = 0
+        self._mask[:] = 0
+        return self._push(observation), info
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return self._push(observation), reward, terminated, truncated, info
+
+
+def wrap_for_sb3(
+    env: gym.Env,
+    tokenizer: Tokenizer | None = None,
+    max_tokens: int = 64,
+    k: int = 4,
+    stack_channels: bool = True,
+) -> gym.Env:
+    """Text-free, fixed-size observations: frames + frame_mask + instruction ids + mask.
+
+    With ``stack_channels`` (default) SB3's ``MultiInputPolicy`` puts the frames through its CNN.
+    """
+    return FrameHistory(TokenizeInstruction(env, tokenizer, max_tokens), k, stack_channels=stack_channels)
