@@ -77,6 +77,7 @@ class BabyAIInstructEnv(gym.Env):
         self.observation_space = observation_space(*self.size)
         self.action_space = self._env.action_space
         self.instruction = ""
+        self.level_seed = 0
         self._image: np.ndarray | None = None
 
     @property
@@ -86,16 +87,17 @@ class BabyAIInstructEnv(gym.Env):
 
     def _observe(self) -> dict[str, Any]:
         view = self._env.get_pov_render(self.tile_size)
-        self._image = view[self._rows[:, None], self._cols[None, :]]
+        # Two 1-D takes are ~8x faster than one 2-D fancy index.
+        self._image = view.take(self._rows, axis=0).take(self._cols, axis=1)
         return {"image": self._image, "instruction": self.instruction}
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
-        level_seed = int(self.np_random.integers(2**31 - 1))
+        self.level_seed = int(self.np_random.integers(2**31 - 1))
         with contextlib.redirect_stdout(io.StringIO()):
-            self._env.reset(seed=level_seed)
+            self._env.reset(seed=self.level_seed)
         self.instruction = self._env.mission
         info = {"instruction": self.instruction, "task": self.level, "success": False}
         return self._observe(), info
@@ -118,4 +120,4 @@ class BabyAIInstructEnv(gym.Env):
         view = self._env.get_pov_render(self.tile_size)
         rows = nearest_index(view.shape[0], self.render_size[0])
         cols = nearest_index(view.shape[1], self.render_size[1])
-        return view[rows[:, None], cols[None, :]]
+        return view.take(rows, axis=0).take(cols, axis=1)

@@ -1,0 +1,177 @@
+"""The ``instructcraft`` command line. Every flag maps to one argument of the function it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import envs
+    from envs.tasks import TASKS
+
+    rows = []
+    for env_id in envs.registered_ids():
+        if env_id == envs.CRAFTER_ID:
+            tasks = {name: {"phrasings": list(t.phrasings), "step_limit": t.step_limit} for name, t in TASKS.items()}
+        else:
+            tasks = {env_id.split("BabyAI-")[1].removesuffix("-v0"): {"phrasings": ["(the level's mission)"]}}
+        rows.append({"env_id": env_id, "tasks": tasks})
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(row["env_id"])
+        for name, task in row["tasks"].items():
+            limit = f"  (limit {task['step_limit']})" if "step_limit" in task else ""
+            print(f"    {name:20s} {' | '.join(task['phrasings'])}{limit}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from envs.collect import collect
+    from envs.experts import default_expert_for
+
+    expert = args.expert or default_expert_for(args.env)
+    bar = tqdm(total=args.episodes, unit="ep", desc=f"collect {args.env}", dynamic_ncols=True)
+
+    def progress(episode: Any, running: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(success=f"{running['success_rate']:.2f}", task=episode.task)
+
+    stats = collect(
+        args.out,
+        args.env,
+        expert,
+        args.episodes,
+        tasks=args.tasks,
+        workers=args.workers,
+        seed=args.seed,
+        only_success=args.only_success,
+        progress=progress,
+    )
+    bar.close()
+    if args.json:
+        _print_json(stats)
+    else:
+        print(
+            f"wrote {stats['kept']} episodes ({stats['steps']} steps) to {stats['out']}: "
+            f"expert success {stats['success_rate']:.3f}, {stats['episodes_per_s']:.1f} episodes/s"
+        )
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"dataset      {summary['path']}  (format v{summary['format_version']})")
+    print(f"env          {summary['env_id']}")
+    print(f"episodes     {summary['episodes']}   steps {summary['steps']}   bytes {summary['bytes']:,}")
+    print(f"images       {tuple(summary['image_shape'])}   actions {summary['action_space']}")
+    print(f"instructions {summary['instructions']} distinct")
+    print(f"{'task':22s} {'episodes':>8s} {'success':>8s} {'mean len':>9s}")
+    for task, row in sorted(summary["tasks"].items()):
+        print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {row['mean_length']:9.1f}")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from envs.dataset import Dataset, DatasetError
+
+    try:
+        dataset = Dataset(args.path)
+        if args.action == "info":
+            summary = dataset.summary()
+            _print_json(summary) if args.json else _print_summary(summary)
+            return 0
+        problems = dataset.check()
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(dataset)} episodes, {dataset.num_steps} steps verified in {args.path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from train.bench import BENCHES
+
+    results = BENCHES[args.what](args.quick)
+    if args.json:
+        _print_json(results)
+    else:
+        for key, value in results.items():
+            print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from train.demo import run_demo
+
+    return run_demo(args.out, episodes=args.episodes, workers=args.workers, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructcraft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("envs", help="list env ids and their tasks")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("collect", help="collect expert demonstrations into a dataset")
+    p.add_argument("--env", required=True, help="env id, e.g. instructcraft/Crafter-Instruct-v0")
+    p.add_argument("--expert", default=None, help="expert name (default: the env's own expert)")
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    p.add_argument("--out", required=True, help="dataset directory (appended to if it exists)")
+    p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
+    p.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    p.add_argument("--json", action="store_true", help="print statistics as JSON")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("data", help="inspect or verify a dataset")
+    p.add_argument("action", choices=["info", "check"])
+    p.add_argument("path", help="dataset directory")
+    p.add_argument("--json", action="store_true", help="print JSON (info)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
+    p.add_argument("what", choices=["env"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="the main job: expert demonstrations on Crafter-Instruct and their statistics")
+    p.add_argument("--out", default="outputs/demo", help="output directory")
+    p.add_argument("--episodes", type=int, default=200, help="expert episodes to collect")
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `instructcraft envs | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
