@@ -167,4 +167,4 @@ class CrafterInstructEnv(gym.Env):
             raise RuntimeError("call reset() before render()")
         if self.render_size == self.size:
             return self._frame
-        return self._env.render(np.array(self.render_size))
+        return self._env.render(self.render_size)

@@ -208,3 +208,30 @@ def wrap_for_sb3(
     With ``stack_channels`` (default) SB3's ``MultiInputPolicy`` puts the frames through its CNN.
     """
     return FrameHistory(TokenizeInstruction(env, tokenizer, max_tokens), k, stack_channels=stack_channels)
+
+
+def has_text(space: spaces.Space) -> bool:
+    if isinstance(space, spaces.Text):
+        return True
+    if isinstance(space, spaces.Dict):
+        return any(has_text(sub) for sub in space.spaces.values())
+    return False
+
+
+def make_vector_env(
+    env_fns: Sequence[Callable[[], gym.Env]], asynchronous: bool = True, **kwargs: Any
+) -> gym.vector.VectorEnv:
+    """A gymnasium vector env that delivers text observations intact.
+
+    Gymnasium's shared-memory AsyncVectorEnv has no buffer for ``Text`` and returns placeholder
+    strings, so shared memory is turned off whenever the observation holds text.
+    """
+    if not asynchronous:
+        return gym.vector.SyncVectorEnv(env_fns, **kwargs)
+    probe = env_fns[0]()
+    text = has_text(probe.observation_space)
+    probe.close()
+    if text and kwargs.get("shared_memory"):
+        raise ValueError("shared_memory=True garbles Text observations: wrap with TokenizeInstruction first")
+    kwargs.setdefault("shared_memory", not text)
+    return gym.vector.AsyncVectorEnv(env_fns, **kwargs)

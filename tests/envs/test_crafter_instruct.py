@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs.collect import run_episode
+from envs.experts import make_expert
+from envs.tasks import TASKS
+
+
+def make(**kwargs) -> gym.Env:
+    return gym.make(envs.CRAFTER_ID, **kwargs)
+
+
+def test_at_least_eight_tasks_with_three_phrasings() -> None:
+    assert len(TASKS) >= 8
+    assert all(len(task.phrasings) >= 3 for task in TASKS.values())
+    one_step = {name for name, task in TASKS.items() if task.steps == 1}
+    assert {"collect_wood", "collect_sapling", "collect_drink", "eat_cow"} <= one_step
+    assert {"place_table", "make_wood_pickaxe", "place_plant", "collect_stone"} <= set(TASKS) - one_step
+
+
+def test_phrasing_sampled_per_episode_unless_fixed() -> None:
+    env = make(task="collect_wood")
+    seen = {env.reset(seed=s)[1]["instruction"] for s in range(30)}
+    assert seen == set(TASKS["collect_wood"].phrasings)
+    fixed = make(task="collect_wood", phrasing=1)
+    assert {fixed.reset(seed=s)[1]["instruction"] for s in range(10)} == {TASKS["collect_wood"].phrasings[1]}
+
+
+def test_task_list_and_instruction_override() -> None:
+    env = make(task=["eat_cow", "collect_drink"])
+    tasks = {env.reset(seed=s)[1]["task"] for s in range(20)}
+    assert tasks == {"eat_cow", "collect_drink"}
+    env = make(task="eat_cow", instruction="go get me a steak")
+    obs, info = env.reset(seed=0)
+    assert obs["instruction"] == info["instruction"] == "go get me a steak" and info["task"] == "eat_cow"
+    obs, info = env.reset(seed=0, options={"task": "collect_wood", "instruction": "wood please"})
+    assert (info["task"], obs["instruction"]) == ("collect_wood", "wood please")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task": "fly"}, r"unknown Crafter-Instruct task\(s\) \['fly'\]"),
+        ({"task": []}, "task list is empty"),
+        ({"reward_mode": "dense"}, "reward_mode must be 'task' or 'crafter'"),
+        ({"step_limit": 0}, "step_limit must be >= 1"),
+        ({"phrasing": 9, "task": "eat_cow"}, "phrasing 9 out of range"),
+        ({"instruction": "x" * 300}, "300 characters, the limit is 256"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make(**kwargs)
+
+
+def test_same_seed_same_world_for_every_task() -> None:
+    frames = {task: make(task=task).reset(seed=5)[0]["image"] for task in TASKS}
+    first = next(iter(frames.values()))
+    assert all(np.array_equal(first, frame) for frame in frames.values())
+
+
+def test_success_terminates_with_reward_one() -> None:
+    env = make(task="collect_wood")
+    episode = run_episode(env, make_expert("crafter_planner"), 0, None, envs.CRAFTER_ID)
+    assert episode.success
+    assert episode.terminated[-1] and not episode.truncated[-1]
+    assert episode.rewards.sum() == 1.0 and episode.rewards[-1] == 1.0
+
+
+def test_truncation_is_separate_from_termination() -> None:
+    env = make(task="place_stone", step_limit=7)
+    env.reset(seed=0)
+    flags = [env.step(0)[2:4] for _ in range(7)]
+    assert flags[:-1] == [(False, False)] * 6
+    assert flags[-1] == (False, True)
+
+
+def test_crafter_reward_mode_and_info() -> None:
+    env = make(task="collect_wood", reward_mode="crafter")
+    obs, info = env.reset(seed=0)
+    expert = make_expert("crafter_planner")
+    expert.reset(env, obs, info)
+    total = 0.0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs, info))
+        total += reward
+        if terminated or truncated:
+            break
+    assert info["success"] and info["achievements"]["collect_wood"] == 1
+    assert total >= 1.0  # crafter's own +1 for the first unlock
+    assert set(info) >= {"instruction", "task", "success", "achievements"}
+
+
+def test_death_terminates() -> None:
+    env = make(task="place_stone", step_limit=10_000)
+    env.reset(seed=0)
+    env.unwrapped.player.health = 0
+    _, _, terminated, truncated, info = env.step(0)
+    assert terminated and not truncated and info["dead"] and not info["success"]
+
+
+ONE_STEP = ["collect_wood", "collect_drink", "eat_cow", "collect_sapling"]
+
+
+def test_same_world_different_instruction_needs_different_behaviour() -> None:
+    """Replaying the expert's actions for task A under task B (same seeds) rarely solves B."""
+    expert = make_expert("crafter_planner")
+    crossed = differ = total = 0
+    for task_a in ONE_STEP:
+        for task_b in ONE_STEP:
+            if task_a == task_b:
+                continue
+            for seed in range(4):
+                env_a = make(task=task_a)
+                a = run_episode(env_a, expert, seed, None, envs.CRAFTER_ID)
+                env_b = make(task=task_b)
+                env_b.reset(seed=seed)
+                solved = False
+                for action in a.actions:
+                    _, _, terminated, truncated, info = env_b.step(int(action))
+                    solved = solved or info["success"]
+                    if terminated or truncated:
+                        break
+                b = run_episode(make(task=task_b), expert, seed, None, envs.CRAFTER_ID)
+                crossed += solved
+                differ += not np.array_equal(a.actions[:5], b.actions[:5])
+                total += 1
+    assert crossed / total <= 0.25, f"{crossed}/{total} cross-task replays succeeded"
+    assert differ / total >= 0.75
