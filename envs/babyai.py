@@ -46,7 +46,7 @@ class BabyAIInstructEnv(gym.Env):
         max_steps: override the level's own step limit.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012  (gymnasium convention)
 
     def __init__(
         self,

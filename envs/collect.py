@@ -109,7 +109,13 @@ def collect(
 ) -> dict[str, Any]:
     """Collect ``episodes`` expert episodes into the dataset at ``out``; returns statistics."""
     env_kwargs = dict(env_kwargs or {})
-    probe = gym.make(env_id, **env_kwargs)
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env id {env_id!r}: `instructcraft envs` lists the ids")
+    try:
+        # Built with the task list so that unknown task names fail before anything is written.
+        probe = gym.make(env_id, **env_kwargs, **({"task": tasks} if tasks else {}))
+    except TypeError:
+        raise ValueError(f"{env_id} has no task choice: drop --tasks") from None
     image_shape = probe.observation_space["image"].shape
     action_space = probe.action_space
     probe.close()
@@ -117,7 +123,9 @@ def collect(
     stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0}
     start = time.perf_counter()
     info = {"expert": expert, "tasks": tasks, "seed": seed, "env_kwargs": env_kwargs}
-    with DatasetWriter(out, env_id=env_id, image_shape=image_shape, action_space=action_space, info=info) as writer:
+    with DatasetWriter(
+        out, env_id=env_id, image_shape=image_shape, action_space=action_space, info=info
+    ) as writer:
         for episode in iter_episodes(env_id, expert, jobs, workers, env_kwargs, seed):
             stats["episodes"] += 1
             stats["successes"] += int(episode.success)

@@ -34,7 +34,7 @@ class CrafterInstructEnv(gym.Env):
         area, view: crafter world and local view sizes.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012  (gymnasium convention)
 
     def __init__(
         self,
@@ -144,10 +144,7 @@ class CrafterInstructEnv(gym.Env):
         self._steps += 1
         achievements = crafter_info["achievements"]
         success = before == 0 and achievements[self._achievement] > 0
-        if self.reward_mode == "task":
-            reward = 1.0 if success else 0.0
-        else:
-            reward = float(crafter_reward)
+        reward = (1.0 if success else 0.0) if self.reward_mode == "task" else float(crafter_reward)
         terminated = bool(success or dead)
         truncated = not terminated and self._steps >= self._limit
         info = {

@@ -65,7 +65,9 @@ class Episode:
     def __post_init__(self) -> None:
         steps = len(self.actions)
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"expected images (T+1, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"expected images (T+1, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
+            )
         if len(self.images) != steps + 1:
             raise ValueError(f"expected {steps + 1} images for {steps} actions, got {len(self.images)}")
         for name in ("rewards", "terminated", "truncated"):
@@ -126,7 +128,9 @@ def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DatasetError(f"{path} line {number} is corrupt ({error}); the episodes before it are intact") from None
+            raise DatasetError(
+                f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
+            ) from None
         if entry.get("episode") != len(entries):
             raise DatasetError(
                 f"{path} line {number}: expected episode {len(entries)}, got {entry.get('episode')!r}"
@@ -287,7 +291,9 @@ class Dataset:
     def __init__(self, root: str | os.PathLike[str], max_open_files: int = 64) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"{self.root} is not a directory: pass a dataset written by `instructcraft collect`")
+            raise DatasetError(
+                f"{self.root} is not a directory: pass a dataset written by `instructcraft collect`"
+            )
         self.metadata = _read_metadata(self.root)
         self.episodes, _ = _read_index(self.root)
         self.frames_per_block = int(self.metadata["frames_per_block"])
@@ -428,7 +434,6 @@ class Dataset:
     def check(self) -> list[str]:
         """Verify every episode (checksum, members, lengths); returns one line per problem."""
         problems: list[str] = []
-        known = {entry["file"] for entry in self.episodes}
         for number, entry in enumerate(self.episodes):
             path = self._path(number)
             if not path.exists():
@@ -444,11 +449,19 @@ class Dataset:
                 problems.append(str(error))
                 continue
             if episode.length != entry["length"]:
-                problems.append(f"{path} (episode {number}): {episode.length} steps, index says {entry['length']}")
-        for path in sorted((self.root / "episodes").glob("*.npz")):
-            if f"episodes/{path.name}" not in known:
-                problems.append(f"{path}: not in index.jsonl (left by an interrupted write; safe to delete)")
+                problems.append(
+                    f"{path} (episode {number}): {episode.length} steps, index says {entry['length']}"
+                )
         return problems
+
+    def orphans(self) -> list[Path]:
+        """Files no committed episode refers to: left by a write that was interrupted."""
+        known = {entry["file"] for entry in self.episodes}
+        return [
+            path
+            for path in sorted((self.root / "episodes").iterdir())
+            if f"episodes/{path.name}" not in known
+        ]
 
     def close(self) -> None:
         for handle in self._open.values():

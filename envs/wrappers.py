@@ -90,7 +90,9 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
         self.max_tokens = max_tokens
         self.vocab_size = _vocab_size(self.tokenizer, vocab_size)
-        self.pad_id = pad_id if pad_id is not None else int(getattr(self.tokenizer, "pad_token_id", None) or 0)
+        self.pad_id = (
+            pad_id if pad_id is not None else int(getattr(self.tokenizer, "pad_token_id", None) or 0)
+        )
         self.truncate = truncate
         self.keep_text = keep_text
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -147,7 +149,9 @@ class FrameHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(
         self, env: gym.Env, k: int = 4, *, stack_channels: bool = False, keep_image: bool = False
     ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self, k=k, stack_channels=stack_channels, keep_image=keep_image)
+        gym.utils.RecordConstructorArgs.__init__(
+            self, k=k, stack_channels=stack_channels, keep_image=keep_image
+        )
         gym.Wrapper.__init__(self, env)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -235,3 +239,12 @@ def make_vector_env(
         raise ValueError("shared_memory=True garbles Text observations: wrap with TokenizeInstruction first")
     kwargs.setdefault("shared_memory", not text)
     return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
+
+
+def make_sb3_env(env_id: str, *, max_tokens: int = 64, k: int = 4, **env_kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)`` wrapped by ``wrap_for_sb3`` (byte tokenizer).
+
+    A module-level factory, so ``functools.partial(make_sb3_env, ...)`` pickles into
+    SubprocVecEnv workers.
+    """
+    return wrap_for_sb3(gym.make(env_id, **env_kwargs), max_tokens=max_tokens, k=k)

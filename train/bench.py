@@ -118,7 +118,11 @@ def bench_babyai(steps: int, rounds: int, level: str = "GoToLocal", seed: int = 
         actions,
         rounds,
     )
-    return {"babyai_raw_sps": raw_sps, "babyai_sps": adapter_sps, "babyai_over_raw_sps": adapter_sps / raw_sps}
+    return {
+        "babyai_raw_sps": raw_sps,
+        "babyai_sps": adapter_sps,
+        "babyai_over_raw_sps": adapter_sps / raw_sps,
+    }
 
 
 def bench_collect(episodes: int, workers: int, seed: int = 0) -> dict[str, float]:

@@ -20,7 +20,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
     rows = []
     for env_id in envs.registered_ids():
         if env_id == envs.CRAFTER_ID:
-            tasks = {name: {"phrasings": list(t.phrasings), "step_limit": t.step_limit} for name, t in TASKS.items()}
+            tasks = {
+                name: {"phrasings": list(t.phrasings), "step_limit": t.step_limit}
+                for name, t in TASKS.items()
+            }
         else:
             tasks = {env_id.split("BabyAI-")[1].removesuffix("-v0"): {"phrasings": ["(the level's mission)"]}}
         rows.append({"env_id": env_id, "tasks": tasks})
@@ -94,6 +97,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for path in dataset.orphans():
+        print(f"note: {path} is not in index.jsonl (left by an interrupted write; safe to delete)")
     for line in problems:
         print(line)
     if problems:
@@ -153,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the main job: expert demonstrations on Crafter-Instruct and their statistics")
+    p = sub.add_parser(
+        "demo", help="the main job: expert demonstrations on Crafter-Instruct and their statistics"
+    )
     p.add_argument("--out", default="outputs/demo", help="output directory")
     p.add_argument("--episodes", type=int, default=200, help="expert episodes to collect")
     p.add_argument("--workers", type=int, default=2, help="worker processes")

@@ -34,7 +34,10 @@ def run_demo(out: str, episodes: int = 200, workers: int = 2, seed: int = 0) -> 
         tasks=tasks,
         workers=workers,
         seed=seed,
-        progress=lambda episode, running: (bar.update(1), bar.set_postfix(success=f"{running['success_rate']:.2f}")),
+        progress=lambda episode, running: (
+            bar.update(1),
+            bar.set_postfix(success=f"{running['success_rate']:.2f}"),
+        ),
     )
     bar.close()
     summary = Dataset(data).summary()

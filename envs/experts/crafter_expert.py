@@ -9,7 +9,8 @@ also turns the player, the search also accepts "step toward d and then face the 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,12 @@ from envs.experts.base import Expert
 
 ACTION = {name: index for index, name in enumerate(ACTION_NAMES)}
 DIRECTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
-MOVE = {(-1, 0): ACTION["move_left"], (1, 0): ACTION["move_right"], (0, -1): ACTION["move_up"], (0, 1): ACTION["move_down"]}
+MOVE = {
+    (-1, 0): ACTION["move_left"],
+    (1, 0): ACTION["move_right"],
+    (0, -1): ACTION["move_up"],
+    (0, 1): ACTION["move_down"],
+}
 WALKABLE = ("grass", "sand", "path")
 PLACE_WHERE = {
     "table": ("grass", "sand", "path"),
@@ -140,7 +146,6 @@ class CrafterExpert(Expert):
         return self._plan(lambda cell: bool(target[cell]), action, True)
 
     def _interact_object(self, kind: str, action: int) -> int:
-        _, obj_map = self._maps()
         objects = self._env.world._objects
         cells = {tuple(obj.pos) for obj in objects if obj is not None and type(obj).__name__ == kind}
         return self._plan(lambda cell: cell in cells, action, True)

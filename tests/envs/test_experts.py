@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+
+import envs
+from envs.collect import collect, make_jobs, run_episode
+from envs.dataset import Dataset
+from envs.experts import default_expert_for, make_expert
+from envs.tasks import TASKS
+
+SEEDS = range(100, 112)  # CI-sized; the README's table uses 50 seeds a task
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_crafter_expert_solves_every_task(task: str) -> None:
+    env = gym.make(envs.CRAFTER_ID, task=task)
+    expert = make_expert("crafter_planner")
+    results = [run_episode(env, expert, seed, None, envs.CRAFTER_ID) for seed in SEEDS]
+    rate = sum(e.success for e in results) / len(results)
+    assert rate >= 0.9, f"{task}: expert success {rate:.2f}"
+    assert all(e.length <= TASKS[task].step_limit for e in results)
+
+
+@pytest.mark.parametrize("level", ["GoToRedBall", "GoToLocal", "PickupLoc", "PutNextLocal", "GoTo"])
+def test_babyai_bot_solves_levels(level: str) -> None:
+    env = gym.make(envs.babyai_id(level))
+    expert = make_expert(default_expert_for(env.spec.id))
+    rate = sum(run_episode(env, expert, seed, None, level).success for seed in range(10)) / 10
+    assert rate >= 0.9
+
+
+def test_expert_names_and_mismatch() -> None:
+    with pytest.raises(ValueError, match="unknown expert 'oracle'"):
+        make_expert("oracle")
+    env = gym.make(envs.babyai_id("GoToLocal"))
+    obs, info = env.reset(seed=0)
+    with pytest.raises(TypeError, match="CrafterExpert needs a Crafter-Instruct env, got BabyAIInstructEnv"):
+        make_expert("crafter_planner").reset(env, obs, info)
+
+
+def test_parallel_collection_equals_serial(tmp_path) -> None:
+    args = (envs.CRAFTER_ID, "crafter_planner", 6)
+    serial = collect(str(tmp_path / "a"), *args, tasks=["eat_cow", "place_table"], workers=1, seed=3)
+    parallel = collect(str(tmp_path / "b"), *args, tasks=["eat_cow", "place_table"], workers=2, seed=3)
+    assert serial["steps"] == parallel["steps"] and serial["success_rate"] == 1.0
+    a, b = Dataset(tmp_path / "a"), Dataset(tmp_path / "b")
+    for number in range(6):
+        ea, eb = a.episode(number), b.episode(number)
+        assert (ea.actions == eb.actions).all() and (ea.images == eb.images).all() and ea.task == eb.task
+    assert [job.task for job in make_jobs(4, 0, ["x", "y"])] == ["x", "y", "x", "y"]

@@ -1,0 +1,112 @@
+"""CLI smoke tests through the installed console script, with tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = str(Path(sys.executable).parent / "instructcraft")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"instructcraft {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_envs_lists_ids_and_tasks() -> None:
+    rows = json.loads(run("envs", "--json").stdout)
+    ids = [row["env_id"] for row in rows]
+    assert "instructcraft/Crafter-Instruct-v0" in ids and "instructcraft/BabyAI-GoToLocal-v0" in ids
+    assert "eat_cow" in rows[0]["tasks"]
+    assert "collect_wood" in run("envs").stdout
+
+
+def test_collect_info_check(tmp_path: Path) -> None:
+    out = tmp_path / "demos"
+    result = run(
+        "collect",
+        "--env",
+        "instructcraft/Crafter-Instruct-v0",
+        "--episodes",
+        "4",
+        "--out",
+        str(out),
+        "--tasks",
+        "collect_wood",
+        "eat_cow",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+    )
+    stats = json.loads(result.stdout)
+    assert stats["episodes"] == 4 and stats["success_rate"] == 1.0
+    assert "ep/s" in result.stderr  # the progress bar
+    info = json.loads(run("data", "info", str(out), "--json").stdout)
+    assert info["episodes"] == 4 and set(info["tasks"]) == {"collect_wood", "eat_cow"}
+    assert "collect_wood" in run("data", "info", str(out)).stdout
+    assert "ok: 4 episodes" in run("data", "check", str(out)).stdout
+    episode = out / "episodes" / "000002.npz"
+    episode.write_bytes(episode.read_bytes()[:100])
+    bad = run("data", "check", str(out), check=False)
+    assert bad.returncode == 1 and "000002.npz (episode 2)" in bad.stdout
+
+
+def test_collect_babyai(tmp_path: Path) -> None:
+    stats = json.loads(
+        run(
+            "collect",
+            "--env",
+            "instructcraft/BabyAI-GoToLocal-v0",
+            "--episodes",
+            "3",
+            "--out",
+            str(tmp_path / "b"),
+            "--workers",
+            "1",
+            "--json",
+        ).stdout
+    )
+    assert stats["kept"] == 3
+
+
+def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
+    result = run("data", "info", str(tmp_path / "missing"), check=False)
+    assert result.returncode == 2 and "is not a directory" in result.stderr
+    result = run(
+        "collect",
+        "--env",
+        "instructcraft/Crafter-Instruct-v0",
+        "--episodes",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        "--tasks",
+        "fly",
+        check=False,
+    )
+    assert result.returncode == 2 and "unknown Crafter-Instruct task(s) ['fly']" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_bench_env_quick() -> None:
+    results = json.loads(run("bench", "env", "--quick", "--json").stdout)
+    for key in ("crafter_instruct_over_raw_sps", "babyai_over_raw_sps", "collect_episodes_per_s"):
+        assert results[key] > 0
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path: Path) -> None:
+    result = run("demo", "--out", str(tmp_path / "demo"), "--episodes", "10")
+    assert (
+        "dataset statistics" in result.stdout
+        and (tmp_path / "demo" / "crafter_demos" / "index.jsonl").exists()
+    )
