@@ -1,1 +1,30 @@
-"""instructcraft policies package."""
+"""instructcraft policies: pure torch modules and their configs (no gymnasium, no SB3)."""
+
+from __future__ import annotations
+
+from policies.config import (
+    ActionSpaceConfig,
+    ConfigError,
+    FusionConfig,
+    PolicyConfig,
+    TextConfig,
+    VisionConfig,
+)
+from policies.fusion import FUSIONS
+from policies.heads import FactorizedCategorical
+from policies.policy import CheckpointError, InstructionPolicy, PolicyOutput, PolicyState
+
+__all__ = [
+    "FUSIONS",
+    "ActionSpaceConfig",
+    "CheckpointError",
+    "ConfigError",
+    "FactorizedCategorical",
+    "FusionConfig",
+    "InstructionPolicy",
+    "PolicyConfig",
+    "PolicyOutput",
+    "PolicyState",
+    "TextConfig",
+    "VisionConfig",
+]

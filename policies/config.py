@@ -1,0 +1,251 @@
+"""Policy configuration: one tree of frozen dataclasses, serialized as JSON.
+
+Unknown keys fail when a config loads; cross-field rules fail in ``__post_init__`` with the
+field, the value and the rule in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POOLINGS = ("last", "mean", "cls")
+TEXT_ENCODERS = ("minilm", "hf", "word")
+
+
+class ConfigError(ValueError):
+    """A config value that breaks a rule; the message names field, value and rule."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ActionSpaceConfig:
+    """``Discrete`` (one size) or factorized ``MultiDiscrete`` (one size per component)."""
+
+    type: str = "Discrete"
+    sizes: tuple[int, ...] = (17,)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.type in ("Discrete", "MultiDiscrete"),
+            f"action_space.type must be Discrete or MultiDiscrete, got {self.type!r}",
+        )
+        _require(len(self.sizes) >= 1, "action_space.sizes must hold at least one size")
+        _require(all(int(n) >= 1 for n in self.sizes), f"action_space.sizes must be >= 1, got {self.sizes}")
+        _require(
+            self.type == "MultiDiscrete" or len(self.sizes) == 1,
+            f"action_space.sizes for Discrete must hold one size, got {self.sizes}",
+        )
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> ActionSpaceConfig:
+        """From the dataset's JSON spec: {"type": "Discrete", "n": 17} or {"type": "MultiDiscrete", "nvec": [...]}."""
+        if spec.get("type") == "Discrete":
+            return cls("Discrete", (int(spec["n"]),))
+        if spec.get("type") == "MultiDiscrete":
+            return cls("MultiDiscrete", tuple(int(n) for n in spec["nvec"]))
+        raise ConfigError(f"action space spec must be Discrete or MultiDiscrete, got {spec}")
+
+    def to_spec(self) -> dict[str, Any]:
+        if self.type == "Discrete":
+            return {"type": "Discrete", "n": self.sizes[0]}
+        return {"type": "MultiDiscrete", "nvec": list(self.sizes)}
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Instruction encoder.
+
+    encoder: "minilm" (the packaged all-MiniLM-L6-v2, offline), "hf" (any local folder that
+        transformers' AutoModel loads, given by ``path``) or "word" (a small trainable encoder over
+        hashed words, for closed vocabularies and tiny configs).
+    pooling: "last" (the last non-padding token, as designed), "mean" or "cls".
+    finetune: train the pretrained encoder too (it is frozen and cached per instruction otherwise).
+    """
+
+    encoder: str = "minilm"
+    path: str | None = None
+    pooling: str = "last"
+    finetune: bool = False
+    max_tokens: int = 64
+    word_buckets: int = 4096
+    word_dim: int = 64
+
+    def __post_init__(self) -> None:
+        _require(
+            self.encoder in TEXT_ENCODERS,
+            f"text.encoder must be one of {TEXT_ENCODERS}, got {self.encoder!r}",
+        )
+        _require(self.pooling in POOLINGS, f"text.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        _require(self.encoder != "hf" or bool(self.path), "text.path is required when text.encoder is 'hf'")
+        _require(self.max_tokens >= 1, f"text.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """IMPALA-style frame encoder. ``frame_tokens`` = tokens per frame: a square number up to
+    the final feature grid (1 = pooled to one token)."""
+
+    image_size: tuple[int, int] = (64, 64)
+    channels: tuple[int, ...] = (16, 32, 32)
+    frame_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        _require(len(self.channels) >= 1, "vision.channels must hold at least one stack width")
+        side = round(self.frame_tokens**0.5)
+        _require(
+            side * side == self.frame_tokens and side >= 1,
+            f"vision.frame_tokens must be a square number (1, 4, 16, 64, ...), got {self.frame_tokens}",
+        )
+        grid = self.grid
+        _require(
+            min(grid) >= side,
+            f"vision.frame_tokens={self.frame_tokens} needs a {side}x{side} grid but the encoder "
+            f"ends at {grid[0]}x{grid[1]} for image_size={self.image_size}",
+        )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        height, width = self.image_size
+        for _ in self.channels:
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return height, width
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """The seed's ``fusion_kwargs``: ``fusion_type``, ``projection_dim`` and type-specific fields.
+
+    num_blocks, num_heads, mlp_ratio, gated: attention fusions (cross_attention, self_attention).
+    max_history: frames of history a step sees (a sliding window bounding memory).
+    late_combine: how the late fusion combines per-modality logits ("weighted" or "mean").
+    """
+
+    fusion_type: str = "cross_attention"
+    projection_dim: int = 128
+    num_blocks: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    gated: bool = False
+    max_history: int = 512
+    late_combine: str = "weighted"
+
+    def __post_init__(self) -> None:
+        from policies.fusion import FUSIONS
+
+        _require(
+            self.fusion_type in FUSIONS,
+            f"fusion_kwargs.fusion_type must be one of {sorted(FUSIONS)}, got {self.fusion_type!r}",
+        )
+        _require(
+            self.projection_dim >= 1, f"fusion_kwargs.projection_dim must be >= 1, got {self.projection_dim}"
+        )
+        _require(
+            self.projection_dim % 2 == 0,
+            f"fusion_kwargs.projection_dim must be even (sinusoidal time embedding), got {self.projection_dim}",
+        )
+        _require(self.num_blocks >= 1, f"fusion_kwargs.num_blocks must be >= 1, got {self.num_blocks}")
+        _require(self.num_heads >= 1, f"fusion_kwargs.num_heads must be >= 1, got {self.num_heads}")
+        _require(
+            self.projection_dim % self.num_heads == 0,
+            f"fusion_kwargs.projection_dim={self.projection_dim} must be divisible by num_heads={self.num_heads}",
+        )
+        _require(self.max_history >= 1, f"fusion_kwargs.max_history must be >= 1, got {self.max_history}")
+        _require(0.0 <= self.dropout < 1.0, f"fusion_kwargs.dropout must be in [0, 1), got {self.dropout}")
+        _require(self.mlp_ratio > 0, f"fusion_kwargs.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        _require(
+            self.late_combine in ("weighted", "mean"),
+            f"fusion_kwargs.late_combine must be 'weighted' or 'mean', got {self.late_combine!r}",
+        )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The whole policy. ``instruction_dropout``: probability, during training, of replacing the
+    instruction by the learned null instruction (enables classifier-free guidance)."""
+
+    action_space: ActionSpaceConfig = field(default_factory=ActionSpaceConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    fusion_kwargs: FusionConfig = field(default_factory=FusionConfig)
+    instruction_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.instruction_dropout < 1.0,
+            f"instruction_dropout must be in [0, 1), got {self.instruction_dropout}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> PolicyConfig:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolicyConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def replace(self, **changes: Any) -> PolicyConfig:
+        """Dotted keys allowed: ``config.replace(**{"fusion_kwargs.fusion_type": "gmu"})``."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            _set_dotted(data, key, value)
+        return PolicyConfig.from_dict(data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config key {key!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown config key {key!r}; known keys here: {sorted(node)}")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known keys: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,152 @@
+"""What every fusion shares: the visibility rule over a frame history, the ring buffer that
+holds the history for incremental steps, and the module interface.
+
+Shape legend: B batch, T frames (steps), P tokens per frame, D projection_dim, H heads,
+W max_history (frames), S cache slots (= W * P).
+
+Visibility: the output at step i sees frame j iff frame j is real, j <= i, and
+times[i] - times[j] < W. Cached keys carry their absolute time, so they never change as the
+history grows; the parallel and incremental paths apply the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from policies.config import FusionConfig
+
+
+def visibility(times: torch.Tensor, frame_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """times long (B, T), frame_mask bool (B, T) True = real frame -> bool (B, T_query, T_key).
+
+    A padded query row that would see nothing sees its own frame (its output is ignored), so
+    softmax never meets an all-masked row.
+    """
+    steps = times.shape[1]
+    causal = torch.ones(steps, steps, dtype=torch.bool, device=times.device).tril()
+    recent = (times[:, :, None] - times[:, None, :]) < window
+    allowed = causal & recent & frame_mask[:, None, :]
+    empty = ~allowed.any(-1)
+    eye = torch.eye(steps, dtype=torch.bool, device=times.device)
+    return allowed | (empty[:, :, None] & eye)
+
+
+@dataclass
+class FusionOutput:
+    """features: (B, T, D), or (B, T, M, D) for per-modality (late) fusion.
+    extras: what the fusion can show (attention weights, gates), each with a leading (B, T)."""
+
+    features: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class HistoryRing:
+    """The last W real frames of each row, P slots per frame, with their times.
+
+    values: (B, S, F) per tensor name; slot_time long (B, S); slot_valid bool (B, S).
+    Frame k of a row goes to slots [(k % W) * P, (k % W + 1) * P).
+    """
+
+    def __init__(self, batch: int, window: int, tokens: int, device: torch.device) -> None:
+        self.window, self.tokens = window, tokens
+        slots = window * tokens
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+        self.slot_time = torch.zeros(batch, slots, dtype=torch.long, device=device)
+        self.slot_valid = torch.zeros(batch, slots, dtype=torch.bool, device=device)
+        self.values: dict[str, torch.Tensor] = {}
+
+    @property
+    def filled(self) -> int:
+        """Slots in use by the fullest row: attention only needs this prefix."""
+        return int(self.count.max().clamp(max=self.window)) * self.tokens
+
+    def append(self, time: torch.Tensor, valid: torch.Tensor, **values: torch.Tensor) -> None:
+        """time long (B,), valid bool (B,), values (B, P, F) each; rows with valid=False keep their state."""
+        batch = time.shape[0]
+        rows = torch.arange(batch, device=time.device)
+        start = (self.count % self.window) * self.tokens
+        slots = start[:, None] + torch.arange(self.tokens, device=time.device)  # (B, P)
+        keep = valid[:, None]
+        for name, value in values.items():
+            if name not in self.values:
+                self.values[name] = value.new_zeros(batch, self.window * self.tokens, value.shape[-1])
+            store = self.values[name]
+            old = store[rows[:, None], slots]
+            store[rows[:, None], slots] = torch.where(keep[..., None], value, old)
+        old_time = self.slot_time[rows[:, None], slots]
+        self.slot_time[rows[:, None], slots] = torch.where(keep, time[:, None].expand_as(slots), old_time)
+        self.slot_valid[rows[:, None], slots] |= keep.expand_as(slots)
+        self.count += valid.long()
+
+    def visible(self, time: torch.Tensor) -> torch.Tensor:
+        """bool (B, filled): slots a query at ``time`` (B,) sees."""
+        filled = self.filled
+        recent = (time[:, None] - self.slot_time[:, :filled]) < self.window
+        return self.slot_valid[:, :filled] & recent
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.values[name][:, : self.filled]
+
+    def nbytes(self) -> int:
+        tensors = [*self.values.values(), self.slot_time, self.slot_valid]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Fusion(nn.Module):
+    """Fuses a projected instruction with projected, time-embedded frame tokens.
+
+    ``forward`` runs a whole chunk in parallel under the visibility rule; ``step`` runs one step
+    from a state made by ``initial_state``. They agree numerically.
+    """
+
+    modalities: int = 1  # > 1: features hold one vector per modality (late fusion)
+
+    def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
+        super().__init__()
+        self.config = config
+        self.dim = config.projection_dim
+        self.window = config.max_history
+        self.tokens_per_frame = tokens_per_frame
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        tokens: torch.Tensor,
+        query_time: torch.Tensor,
+        times: torch.Tensor,
+        frame_mask: torch.Tensor,
+        return_attention: bool = False,
+    ) -> FusionOutput:
+        """text (B, D); tokens (B, T, P, D) with key-time embedding added; query_time (B, T, D);
+        times long (B, T); frame_mask bool (B, T) True = real frame."""
+        raise NotImplementedError
+
+    def initial_state(self, text: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def step(
+        self,
+        state: Any,
+        text: torch.Tensor,
+        tokens: torch.Tensor,
+        query_time: torch.Tensor,
+        time: torch.Tensor,
+        valid: torch.Tensor,
+        return_attention: bool = False,
+    ) -> FusionOutput:
+        """One step: tokens (B, P, D), query_time (B, D), time long (B,), valid bool (B,).
+        Returns features (B, 1, D) (or (B, 1, M, D)); the state is updated in place."""
+        raise NotImplementedError
+
+    def combine(self, per_modality: torch.Tensor) -> torch.Tensor:
+        """(..., M, K) per-modality outputs -> (..., K). Only late fusion has M > 1."""
+        return per_modality.squeeze(-2)
+
+    @staticmethod
+    def state_nbytes(state: Any) -> int:
+        rings = state if isinstance(state, (list, tuple)) else [state]
+        return sum(r.nbytes() for r in rings if isinstance(r, HistoryRing))

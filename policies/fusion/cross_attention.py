@@ -1,0 +1,100 @@
+"""Cross-attention fusion (the core design): the instruction queries the frame history.
+
+Shape legend: B batch, T frames, P tokens per frame, D projection_dim, H heads, S cache slots.
+
+N blocks; the text query is updated block to block; keys/values come from the projected frame
+tokens in every block (each block has its own LayerNorm and K/V projections, cached per block
+for incremental steps): q += gate * Attn(LN q, LN kv); q += MLP(LN q). With ``gated`` the
+residual branches pass through tanh gates initialised at 0 (Flamingo), so a fresh block starts
+as the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from policies.config import FusionConfig
+from policies.fusion.attention import MLP, MultiHeadAttention
+from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
+
+
+class CrossAttentionBlock(nn.Module):
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        dim = config.projection_dim
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, config.num_heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, config.mlp_ratio, config.dropout)
+        self.gated = config.gated
+        if config.gated:
+            self.attn_gate = nn.Parameter(torch.zeros(1))
+            self.mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def keys_values(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv (B, S, D) -> k, v (B, H, S, d)."""
+        return self.attn.keys_values(self.norm_kv(kv))
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_attention: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q (B, Q, D); k, v (B, H, S, d); mask bool (B, Q, S)."""
+        out, weights = self.attn.attend(self.attn.query(self.norm_q(q)), k, v, mask, return_attention)
+        mlp_in = q + (torch.tanh(self.attn_gate) * out if self.gated else out)
+        mlp_out = self.mlp(self.norm_mlp(mlp_in))
+        return mlp_in + (torch.tanh(self.mlp_gate) * mlp_out if self.gated else mlp_out), weights
+
+
+class CrossAttentionFusion(Fusion):
+    def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
+        super().__init__(config, tokens_per_frame)
+        self.blocks = nn.ModuleList([CrossAttentionBlock(config) for _ in range(config.num_blocks)])
+        self.norm_out = nn.LayerNorm(config.projection_dim)
+
+    def forward(self, text, tokens, query_time, times, frame_mask, return_attention=False) -> FusionOutput:
+        per_frame = tokens.shape[2]  # tokens (B, T, P, D)
+        q = text[:, None, :] + query_time  # (B, T, D)
+        kv = rearrange(tokens, "b t p d -> b (t p) d")
+        mask = repeat(visibility(times, frame_mask, self.window), "b q t -> b q (t p)", p=per_frame)
+        weights = []
+        for block in self.blocks:
+            k, v = block.keys_values(kv)
+            q, w = block(q, k, v, mask, return_attention)
+            weights.append(w)
+        extras = {}
+        if return_attention:
+            # (blocks, B, H, T, T*P) -> (B, T, blocks, H, T, P): per step, over every frame token.
+            stacked = torch.stack(weights)
+            extras["attention"] = rearrange(stacked, "n b h q (t p) -> b q n h t p", p=per_frame)
+        return FusionOutput(self.norm_out(q), extras)
+
+    def initial_state(self, text: torch.Tensor) -> list[HistoryRing]:
+        return [
+            HistoryRing(text.shape[0], self.window, self.tokens_per_frame, text.device) for _ in self.blocks
+        ]
+
+    def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:
+        q = (text + query_time)[:, None, :]  # (B, 1, D)
+        weights = []
+        for block, ring in zip(self.blocks, state, strict=True):
+            k_new, v_new = block.keys_values(tokens)  # (B, H, P, d)
+            ring.append(
+                time,
+                valid,
+                k=rearrange(k_new, "b h p d -> b p (h d)"),
+                v=rearrange(v_new, "b h p d -> b p (h d)"),
+            )
+            k = rearrange(ring.get("k"), "b s (h d) -> b h s d", h=block.attn.heads)
+            v = rearrange(ring.get("v"), "b s (h d) -> b h s d", h=block.attn.heads)
+            q, w = block(q, k, v, ring.visible(time)[:, None, :], return_attention)
+            weights.append(w)
+        extras = {}
+        if return_attention:
+            # (blocks, B, H, 1, S) -> (B, 1, blocks, H, S) over cache slots; see slot_time.
+            extras["attention"] = rearrange(torch.stack(weights), "n b h q s -> b q n h s")
+            extras["slot_time"] = state[0].slot_time[:, : state[0].filled][:, None]
+            extras["slot_visible"] = state[0].visible(time)[:, None]
+        return FusionOutput(self.norm_out(q), extras)

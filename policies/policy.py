@@ -1,0 +1,294 @@
+"""The instruction-conditioned policy: text query x frame history -> action logits and value.
+
+Shape legend: B batch, T frames, H, W image, P tokens per frame, C frame-encoder width,
+E text-encoder width, D projection_dim, K sum of action sizes.
+
+    instruction --TextEncoder (cached)--> pooled (B, E) --TextProjector--> text (B, D)
+    frames (B, T, H, W, 3) --FrameEncoder, each frame once--> (B, T, P, C) --VisionProjector
+        + key time embedding--> tokens (B, T, P, D)
+    fusion(text, tokens, query time) --> z (B, T, D) --> ActionHeads (B, T, K), ValueHead (B, T)
+
+``forward`` trains on whole chunks in parallel (causal: step t sees frames <= t);
+``step`` runs one step with a per-block cache. They agree numerically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from policies.config import ActionSpaceConfig, ConfigError, PolicyConfig
+from policies.fusion import FUSIONS
+from policies.heads import ActionHeads, FactorizedCategorical, ValueHead, guide
+from policies.text import make_text_encoder
+from policies.vision import FrameEncoder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
+
+
+def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
+    """times long (...) -> (..., dim) fixed sinusoidal features of the absolute step."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=times.device) / half)
+    angles = times.to(torch.float32)[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+@dataclass
+class PolicyOutput:
+    """logits (B, T, K) (or (B, K) from ``step``), value (B, T) (or (B,)), features, extras
+    (attention weights and whatever the fusion shows; empty unless asked)."""
+
+    logits: torch.Tensor
+    value: torch.Tensor
+    features: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyState:
+    """Incremental state: text (B, D), the fusion's cache, time long (B,) = frames seen."""
+
+    text: torch.Tensor
+    fusion: Any
+    time: torch.Tensor
+
+
+class InstructionPolicy(nn.Module):
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.fusion_kwargs.projection_dim
+        self.text_encoder = make_text_encoder(config.text)
+        self.text_projector = nn.Linear(self.text_encoder.output_dim, dim, bias=False)
+        self.null_instruction = nn.Parameter(torch.randn(dim) * 0.02)
+        self.frame_encoder = FrameEncoder(config.vision)
+        self.vision_projector = nn.Linear(self.frame_encoder.output_dim, dim, bias=False)
+        self.key_time = nn.Linear(dim, dim)
+        self.query_time = nn.Linear(dim, dim)
+        self.fusion = FUSIONS[config.fusion_kwargs.fusion_type](
+            config.fusion_kwargs, config.vision.frame_tokens
+        )
+        self.action_heads = ActionHeads(dim, config.action_space)
+        self.value_head = ValueHead(dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.null_instruction.device
+
+    # -- encoders -------------------------------------------------------------------------
+    def encode_instructions(
+        self, instructions: Sequence[str | None], drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """B instructions (None or "" = no instruction) -> (B, D); ``drop`` bool (B,) swaps in
+        the null instruction (instruction dropout, the unconditional branch of guidance)."""
+        batch = len(instructions)
+        null = torch.tensor([not text for text in instructions], dtype=torch.bool, device=self.device)
+        if drop is not None:
+            null = null | drop.to(self.device)
+        text = self.null_instruction.expand(batch, -1)
+        keep = [i for i in range(batch) if not null[i]]
+        if keep:
+            pooled = self.text_encoder([instructions[i] for i in keep])
+            projected = self.text_projector(pooled.to(self.null_instruction.dtype))
+            text = text.clone()
+            text[keep] = projected
+        return text
+
+    def encode_frames(
+        self, frames: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """frames uint8 (B, T, H, W, 3) -> tokens (B, T, P, D); only real frames are encoded."""
+        batch, steps = frames.shape[:2]
+        real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
+        tokens = real.new_zeros(batch, steps, *real.shape[1:])
+        tokens[frame_mask] = real
+        return self.vision_projector(tokens) + self.key_time(sinusoid(times, self._dim))[:, :, None]
+
+    @property
+    def _dim(self) -> int:
+        return self.config.fusion_kwargs.projection_dim
+
+    def _heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.action_heads(features)
+        value = self.value_head(features)
+        if self.fusion.modalities > 1:
+            logits = self.fusion.combine(logits)
+            value = self.fusion.combine(value[..., None]).squeeze(-1)
+        return logits, value
+
+    # -- the two paths --------------------------------------------------------------------
+    def forward(
+        self,
+        frames: torch.Tensor,
+        instructions: Sequence[str | None] | None = None,
+        *,
+        text: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        drop_instruction: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> PolicyOutput:
+        """frames uint8 (B, T, H, W, 3); instructions (B strings) or text (B, D) already encoded;
+        times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real.
+
+        In training mode with ``instruction_dropout`` > 0 and no ``drop_instruction``, each row
+        loses its instruction with that probability."""
+        if frames.dim() != 5:
+            raise ValueError(f"expected frames (B, T, H, W, 3), got {tuple(frames.shape)}")
+        batch, steps = frames.shape[:2]
+        device = self.device
+        frames = frames.to(device)
+        if times is None:
+            times = torch.arange(steps, device=device).expand(batch, steps)
+        if frame_mask is None:
+            frame_mask = torch.ones(batch, steps, dtype=torch.bool, device=device)
+        times, frame_mask = times.to(device), frame_mask.to(device)
+        if text is None:
+            if instructions is None or len(instructions) != batch:
+                raise ValueError(
+                    f"expected {batch} instructions, got {None if instructions is None else len(instructions)}"
+                )
+            if drop_instruction is None and self.training and self.config.instruction_dropout > 0:
+                drop_instruction = torch.rand(batch, device=device) < self.config.instruction_dropout
+            text = self.encode_instructions(instructions, drop_instruction)
+        tokens = self.encode_frames(frames, times, frame_mask)
+        query_time = self.query_time(sinusoid(times, self._dim))
+        fused = self.fusion(text, tokens, query_time, times, frame_mask, return_attention)
+        logits, value = self._heads(fused.features)
+        return PolicyOutput(logits, value, fused.features, fused.extras)
+
+    def initial_state(
+        self, instructions: Sequence[str | None] | None = None, *, text: torch.Tensor | None = None
+    ) -> PolicyState:
+        if text is None:
+            if instructions is None:
+                raise ValueError("pass instructions or text")
+            text = self.encode_instructions(instructions)
+        batch = text.shape[0]
+        return PolicyState(
+            text, self.fusion.initial_state(text), torch.zeros(batch, dtype=torch.long, device=self.device)
+        )
+
+    def step(
+        self,
+        state: PolicyState,
+        frame: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> PolicyOutput:
+        """frame uint8 (B, H, W, 3); valid bool (B,) (False: the row skips this step).
+        Returns logits (B, K), value (B,); ``state`` advances in place."""
+        batch = frame.shape[0]
+        device = self.device
+        valid = torch.ones(batch, dtype=torch.bool, device=device) if valid is None else valid.to(device)
+        time = state.time
+        tokens = self.encode_frames(frame.to(device)[:, None], time[:, None], valid[:, None])[:, 0]
+        query_time = self.query_time(sinusoid(time, self._dim))
+        fused = self.fusion.step(state.fusion, state.text, tokens, query_time, time, valid, return_attention)
+        state.time = time + valid.long()
+        logits, value = self._heads(fused.features[:, 0])
+        extras = {name: value_[:, 0] for name, value_ in fused.extras.items()}
+        return PolicyOutput(logits, value, fused.features[:, 0], extras)
+
+    def distribution(self, logits: torch.Tensor) -> FactorizedCategorical:
+        return self.action_heads.distribution(logits)
+
+    def guided(self, conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+        """logits = (1 + s) * cond - s * uncond (per action component, on log-probabilities)."""
+        return guide(conditional, unconditional, scale, self.action_heads.sizes)
+
+    def cache_nbytes(self, state: PolicyState) -> int:
+        return self.fusion.state_nbytes(state.fusion)
+
+    # -- persistence ----------------------------------------------------------------------
+    def _saved_state(self) -> dict[str, torch.Tensor]:
+        frozen_prefix = "text_encoder.backbone."
+        state = self.state_dict()
+        if not self.config.text.finetune:
+            state = {k: v for k, v in state.items() if not k.startswith(frozen_prefix)}
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors``; the directory is replaced atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            save_file(self._saved_state(), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+            payload = {"policy": self.config.to_dict(), **(extra or {})}
+            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+            for path in staging.iterdir():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+            os.replace(staging, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> InstructionPolicy:
+        """Load ``config.json`` + ``model.safetensors``. Never unpickles anything."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not weights_path.exists():
+            pickles = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise CheckpointError(
+                    f"{directory} holds pickle-based weights {pickles} and no {WEIGHTS_NAME}: pickles can run "
+                    "code when loaded, so they are refused; re-save the weights with safetensors"
+                )
+            raise CheckpointError(f"{weights_path} is missing: {directory} is not a checkpoint")
+        if not config_path.exists():
+            raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
+        try:
+            payload = json.loads(config_path.read_text())
+            config = PolicyConfig.from_dict(payload["policy"])
+        except (json.JSONDecodeError, KeyError, ConfigError) as error:
+            raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
+        model = cls(config)
+        state = load_file(str(weights_path), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        frozen = "text_encoder.backbone."
+        missing = [k for k in missing if not (k.startswith(frozen) and not config.text.finetune)]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights_path} does not match {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return model.to(map_location)
+
+    def check_action_space(self, spec: dict[str, Any]) -> None:
+        """Raise if the env's action space (JSON spec) is not the one this policy was built for."""
+        expected = self.config.action_space
+        actual = ActionSpaceConfig.from_spec(spec)
+        if actual != expected:
+            raise CheckpointError(
+                f"the policy was trained for action space {expected.to_spec()} but the env has {actual.to_spec()}: "
+                "use a checkpoint trained on this env"
+            )

