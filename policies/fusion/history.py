@@ -32,16 +32,18 @@ class HistoryMeanFusion(Fusion):
         """text (B, D), vision (B, T, D) -> features (B, T, D) (or (B, T, M, D)), extras."""
         raise NotImplementedError
 
-    def _finish(self, text: torch.Tensor, current: torch.Tensor, history: torch.Tensor) -> FusionOutput:
+    def _finish(
+        self, text: torch.Tensor, current: torch.Tensor, history: torch.Tensor, return_attention: bool
+    ) -> FusionOutput:
         vision = self.vision_mix(torch.cat([current, history], dim=-1))
         features, extras = self.fuse(text, vision)
-        return FusionOutput(self.norm_out(features), extras)
+        return FusionOutput(self.norm_out(features), extras if return_attention else {})
 
     def forward(self, text, tokens, query_time, times, frame_mask, return_attention=False) -> FusionOutput:
         frames = self.frame_vector(text, tokens)  # (B, T, D)
         weights = visibility(times, frame_mask, self.window).to(frames.dtype)  # (B, T, T)
         history = (weights @ frames) / weights.sum(-1, keepdim=True)
-        output = self._finish(text, frames, history)
+        output = self._finish(text, frames, history, return_attention)
         if return_attention:
             output.extras["history_weights"] = weights / weights.sum(-1, keepdim=True)
         return output
@@ -54,8 +56,9 @@ class HistoryMeanFusion(Fusion):
         state.append(time, valid, u=frame)
         visible = state.visible(time).to(frame.dtype)  # (B, S)
         history = (visible[:, None, :] @ state.get("u")) / visible.sum(-1)[:, None, None]
-        output = self._finish(text, frame, history)
+        output = self._finish(text, frame, history, return_attention)
         if return_attention:
             output.extras["history_weights"] = (visible / visible.sum(-1, keepdim=True))[:, None]
             output.extras["slot_time"] = state.slot_time[:, : state.filled][:, None]
+            output.extras["slot_visible"] = state.visible(time)[:, None]
         return output

@@ -1,0 +1,169 @@
+"""The runtime agent: holds the instruction, the frame history and the policy's cache.
+
+Every env <-> model conversion happens here (``_frame_tensor``, ``_to_env_action``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies import InstructionPolicy, PolicyState
+
+
+class Agent:
+    """Acts with an ``InstructionPolicy`` one step at a time.
+
+    Args:
+        policy: the policy (moved to ``device``, put in eval mode).
+        device: "cpu", "cuda", ... ("auto" picks CUDA when available).
+        seed: seeds action sampling.
+    """
+
+    def __init__(
+        self, policy: InstructionPolicy, device: str | torch.device = "cpu", seed: int | None = None
+    ) -> None:
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device).eval()
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.instruction: str | None = None
+        self.history: deque[np.ndarray] = deque(maxlen=policy.config.fusion_kwargs.max_history)
+        self._state: PolicyState | None = None
+        self._unconditional: PolicyState | None = None
+        self._last_extras: dict[str, torch.Tensor] = {}
+        self._last_probs: torch.Tensor | None = None
+        self._started = False
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", seed: int | None = None
+    ) -> Agent:
+        return cls(InstructionPolicy.from_pretrained(directory, map_location="cpu"), device=device, seed=seed)
+
+    @property
+    def step_count(self) -> int:
+        return 0 if self._state is None else int(self._state.time[0])
+
+    def check_env(self, env: Any) -> None:
+        """Raise a clear error if ``env``'s action space is not the policy's."""
+        space = env.action_space
+        kind = type(space).__name__
+        spec = {"type": kind, "n": int(getattr(space, "n", 0))}
+        if kind == "MultiDiscrete":
+            spec = {"type": kind, "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
+        self.policy.check_action_space(spec)
+
+    @torch.no_grad()
+    def reset(self, instruction: str | None = None) -> None:
+        """Start an episode. ``instruction`` None: taken from the first observation."""
+        self.instruction = instruction
+        self.history.clear()
+        self._state = None
+        self._unconditional = None
+        self._last_extras = {}
+        self._started = True
+        if instruction is not None:
+            self._state = self.policy.initial_state([instruction])
+
+    def _frame_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, H, W, 3) uint8 on the device."""
+        image = np.asarray(image)
+        expected = tuple(self.policy.config.vision.image_size)
+        if image.dtype != np.uint8 or image.shape != (*expected, 3):
+            raise ValueError(f"expected image {(*expected, 3)} uint8, got {image.shape} {image.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.device)[None]
+
+    def _to_env_action(self, action: torch.Tensor) -> int | np.ndarray:
+        if self.policy.config.action_space.type == "Discrete":
+            return int(action.reshape(-1)[0])
+        return action.reshape(-1).cpu().numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def _ensure_unconditional(self) -> PolicyState:
+        """The null-instruction branch for guidance, rebuilt from the held history if needed."""
+        if self._unconditional is None:
+            state = self.policy.initial_state([None])
+            first = self.step_count - len(self.history)
+            state.time[:] = first
+            for frame in self.history:
+                self.policy.step(state, self._frame_tensor(frame))
+            self._unconditional = state
+        return self._unconditional
+
+    @torch.no_grad()
+    def act(
+        self, observation: dict[str, Any] | np.ndarray, deterministic: bool = False, cfg_scale: float = 0.0
+    ) -> int | np.ndarray:
+        """One action for one env observation (a dict with ``image``, or the image itself)."""
+        if not self._started:
+            raise RuntimeError("call agent.reset(instruction) at the start of each episode")
+        image = observation["image"] if isinstance(observation, dict) else observation
+        if self._state is None:
+            text = observation.get("instruction") if isinstance(observation, dict) else None
+            self.instruction = text
+            self._state = self.policy.initial_state([text])
+        if cfg_scale:
+            unconditional = self._ensure_unconditional()
+        frame = self._frame_tensor(image)
+        output = self.policy.step(self._state, frame, return_attention=True)
+        logits = output.logits
+        if cfg_scale:
+            uncond = self.policy.step(unconditional, frame).logits
+            logits = self.policy.guided(logits, uncond, cfg_scale)
+        elif self._unconditional is not None:
+            self.policy.step(self._unconditional, frame)  # keep the branch in step for later guidance
+        self.history.append(np.asarray(image))
+        distribution = self.policy.distribution(logits)
+        action = distribution.mode() if deterministic else distribution.sample(self.generator)
+        self._last_extras = output.extras
+        self._last_probs = distribution.probs_of(action)
+        self._last_value = output.value
+        return self._to_env_action(action)
+
+    def last_action_probability(self) -> float:
+        return float(self._last_probs.reshape(-1)[0]) if self._last_probs is not None else float("nan")
+
+    def attention(self) -> dict[str, np.ndarray]:
+        """What the policy looked at on the last step, in time order over the visible history.
+
+        Attention fusions: ``weights`` (blocks, heads, F, P) over F visible frames and P tokens
+        each, ``frame_times`` (F,); self-attention adds ``text_weights`` (blocks, heads).
+        Vector fusions: ``history_weights`` (F,) and their own signals (``gate`` (D,), ...).
+        """
+        extras = self._last_extras
+        if not extras:
+            raise RuntimeError("no step taken yet: call act() first")
+        out: dict[str, np.ndarray] = {}
+        if "slot_time" in extras:
+            times = extras["slot_time"][0].cpu()
+            visible = extras["slot_visible"][0].cpu()
+            per_frame = self.policy.config.vision.frame_tokens if "attention" in extras else 1
+            frame_times = times.reshape(-1, per_frame)[:, 0]
+            frame_visible = visible.reshape(-1, per_frame)[:, 0]
+            order = torch.argsort(frame_times[frame_visible])
+            out["frame_times"] = frame_times[frame_visible][order].numpy()
+            if "attention" in extras:
+                weights = extras["attention"][0].float().cpu()  # (blocks, heads, S)
+                weights = weights.reshape(*weights.shape[:2], -1, per_frame)[:, :, frame_visible][:, :, order]
+                out["weights"] = weights.numpy()
+            if "history_weights" in extras:
+                history = extras["history_weights"][0].float().cpu().reshape(-1)[frame_visible][order]
+                out["history_weights"] = history.numpy()
+        for name, value in extras.items():
+            if name not in ("attention", "slot_time", "slot_visible", "history_weights"):
+                out[name] = value[0].float().cpu().numpy()
+        return out
+
+    def cache_nbytes(self) -> int:
+        total = 0 if self._state is None else self.policy.cache_nbytes(self._state)
+        if self._unconditional is not None:
+            total += self.policy.cache_nbytes(self._unconditional)
+        return total

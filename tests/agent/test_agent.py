@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_config
+
+import envs
+from agent import Agent
+from policies import CheckpointError, InstructionPolicy
+
+
+def crafter_config(fusion_type: str = "cross_attention"):
+    return make_tiny_config(fusion_type).replace(
+        **{"vision.image_size": [64, 64], "vision.channels": [8, 16, 16]}
+    )
+
+
+def checkpoint(tmp_path: Path, fusion_type: str = "cross_attention") -> Path:
+    torch.manual_seed(0)
+    return InstructionPolicy(crafter_config(fusion_type)).save_pretrained(tmp_path / fusion_type)
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention", "gmu", "late"])
+def test_agent_acts_in_crafter_and_matches_the_parallel_path(tmp_path: Path, fusion_type: str) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path, fusion_type), seed=0)
+    env = gym.make(envs.CRAFTER_ID, task="collect_wood")
+    agent.check_env(env)
+    obs, info = env.reset(seed=0)
+    agent.reset(info["instruction"])
+    frames, actions = [], []
+    for _ in range(6):
+        frames.append(obs["image"])
+        action = agent.act(obs, deterministic=True)
+        assert env.action_space.contains(action)
+        actions.append(action)
+        obs, *_ = env.step(action)
+    batch = torch.from_numpy(np.stack(frames))[None]
+    with torch.no_grad():
+        parallel = agent.policy(batch, [info["instruction"]]).logits.argmax(-1)[0].tolist()
+    assert actions == parallel
+    assert agent.step_count == 6 and len(agent.history) == 6
+
+
+def test_attention_in_time_order_and_normalised(tmp_path: Path) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    env = gym.make(envs.CRAFTER_ID, task="eat_cow")
+    obs, info = env.reset(seed=1)
+    agent.reset(info["instruction"])
+    for step in range(5):
+        agent.act(obs)
+        attention = agent.attention()
+        assert attention["frame_times"].tolist() == list(range(step + 1))
+        weights = attention["weights"]  # (blocks, heads, frames, tokens)
+        assert weights.shape == (1, 2, step + 1, 4)
+        np.testing.assert_allclose(weights.sum(axis=(2, 3)), 1.0, atol=1e-5)
+        obs, *_ = env.step(0)
+    assert 0.0 < agent.last_action_probability() <= 1.0
+
+
+def test_instruction_from_the_observation_and_reset_required(tmp_path: Path) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    env = gym.make(envs.CRAFTER_ID, task="collect_drink")
+    obs, info = env.reset(seed=2)
+    with pytest.raises(RuntimeError, match=r"call agent.reset\(instruction\)"):
+        agent.act(obs)
+    agent.reset()
+    agent.act(obs)
+    assert agent.instruction == info["instruction"]
+
+
+def test_guidance_rebuilds_the_null_branch_from_history(tmp_path: Path) -> None:
+    path = checkpoint(tmp_path)
+    env = gym.make(envs.CRAFTER_ID, task="collect_wood")
+    late = Agent.from_pretrained(path, seed=0)  # asks for guidance only at step 4
+    early = Agent.from_pretrained(path, seed=0)  # guidance from the start
+    obs, info = env.reset(seed=3)
+    late.reset(info["instruction"])
+    early.reset(info["instruction"])
+    for step in range(6):
+        scale = 2.0 if step >= 4 else 0.0
+        a = late.act(obs, deterministic=True, cfg_scale=scale)
+        b = early.act(obs, deterministic=True, cfg_scale=2.0 if step >= 4 else 1e-9)
+        if step >= 4:
+            assert a == b
+        obs, *_ = env.step(a)
+    assert late.cache_nbytes() > 0
+
+
+def test_action_space_mismatch_is_reported(tmp_path: Path) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    env = gym.make(envs.babyai_id("GoToLocal"))
+    with pytest.raises(CheckpointError, match=r"'n': 17\} but the env has \{'type': 'Discrete', 'n': 7\}"):
+        agent.check_env(env)
+
+
+def test_bad_image_is_reported(tmp_path: Path) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    agent.reset("collect wood")
+    with pytest.raises(ValueError, match=r"expected image \(64, 64, 3\) uint8, got \(32, 32, 3\) uint8"):
+        agent.act({"image": np.zeros((32, 32, 3), np.uint8)})

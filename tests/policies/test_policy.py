@@ -1,0 +1,324 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_tiny_config, random_frames
+
+from policies import (
+    FUSIONS,
+    ActionSpaceConfig,
+    CheckpointError,
+    ConfigError,
+    InstructionPolicy,
+    PolicyConfig,
+)
+from policies.fusion import visibility
+from policies.heads import FactorizedCategorical, guide
+
+ALL = sorted(FUSIONS)
+INSTRUCTIONS = ["collect wood", "eat a cow", "drink water"]
+
+
+def build(fusion_type: str, seed: int = 0, **fusion: object) -> InstructionPolicy:
+    torch.manual_seed(seed)
+    return InstructionPolicy(make_tiny_config(fusion_type, **fusion)).eval()
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_shapes_and_extras(fusion_type: str) -> None:
+    model = build(fusion_type)
+    frames = random_frames(3, 5)
+    out = model(frames, INSTRUCTIONS, return_attention=True)
+    assert out.logits.shape == (3, 5, 17) and out.value.shape == (3, 5)
+    assert out.extras, "return_attention=True must return what the fusion has"
+    for value in out.extras.values():
+        assert value.shape[:2] == (3, 5)
+    plain = model(frames, INSTRUCTIONS)
+    assert plain.extras == {}
+    torch.testing.assert_close(plain.logits, out.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+@pytest.mark.parametrize("padding", ["none", "left", "right"])
+def test_parallel_equals_incremental(fusion_type: str, padding: str) -> None:
+    """Past the sliding-window boundary (T=11 > max_history=4) and with padded chunks."""
+    model = build(fusion_type, max_history=4)
+    batch, steps = 3, 11
+    frames = random_frames(batch, steps, seed=1)
+    mask = torch.ones(batch, steps, dtype=torch.bool)
+    if padding == "left":
+        mask[1, :3] = False
+        mask[2, :6] = False
+    elif padding == "right":
+        mask[0, 8:] = False
+        mask[2, 5:] = False
+    times = (mask.long().cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        parallel = model(frames, INSTRUCTIONS, times=times, frame_mask=mask)
+        state = model.initial_state(INSTRUCTIONS)
+        for t in range(steps):
+            step = model.step(state, frames[:, t], valid=mask[:, t])
+            for b in range(batch):
+                if mask[b, t]:
+                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
+                    torch.testing.assert_close(step.value[b], parallel.value[b, t], atol=1e-5, rtol=0)
+    assert state.time.tolist() == mask.sum(1).tolist()
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_padded_frames_change_nothing(fusion_type: str) -> None:
+    model = build(fusion_type)
+    frames = random_frames(2, 6, seed=2)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[1, :2] = False
+    times = (mask.long().cumsum(1) - 1).clamp_min(0)
+    changed = frames.clone()
+    changed[~mask] = 255 - changed[~mask]
+    with torch.no_grad():
+        a = model(frames, INSTRUCTIONS[:2], times=times, frame_mask=mask).logits
+        b = model(changed, INSTRUCTIONS[:2], times=times, frame_mask=mask).logits
+    torch.testing.assert_close(a[mask], b[mask], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_causal_future_frames_change_nothing(fusion_type: str) -> None:
+    model = build(fusion_type)
+    frames = random_frames(1, 6, seed=3)
+    later = frames.clone()
+    later[:, 4:] = 0
+    with torch.no_grad():
+        a = model(frames, INSTRUCTIONS[:1]).logits
+        b = model(later, INSTRUCTIONS[:1]).logits
+    torch.testing.assert_close(a[:, :4], b[:, :4], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention"])
+def test_attention_rows_sum_to_one_over_visible_history(fusion_type: str) -> None:
+    model = build(fusion_type, max_history=3)
+    with torch.no_grad():
+        out = model(random_frames(1, 7), INSTRUCTIONS[:1], return_attention=True)
+    weights = out.extras["attention"]  # (B, T, blocks, heads, T, P)
+    total = weights.sum(dim=(-1, -2))
+    if fusion_type == "self_attention":
+        total = total  # mean over query tokens of rows that also give weight to the text token
+        total = total + out.extras["text_attention"]
+    torch.testing.assert_close(total, torch.ones_like(total))
+    per_frame = weights.sum(-1)[0, :, 0, 0]  # (T_query, T_key)
+    for t in range(7):
+        visible = [j for j in range(7) if j <= t and t - j < 3]
+        hidden = [j for j in range(7) if j not in visible]
+        assert per_frame[t, hidden].abs().max() == 0
+
+
+def test_visibility_rule() -> None:
+    times = torch.tensor([[0, 1, 2, 3]])
+    mask = torch.tensor([[True, True, False, True]])
+    allowed = visibility(times, mask, window=2)[0]
+    assert allowed.tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [False, True, False, False],  # a padded query sees the visible history as usual
+        [False, False, False, True],
+    ]
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "gmu", "self_attention", "late"])
+def test_overfit_one_batch(fusion_type: str) -> None:
+    torch.manual_seed(0)
+    model = InstructionPolicy(make_tiny_config(fusion_type))
+    frames = random_frames(3, 8, seed=4)
+    targets = torch.randint(0, 17, (3, 8), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = model(frames, INSTRUCTIONS)
+        loss = -model.distribution(out.logits).log_prob(targets).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = model.distribution(model(frames, INSTRUCTIONS).logits).mode()
+    assert (predicted == targets).float().mean() >= 0.95, loss.item()
+
+
+def test_instruction_changes_the_output() -> None:
+    model = build("cross_attention")
+    frames = random_frames(2, 3)
+    with torch.no_grad():
+        out = model(frames, ["collect wood", "eat a cow"]).logits
+        same = model(frames, ["collect wood", "collect wood"]).logits
+    assert not torch.allclose(out[1], same[1])
+    torch.testing.assert_close(out[0], same[0])
+
+
+def test_null_instruction_and_dropout() -> None:
+    model = build("cross_attention")
+    frames = random_frames(2, 3)
+    with torch.no_grad():
+        dropped = model(
+            frames, ["collect wood", "eat a cow"], drop_instruction=torch.tensor([True, False])
+        ).logits
+        null = model(frames, [None, "eat a cow"]).logits
+        empty = model(frames, ["", "eat a cow"]).logits
+    torch.testing.assert_close(dropped, null)
+    torch.testing.assert_close(null, empty)
+    config = make_tiny_config().replace(instruction_dropout=0.5)
+    torch.manual_seed(0)
+    model = InstructionPolicy(config).train()
+    text = model.encode_instructions(["collect wood"] * 64, drop=torch.rand(64) < 0.5)
+    assert 10 < (text == model.null_instruction).all(-1).sum() < 54
+
+
+def test_guidance_formula() -> None:
+    cond = torch.randn(4, 17)
+    uncond = torch.randn(4, 17)
+    torch.testing.assert_close(guide(cond, uncond, 0.0, (17,)), cond)
+    expected = 2.5 * cond.log_softmax(-1) - 1.5 * uncond.log_softmax(-1)
+    torch.testing.assert_close(guide(cond, uncond, 1.5, (17,)), expected)
+
+
+def test_multidiscrete_distribution() -> None:
+    sizes = (2, 3, 11)
+    logits = torch.randn(4, 5, sum(sizes))
+    dist = FactorizedCategorical(logits, sizes)
+    actions = dist.sample(torch.Generator().manual_seed(0))
+    assert actions.shape == (4, 5, 3) and (actions < torch.tensor(sizes)).all()
+    parts = logits.split(list(sizes), -1)
+    expected = sum(
+        p.log_softmax(-1).gather(-1, a[..., None]).squeeze(-1)
+        for p, a in zip(parts, actions.unbind(-1), strict=True)
+    )
+    torch.testing.assert_close(dist.log_prob(actions), expected)
+    assert dist.mode().shape == (4, 5, 3) and dist.entropy().shape == (4, 5)
+    config = make_tiny_config().replace(action_space={"type": "MultiDiscrete", "sizes": list(sizes)})
+    model = InstructionPolicy(config).eval()
+    out = model(random_frames(2, 3), INSTRUCTIONS[:2])
+    assert out.logits.shape == (2, 3, 16)
+
+
+def test_seed_determinism_including_training() -> None:
+    def train() -> torch.Tensor:
+        torch.manual_seed(5)
+        model = InstructionPolicy(make_tiny_config())
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(3):
+            loss = model(random_frames(2, 4), INSTRUCTIONS[:2]).logits.square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(train(), train())
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    model = build("gmu")
+    frames = random_frames(2, 4)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = InstructionPolicy.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config == model.config
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(frames, INSTRUCTIONS[:2]).logits, model(frames, INSTRUCTIONS[:2]).logits, atol=0, rtol=0
+        )
+    model.save_pretrained(tmp_path / "ckpt")  # overwriting keeps a valid checkpoint
+    InstructionPolicy.from_pretrained(tmp_path / "ckpt")
+
+
+def test_pretrained_text_encoder_is_frozen_cached_and_not_saved(tmp_path: Path) -> None:
+    config = PolicyConfig.from_dict(
+        {**make_tiny_config().to_dict(), "text": {"encoder": "minilm", "pooling": "last"}}
+    )
+    model = InstructionPolicy(config).eval()
+    assert not any(p.requires_grad for p in model.text_encoder.backbone.parameters())
+    calls = []
+    original = model.text_encoder._encode
+    model.text_encoder._encode = lambda texts: calls.append(list(texts)) or original(texts)
+    text = model.encode_instructions(["collect wood", "eat a cow", "collect wood"])
+    model.encode_instructions(["eat a cow"])
+    assert calls == [["collect wood", "eat a cow"]]  # de-duplicated, then cached
+    torch.testing.assert_close(text[0], text[2])
+    model.save_pretrained(tmp_path / "c")
+    from safetensors.torch import load_file
+
+    assert not any(
+        k.startswith("text_encoder.backbone.") for k in load_file(str(tmp_path / "c" / "model.safetensors"))
+    )
+    loaded = InstructionPolicy.from_pretrained(tmp_path / "c").eval()
+    frames = random_frames(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames, ["eat a cow"]).logits, model(frames, ["eat a cow"]).logits)
+
+
+def test_last_token_pooling_is_mask_aware() -> None:
+    from policies.text import pool_tokens
+
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    assert pool_tokens(hidden, mask, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool_tokens(hidden, mask, "mean").flatten().tolist() == [0.5, 5.5]
+    assert pool_tokens(hidden, mask, "cls").flatten().tolist() == [0.0, 4.0]
+
+
+def test_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
+    model = build("cross_attention")
+    (tmp_path / "old").mkdir()
+    torch.save(model.state_dict(), tmp_path / "old" / "pytorch_model.bin")
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"policy": model.config.to_dict()}))
+    with pytest.raises(CheckpointError, match=r"pickle-based weights \['pytorch_model.bin'\].*refused"):
+        InstructionPolicy.from_pretrained(tmp_path / "old")
+
+
+def test_mismatched_checkpoint_errors(tmp_path: Path) -> None:
+    model = build("cross_attention")
+    model.save_pretrained(tmp_path / "c")
+    with pytest.raises(
+        CheckpointError,
+        match=r"trained for action space \{'type': 'Discrete', 'n': 17\} but the env has \{'type': 'Discrete', 'n': 7\}",
+    ):
+        model.check_action_space({"type": "Discrete", "n": 7})
+    config_path = tmp_path / "c" / "config.json"
+    payload = json.loads(config_path.read_text())
+    payload["policy"]["fusion_kwargs"]["fusion_type"] = "gmu"
+    config_path.write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match="does not match"):
+        InstructionPolicy.from_pretrained(tmp_path / "c")
+
+
+def test_config_json_round_trip_and_validation() -> None:
+    config = make_tiny_config("film")
+    assert PolicyConfig.from_json(config.to_json()) == config
+    data = config.to_dict()
+    data["fusion_kwargs"]["proj_dim"] = 8
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['fusion_kwargs.proj_dim'\]"):
+        PolicyConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="projection_dim=30 must be divisible by num_heads=4"):
+        make_tiny_config().replace(**{"fusion_kwargs.projection_dim": 30, "fusion_kwargs.num_heads": 4})
+    with pytest.raises(ConfigError, match="fusion_type must be one of"):
+        make_tiny_config().replace(**{"fusion_kwargs.fusion_type": "magic"})
+    with pytest.raises(ConfigError, match=r"frame_tokens must be a square number .* got 5"):
+        make_tiny_config().replace(**{"vision.frame_tokens": 5})
+    with pytest.raises(ConfigError, match="sizes for Discrete must hold one size"):
+        ActionSpaceConfig("Discrete", (3, 4))
+
+
+def test_bad_frames_get_a_clear_error() -> None:
+    model = build("cross_attention")
+    with pytest.raises(
+        ValueError, match=r"expected frames \(N, H, W, 3\) uint8, got \(2, 16, 16, 3\) torch.float32"
+    ):
+        model(random_frames(1, 2).float(), ["x"])
+
+
+def test_import_policies_loads_no_gymnasium_or_sb3() -> None:
+    code = "import sys, policies, policies.policy; print(sorted(m for m in ('gymnasium', 'stable_baselines3', 'envs') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
