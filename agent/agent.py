@@ -22,10 +22,16 @@ class Agent:
         policy: the policy (moved to ``device``, put in eval mode).
         device: "cpu", "cuda", ... ("auto" picks CUDA when available).
         seed: seeds action sampling.
+        capture_attention: keep each step's attention weights for ``attention()`` (slower: the
+            weights are computed explicitly instead of by the fused attention kernel).
     """
 
     def __init__(
-        self, policy: InstructionPolicy, device: str | torch.device = "cpu", seed: int | None = None
+        self,
+        policy: InstructionPolicy,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        capture_attention: bool = False,
     ) -> None:
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,6 +40,7 @@ class Agent:
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
+        self.capture_attention = capture_attention
         self.instruction: str | None = None
         self.history: deque[np.ndarray] = deque(maxlen=policy.config.fusion_kwargs.max_history)
         self._state: PolicyState | None = None
@@ -44,9 +51,14 @@ class Agent:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu", seed: int | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        capture_attention: bool = False,
     ) -> Agent:
-        return cls(InstructionPolicy.from_pretrained(directory, map_location="cpu"), device=device, seed=seed)
+        policy = InstructionPolicy.from_pretrained(directory, map_location="cpu")
+        return cls(policy, device=device, seed=seed, capture_attention=capture_attention)
 
     @property
     def step_count(self) -> int:
@@ -113,7 +125,7 @@ class Agent:
         if cfg_scale:
             unconditional = self._ensure_unconditional()
         frame = self._frame_tensor(image)
-        output = self.policy.step(self._state, frame, return_attention=True)
+        output = self.policy.step(self._state, frame, return_attention=self.capture_attention)
         logits = output.logits
         if cfg_scale:
             uncond = self.policy.step(unconditional, frame).logits
@@ -138,6 +150,8 @@ class Agent:
         each, ``frame_times`` (F,); self-attention adds ``text_weights`` (blocks, heads).
         Vector fusions: ``history_weights`` (F,) and their own signals (``gate`` (D,), ...).
         """
+        if not self.capture_attention:
+            raise RuntimeError("attention is not captured: create the agent with capture_attention=True")
         extras = self._last_extras
         if not extras:
             raise RuntimeError("no step taken yet: call act() first")

@@ -117,9 +117,12 @@ class InstructionPolicy(nn.Module):
     ) -> torch.Tensor:
         """frames uint8 (B, T, H, W, 3) -> tokens (B, T, P, D); only real frames are encoded."""
         batch, steps = frames.shape[:2]
-        real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
-        tokens = real.new_zeros(batch, steps, *real.shape[1:])
-        tokens[frame_mask] = real
+        if bool(frame_mask.all()):
+            tokens = self.frame_encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))
+        else:
+            real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
+            tokens = real.new_zeros(batch, steps, *real.shape[1:])
+            tokens[frame_mask] = real
         return self.vision_projector(tokens) + self.key_time(sinusoid(times, self._dim))[:, :, None]
 
     @property

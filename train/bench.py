@@ -176,3 +176,109 @@ def bench_env(quick: bool = False) -> dict[str, Any]:
 
 
 BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {"env": bench_env}
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))
+
+
+def bench_policy(quick: bool = False) -> dict[str, Any]:
+    """Default model size on CPU: act latency vs history length, cache vs naive, chunk training."""
+    import torch
+
+    from agent import Agent
+    from policies import InstructionPolicy, PolicyConfig
+
+    torch.manual_seed(0)
+    config = PolicyConfig()
+    policy = InstructionPolicy(config).eval()
+    rng = np.random.default_rng(0)
+    height, width = config.vision.image_size
+    frames = rng.integers(0, 256, (600, height, width, 3), dtype=np.uint8)
+    instruction = "collect wood"
+    long_steps = 128 if quick else 512
+    repeats = 10 if quick else 40
+
+    # act latency: a full history (T = long_steps) against a fresh one (T = 1), interleaved.
+    full, fresh = Agent(policy), Agent(policy)
+    full.reset(instruction)
+    for t in range(long_steps - 1):
+        full.act({"image": frames[t]})
+    full_times, fresh_times = [], []
+    for i in range(repeats):
+        fresh.reset(instruction)
+        start = time.perf_counter()
+        fresh.act({"image": frames[i]})
+        fresh_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        full.act({"image": frames[long_steps + i]})
+        full_times.append(time.perf_counter() - start)
+    latency_long, latency_one = float(np.median(full_times)), float(np.median(fresh_times))
+    cache_mib = full.cache_nbytes() / 2**20
+
+    # naive (re-run the whole history every step) vs the cache, at T = 256 (64 when quick).
+    history = 64 if quick else 256
+    clip = torch.from_numpy(frames[:history])[None]
+    with torch.no_grad():
+        naive = _median_seconds(lambda: policy(clip, [instruction]), 3 if quick else 5)
+    cached = Agent(policy)
+    cached.reset(instruction)
+    for t in range(history - 1):
+        cached.act({"image": frames[t]})
+    incremental = _median_seconds(lambda: cached.act({"image": frames[history]}), repeats)
+
+    # training throughput: chunks of 64 (each frame encoded once) vs a 64-frame window per step.
+    train_policy = InstructionPolicy(config).train()
+    optimizer = torch.optim.AdamW([p for p in train_policy.parameters() if p.requires_grad], lr=1e-4)
+    length, chunk_batch, window_batch = 64, 2 if quick else 4, 2 if quick else 4
+    chunk = torch.from_numpy(frames[: chunk_batch * length].reshape(chunk_batch, length, height, width, 3))
+    targets = torch.from_numpy(rng.integers(0, 17, (chunk_batch, length)))
+
+    def chunk_step() -> None:
+        out = train_policy(chunk, [instruction] * chunk_batch)
+        loss = -train_policy.distribution(out.logits).log_prob(targets).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    windows = torch.from_numpy(
+        frames[: window_batch * length].reshape(window_batch, length, height, width, 3)
+    )
+
+    def window_step() -> None:
+        # One training sample per window: the last step's output, as frame stacking does.
+        out = train_policy(windows, [instruction] * window_batch)
+        loss = -train_policy.distribution(out.logits[:, -1]).log_prob(targets[:window_batch, -1]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    chunk_step(), window_step()  # warm-up
+    rounds = 2 if quick else 4
+    chunk_time = sum(_median_seconds(chunk_step, 1) for _ in range(rounds))
+    window_time = sum(_median_seconds(window_step, 1) for _ in range(rounds))
+    chunk_fps = rounds * chunk_batch * length / chunk_time
+    window_fps = rounds * window_batch / window_time
+    return {
+        "act_latency_ms_T1": 1000 * latency_one,
+        f"act_latency_ms_T{long_steps}": 1000 * latency_long,
+        f"act_latency_T{long_steps}_over_T1": latency_long / latency_one,
+        f"naive_ms_T{history}": 1000 * naive,
+        f"incremental_ms_T{history}": 1000 * incremental,
+        f"naive_over_incremental_T{history}": naive / incremental,
+        f"cache_mib_T{long_steps}": cache_mib,
+        "chunk_train_frames_per_s": chunk_fps,
+        "window_train_frames_per_s": window_fps,
+        "chunk_train_frames_per_s_over_window": chunk_fps / window_fps,
+        "parameters_trainable": sum(p.numel() for p in train_policy.parameters() if p.requires_grad),
+        "threads": torch.get_num_threads(),
+        "goals": {"act_latency_T512_over_T1": "<= 2.0", "naive_over_incremental_T256": ">= 50"},
+    }
+
+
+BENCHES["policy"] = bench_policy

@@ -47,40 +47,83 @@ class FusionOutput:
 class HistoryRing:
     """The last W real frames of each row, P slots per frame, with their times.
 
-    values: (B, S, F) per tensor name; slot_time long (B, S); slot_valid bool (B, S).
-    Frame k of a row goes to slots [(k % W) * P, (k % W + 1) * P).
+    Each stored tensor has a slot axis (``slot_dim``, 1 by default: (B, S, F); attention keys
+    use 2: (B, H, S, d), the layout attention reads without a copy). slot_time long (B, S),
+    slot_valid bool (B, S). Frame k of a row goes to slots [(k % W) * P, (k % W + 1) * P).
+    Capacity grows by doubling up to W frames, so short histories stay small and cheap.
     """
 
-    def __init__(self, batch: int, window: int, tokens: int, device: torch.device) -> None:
+    def __init__(
+        self, batch: int, window: int, tokens: int, device: torch.device, initial_frames: int = 16
+    ) -> None:
         self.window, self.tokens = window, tokens
-        slots = window * tokens
+        self.capacity = min(window, initial_frames)  # frames
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
-        self.slot_time = torch.zeros(batch, slots, dtype=torch.long, device=device)
-        self.slot_valid = torch.zeros(batch, slots, dtype=torch.bool, device=device)
+        self.slot_time = torch.zeros(batch, self.capacity * tokens, dtype=torch.long, device=device)
+        self.slot_valid = torch.zeros(batch, self.capacity * tokens, dtype=torch.bool, device=device)
         self.values: dict[str, torch.Tensor] = {}
+        self.slot_dims: dict[str, int] = {}
+        self._max_count = 0
 
     @property
     def filled(self) -> int:
         """Slots in use by the fullest row: attention only needs this prefix."""
-        return int(self.count.max().clamp(max=self.window)) * self.tokens
+        return min(self._max_count, self.window) * self.tokens
 
-    def append(self, time: torch.Tensor, valid: torch.Tensor, **values: torch.Tensor) -> None:
-        """time long (B,), valid bool (B,), values (B, P, F) each; rows with valid=False keep their state."""
-        batch = time.shape[0]
-        rows = torch.arange(batch, device=time.device)
-        start = (self.count % self.window) * self.tokens
-        slots = start[:, None] + torch.arange(self.tokens, device=time.device)  # (B, P)
-        keep = valid[:, None]
+    def _grow(self, frames: int) -> None:
+        capacity = min(self.window, max(frames, 2 * self.capacity))
+        extra = (capacity - self.capacity) * self.tokens
+
+        def widen(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+            shape = list(tensor.shape)
+            shape[dim] = extra
+            return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+
+        self.slot_time = widen(self.slot_time, 1)
+        self.slot_valid = widen(self.slot_valid, 1)
+        for name, store in self.values.items():
+            self.values[name] = widen(store, self.slot_dims[name])
+        self.capacity = capacity
+
+    def append(
+        self, time: torch.Tensor, valid: torch.Tensor, slot_dim: int = 1, **values: torch.Tensor
+    ) -> None:
+        """time long (B,), valid bool (B,), values with P along ``slot_dim``; rows with
+        valid=False keep their state."""
+        needed = self._max_count + 1
+        if needed > self.capacity and self.capacity < self.window:
+            self._grow(needed)
+        all_valid = bool(valid.all())
+        in_step = all_valid and bool((self.count == self.count[0]).all())
         for name, value in values.items():
             if name not in self.values:
-                self.values[name] = value.new_zeros(batch, self.window * self.tokens, value.shape[-1])
-            store = self.values[name]
-            old = store[rows[:, None], slots]
-            store[rows[:, None], slots] = torch.where(keep[..., None], value, old)
-        old_time = self.slot_time[rows[:, None], slots]
-        self.slot_time[rows[:, None], slots] = torch.where(keep, time[:, None].expand_as(slots), old_time)
-        self.slot_valid[rows[:, None], slots] |= keep.expand_as(slots)
+                shape = list(value.shape)
+                shape[slot_dim] = self.capacity * self.tokens
+                self.values[name] = value.new_zeros(shape)
+                self.slot_dims[name] = slot_dim
+        if in_step:
+            # Fast path (every row real, same length): one slice write per tensor.
+            start = int(self.count[0] % self.window) * self.tokens
+            stop = start + self.tokens
+            for name, value in values.items():
+                self.values[name].narrow(slot_dim, start, self.tokens).copy_(value)
+            self.slot_time[:, start:stop] = time[:, None]
+            self.slot_valid[:, start:stop] = True
+        else:
+            rows = torch.arange(time.shape[0], device=time.device)[:, None]
+            slots = ((self.count % self.window) * self.tokens)[:, None] + torch.arange(
+                self.tokens, device=time.device
+            )
+            keep = valid[:, None]
+            for name, value in values.items():
+                store = self.values[name].movedim(slot_dim, 1)  # a view: writes reach the store
+                moved = value.movedim(slot_dim, 1)
+                mask = keep.reshape(*keep.shape, *[1] * (moved.dim() - 2))
+                store[rows, slots] = torch.where(mask, moved, store[rows, slots])
+            self.slot_time[rows, slots] = torch.where(keep, time[:, None], self.slot_time[rows, slots])
+            self.slot_valid[rows, slots] |= keep
         self.count += valid.long()
+        self._max_count = max(self._max_count, needed) if bool(valid.any()) else self._max_count
 
     def visible(self, time: torch.Tensor) -> torch.Tensor:
         """bool (B, filled): slots a query at ``time`` (B,) sees."""
@@ -89,7 +132,7 @@ class HistoryRing:
         return self.slot_valid[:, :filled] & recent
 
     def get(self, name: str) -> torch.Tensor:
-        return self.values[name][:, : self.filled]
+        return self.values[name].narrow(self.slot_dims[name], 0, self.filled)
 
     def nbytes(self) -> int:
         tensors = [*self.values.values(), self.slot_time, self.slot_valid]

@@ -81,15 +81,8 @@ class CrossAttentionFusion(Fusion):
         weights = []
         for block, ring in zip(self.blocks, state, strict=True):
             k_new, v_new = block.keys_values(tokens)  # (B, H, P, d)
-            ring.append(
-                time,
-                valid,
-                k=rearrange(k_new, "b h p d -> b p (h d)"),
-                v=rearrange(v_new, "b h p d -> b p (h d)"),
-            )
-            k = rearrange(ring.get("k"), "b s (h d) -> b h s d", h=block.attn.heads)
-            v = rearrange(ring.get("v"), "b s (h d) -> b h s d", h=block.attn.heads)
-            q, w = block(q, k, v, ring.visible(time)[:, None, :], return_attention)
+            ring.append(time, valid, slot_dim=2, k=k_new, v=v_new)
+            q, w = block(q, ring.get("k"), ring.get("v"), ring.visible(time)[:, None, :], return_attention)
             weights.append(w)
         extras = {}
         if return_attention:

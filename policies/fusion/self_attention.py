@@ -105,15 +105,9 @@ class SelfAttentionFusion(Fusion):
         weights = []
         for layer, ring, (k_text, v_text) in zip(self.layers, state["rings"], state["text_kv"], strict=True):
             q, k_new, v_new = layer.project(x)
-            heads = layer.attn.heads
-            ring.append(
-                time,
-                valid,
-                k=rearrange(k_new, "b h p d -> b p (h d)"),
-                v=rearrange(v_new, "b h p d -> b p (h d)"),
-            )
-            k = torch.cat([k_text, rearrange(ring.get("k"), "b s (h d) -> b h s d", h=heads)], dim=2)
-            v = torch.cat([v_text, rearrange(ring.get("v"), "b s (h d) -> b h s d", h=heads)], dim=2)
+            ring.append(time, valid, slot_dim=2, k=k_new, v=v_new)
+            k = torch.cat([k_text, ring.get("k")], dim=2)
+            v = torch.cat([v_text, ring.get("v")], dim=2)
             visible = torch.cat([torch.ones_like(valid)[:, None], ring.visible(time)], dim=1)  # (B, 1+S)
             attended, w = layer.attn.attend(
                 q, k, v, visible[:, None, :].expand(-1, x.shape[1], -1), return_attention

@@ -46,7 +46,7 @@ def test_agent_acts_in_crafter_and_matches_the_parallel_path(tmp_path: Path, fus
 
 
 def test_attention_in_time_order_and_normalised(tmp_path: Path) -> None:
-    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    agent = Agent.from_pretrained(checkpoint(tmp_path), capture_attention=True)
     env = gym.make(envs.CRAFTER_ID, task="eat_cow")
     obs, info = env.reset(seed=1)
     agent.reset(info["instruction"])
@@ -102,3 +102,11 @@ def test_bad_image_is_reported(tmp_path: Path) -> None:
     agent.reset("collect wood")
     with pytest.raises(ValueError, match=r"expected image \(64, 64, 3\) uint8, got \(32, 32, 3\) uint8"):
         agent.act({"image": np.zeros((32, 32, 3), np.uint8)})
+
+
+def test_attention_needs_capture(tmp_path: Path) -> None:
+    agent = Agent.from_pretrained(checkpoint(tmp_path))
+    agent.reset("collect wood")
+    agent.act({"image": np.zeros((64, 64, 3), np.uint8)})
+    with pytest.raises(RuntimeError, match="capture_attention=True"):
+        agent.attention()

@@ -322,3 +322,19 @@ def test_import_policies_loads_no_gymnasium_or_sb3() -> None:
     code = "import sys, policies, policies.policy; print(sorted(m for m in ('gymnasium', 'stable_baselines3', 'envs') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention", "pooling"])
+def test_parity_through_cache_growth_and_wrap(fusion_type: str) -> None:
+    """The cache starts at 16 frames, doubles up to max_history=20, then wraps around."""
+    model = build(fusion_type, max_history=20)
+    frames = random_frames(2, 45, seed=7)
+    with torch.no_grad():
+        parallel = model(frames, INSTRUCTIONS[:2])
+        state = model.initial_state(INSTRUCTIONS[:2])
+        for t in range(45):
+            step = model.step(state, frames[:, t])
+            torch.testing.assert_close(step.logits, parallel.logits[:, t], atol=1e-5, rtol=0)
+    ring = state.fusion["rings"][0] if isinstance(state.fusion, dict) else state.fusion
+    ring = ring[0] if isinstance(ring, list) else ring
+    assert ring.capacity == 20
