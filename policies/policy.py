@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch import nn
 from policies.config import ActionSpaceConfig, ConfigError, PolicyConfig
 from policies.fusion import FUSIONS
 from policies.heads import ActionHeads, FactorizedCategorical, ValueHead, guide
+from policies.persist import atomic_directory
 from policies.text import make_text_encoder
 from policies.vision import FrameEncoder
 
@@ -229,29 +228,17 @@ class InstructionPolicy(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith(frozen_prefix)}
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
+    def write_files(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic)."""
+        save_file(self._saved_state(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        payload = {"policy": self.config.to_dict(), **(extra or {})}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+
     def save_pretrained(self, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors``; the directory is replaced atomically."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            save_file(self._saved_state(), str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-            payload = {"policy": self.config.to_dict(), **(extra or {})}
-            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
-            for path in staging.iterdir():
-                with open(path, "rb") as handle:
-                    os.fsync(handle.fileno())
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-            os.replace(staging, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        with atomic_directory(directory) as staging:
+            self.write_files(staging, extra)
+        return Path(directory)
 
     @classmethod
     def from_pretrained(

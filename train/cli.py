@@ -120,6 +120,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bc(args: argparse.Namespace) -> int:
+    from train.bc import train_bc
+    from train.config import load_run_config
+    from train.evaluation import periodic_evaluator
+
+    run = load_run_config(args.config, args.set)
+    summary = train_bc(run, args.data, args.out, resume=args.resume, evaluate_fn=periodic_evaluator(run, args.data))
+    if summary is None:
+        return 0
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+        for row in summary["evaluations"]:
+            print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent.evaluate import MODES, evaluate, sensitivity
+    from train.report import print_eval, print_sensitivity
+
+    common = dict(
+        checkpoint=args.checkpoint,
+        tasks=args.tasks,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+        workers=args.workers,
+        video_dir=args.video_dir,
+        videos=args.videos,
+    )
+    modes = list(MODES) if args.sensitivity else [args.instruction_mode]
+    bar = tqdm(total=args.episodes * len(modes), unit="ep", desc="eval", dynamic_ncols=True)
+    common["progress"] = lambda row: (bar.update(1), bar.set_postfix(mode=row["mode"]))
+    if args.sensitivity:
+        result = sensitivity(args.env, args.episodes, **common)
+    else:
+        result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **common)
+    bar.close()
+    if args.json:
+        _print_json(result)
+    elif args.sensitivity:
+        print_sensitivity(result)
+    else:
+        print_eval(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from train.demo import run_demo
 
@@ -153,10 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
-    p.add_argument("what", choices=["env", "policy"])
+    p.add_argument("what", choices=["env", "policy", "bc"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bc", help="behavioral cloning on a dataset (works under torchrun)")
+    p.add_argument("--config", default=None, help="YAML or JSON run config ({policy: ..., train: ...})")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.lr=3e-4"
+    )
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
+    p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_bc)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint in an env")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--episodes", type=int, default=50, help="episodes per instruction mode")
+    p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
+    p.add_argument("--instruction-mode", choices=["correct", "swapped", "blank"], default="correct")
+    p.add_argument("--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps")
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
+    p.add_argument("--seed", type=int, default=100_000, help="episode i uses seed + i")
+    p.add_argument("--workers", type=int, default=2, help="episode worker processes")
+    p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
+    p.add_argument("--videos", type=int, default=1, help="how many episodes to record")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
         "demo", help="the main job: expert demonstrations on Crafter-Instruct and their statistics"

@@ -1,0 +1,220 @@
+"""Evaluation loops: per-task success with 95% intervals, instruction sensitivity, videos.
+
+Episodes run in worker processes (each loads the checkpoint once) or in-process for a policy
+held in memory (periodic evaluation during training).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import envs
+from agent.agent import Agent
+from envs.tasks import TASKS
+
+MODES = ("correct", "swapped", "blank")
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a success rate."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def swapped_instruction(env_id: str, task: str, seed: int) -> str:
+    """An instruction for a different task than ``task`` (deterministic in ``seed``)."""
+    rng = np.random.default_rng([seed, 7919])
+    if env_id == envs.CRAFTER_ID:
+        others = [name for name in TASKS if name != task]
+        other = TASKS[others[int(rng.integers(len(others)))]]
+        return other.phrasings[int(rng.integers(len(other.phrasings)))]
+    # BabyAI: the mission of another level instance that asks for something else.
+    scratch = gym.make(env_id)
+    current = scratch.reset(seed=seed)[1]["instruction"]
+    for offset in range(1, 100):
+        mission = scratch.reset(seed=seed + 104_729 * offset)[1]["instruction"]
+        if mission != current:
+            return mission
+    return current
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    seed: int
+    task: str | None
+    mode: str
+    cfg_scale: float
+    video: str | None
+
+
+def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
+    options = {"task": job.task} if job.task is not None else None
+    obs, info = env.reset(seed=job.seed, options=options)
+    task = info["task"]
+    instruction = info["instruction"]
+    if job.mode == "swapped":
+        instruction = swapped_instruction(env_id, task, job.seed)
+    elif job.mode == "blank":
+        instruction = ""
+    # A blank instruction means the learned null instruction (the observation carries no text).
+    agent.reset(instruction or None)
+    frames = [env.render()] if job.video else []
+    steps, total, success = 0, 0.0, False
+    while True:
+        observation = {"image": obs["image"]}
+        action = agent.act(observation, deterministic=True, cfg_scale=job.cfg_scale)
+        obs, reward, terminated, truncated, info = env.step(action)
+        steps += 1
+        total += float(reward)
+        success = success or bool(info.get("success", False))
+        if job.video:
+            frames.append(env.render())
+        if terminated or truncated:
+            break
+    if job.video:
+        write_video(job.video, frames)
+    return {
+        "task": task,
+        "seed": job.seed,
+        "mode": job.mode,
+        "instruction": instruction,
+        "success": success,
+        "length": steps,
+        "return": total,
+        "video": job.video,
+    }
+
+
+def write_video(path: str, frames: list[np.ndarray], fps: int = 10, scale: int = 4) -> None:
+    """An H.264 mp4, frames upscaled by ``scale`` (nearest) so small observations stay legible."""
+    import imageio.v2 as imageio
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
+        for frame in frames:
+            writer.append_data(np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1))
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(checkpoint: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _worker["agent"] = Agent.from_pretrained(checkpoint)
+    _worker["env"] = gym.make(env_id, **env_kwargs)
+    _worker["env_id"] = env_id
+
+
+def _work(job: EpisodeJob) -> dict[str, Any]:
+    return run_episode(_worker["agent"], _worker["env"], _worker["env_id"], job)
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    tasks: dict[str, dict[str, Any]] = {}
+    for row in results:
+        entry = tasks.setdefault(row["task"], {"episodes": 0, "successes": 0, "steps": 0})
+        entry["episodes"] += 1
+        entry["successes"] += int(row["success"])
+        entry["steps"] += row["length"]
+    for entry in tasks.values():
+        entry["success_rate"] = entry["successes"] / entry["episodes"]
+        entry["ci95"] = list(wilson_interval(entry["successes"], entry["episodes"]))
+        entry["mean_length"] = entry["steps"] / entry["episodes"]
+    successes = sum(int(r["success"]) for r in results)
+    return {
+        "episodes": len(results),
+        "success_rate": successes / max(len(results), 1),
+        "ci95": list(wilson_interval(successes, len(results))),
+        "mean_task_success": float(np.mean([e["success_rate"] for e in tasks.values()])) if tasks else 0.0,
+        "mean_length": float(np.mean([r["length"] for r in results])) if results else 0.0,
+        "tasks": dict(sorted(tasks.items())),
+    }
+
+
+def evaluate(
+    env_id: str,
+    episodes: int,
+    *,
+    checkpoint: str | None = None,
+    agent: Agent | None = None,
+    tasks: list[str] | None = None,
+    mode: str = "correct",
+    cfg_scale: float = 0.0,
+    seed: int = 100_000,
+    workers: int = 1,
+    video_dir: str | None = None,
+    videos: int = 1,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes (seed + i, task cycling through ``tasks``) and summarise.
+
+    Give a ``checkpoint`` directory (episodes run in ``workers`` processes) or an in-memory
+    ``agent`` (episodes run here). The first ``videos`` episodes are recorded to ``video_dir``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"instruction mode must be one of {MODES}, got {mode!r}")
+    if (checkpoint is None) == (agent is None):
+        raise ValueError("pass exactly one of checkpoint= or agent=")
+    env_kwargs = dict(env_kwargs or {})
+    if tasks:
+        gym.make(env_id, task=tasks, **env_kwargs)  # unknown task names fail here, early
+    jobs = [
+        EpisodeJob(
+            seed + i,
+            tasks[i % len(tasks)] if tasks else None,
+            mode,
+            cfg_scale,
+            os.path.join(video_dir, f"{mode}_{i:03d}.mp4") if video_dir and i < videos else None,
+        )
+        for i in range(episodes)
+    ]
+    results: list[dict[str, Any]] = []
+    if agent is not None or workers <= 1:
+        if agent is None:
+            agent = Agent.from_pretrained(checkpoint)
+        env = gym.make(env_id, **env_kwargs)
+        for job in jobs:
+            results.append(run_episode(agent, env, env_id, job))
+            if progress:
+                progress(results[-1])
+    else:
+        context = mp.get_context("spawn")
+        with context.Pool(workers, _init_worker, (checkpoint, env_id, env_kwargs)) as pool:
+            for row in pool.imap(_work, jobs):
+                results.append(row)
+                if progress:
+                    progress(row)
+    summary = summarize(results)
+    summary.update({"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed})
+    summary["videos"] = [r["video"] for r in results if r["video"]]
+    return summary
+
+
+def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:
+    """Correct, swapped and blank instructions on the same seeds; per-task and mean gaps."""
+    runs = {mode: evaluate(env_id, episodes, mode=mode, **kwargs) for mode in MODES}
+    tasks = sorted(runs["correct"]["tasks"])
+    table = {
+        task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in MODES} for task in tasks
+    }
+    for row in table.values():
+        row["correct_minus_swapped"] = row["correct"] - row["swapped"]
+    gap = float(np.mean([row["correct_minus_swapped"] for row in table.values()])) if table else 0.0
+    return {"runs": runs, "tasks": table, "mean_correct_minus_swapped": gap}

@@ -1,0 +1,120 @@
+"""Behavioral-cloning run configuration: the policy tree plus training settings.
+
+A config file (YAML or JSON) holds ``{"policy": {...}, "train": {...}}``; ``--set key=value``
+overrides any field by its dotted path (``--set train.lr=1e-3``,
+``--set policy.fusion_kwargs.fusion_type=gmu``). The resolved config is saved with every
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policies import ConfigError, PolicyConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (every field is a ``--set train.<name>=...`` flag)."""
+
+    steps: int = 2000
+    """optimizer steps"""
+    batch_size: int = 16
+    """chunks per batch (per process under torchrun)"""
+    chunk_length: int = 32
+    """steps per chunk; shorter episodes are padded and masked"""
+    lr: float = 1e-3
+    """peak AdamW learning rate"""
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    """linear warm-up, then cosine decay to min_lr_ratio * lr"""
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    """clip the global gradient norm (0 = off)"""
+    augment_shift: int = 0
+    """random shift augmentation in pixels, one shift per chunk (0 = off)"""
+    workers: int = 2
+    """DataLoader worker processes"""
+    log_every: int = 25
+    checkpoint_every: int = 500
+    """write the checkpoint every N steps (and at the end)"""
+    eval_every: int = 0
+    """evaluate in the env every N steps (0 = only at the end if eval_episodes > 0)"""
+    eval_episodes: int = 0
+    eval_env: str = ""
+    """env id for periodic evaluation (default: the dataset's env)"""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu" or "cuda"""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)"""
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.workers < 0 or self.augment_shift < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.workers, train.augment_shift and train.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.to_dict(), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        unknown = sorted(set(data) - {"policy", "train"})
+        if unknown:
+            raise ConfigError(f"unknown top-level key(s) {unknown}; expected 'policy' and 'train'")
+        train = data.get("train", {})
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        bad = sorted(set(train) - names)
+        if bad:
+            raise ConfigError(f"unknown key(s) {['train.' + k for k in bad]}; known: {sorted(names)}")
+        return cls(PolicyConfig.from_dict(data.get("policy", {})), TrainConfig(**train))
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values are YAML scalars or lists: 1e-3, true, [16, 32], cross_attention."""
+    return yaml.safe_load(text)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"--set expects key=value, got {override!r}")
+        key, value = override.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = parse_value(value)
+    try:
+        return RunConfig.from_dict(data)
+    except TypeError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,27 @@
+"""Plain-text tables for evaluation results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_eval(result: dict[str, Any]) -> None:
+    print(f"{result['env_id']}  mode={result['mode']}  cfg_scale={result['cfg_scale']}  episodes={result['episodes']}")
+    print(f"{'task':22s} {'episodes':>8s} {'success':>8s} {'95% interval':>15s} {'mean len':>9s}")
+    for task, row in result["tasks"].items():
+        low, high = row["ci95"]
+        print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {row['mean_length']:9.1f}")
+    low, high = result["ci95"]
+    print(f"{'all':22s} {result['episodes']:8d} {result['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {result['mean_length']:9.1f}")
+    for video in result.get("videos", []):
+        print(f"video: {video}")
+
+
+def print_sensitivity(result: dict[str, Any]) -> None:
+    print(f"{'task':22s} {'correct':>8s} {'swapped':>8s} {'blank':>8s} {'gap':>8s}")
+    for task, row in result["tasks"].items():
+        print(
+            f"{task:22s} {row['correct']:8.3f} {row['swapped']:8.3f} {row['blank']:8.3f} "
+            f"{row['correct_minus_swapped']:8.3f}"
+        )
+    print(f"mean success(correct) - success(swapped): {result['mean_correct_minus_swapped']:.3f}")
