@@ -35,11 +35,12 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def swapped_instruction(env_id: str, task: str, seed: int) -> str:
-    """An instruction for a different task than ``task`` (deterministic in ``seed``)."""
+def swapped_instruction(env_id: str, task: str, seed: int, pool: tuple[str, ...] | None = None) -> str:
+    """An instruction for a different task than ``task`` (deterministic in ``seed``), drawn from
+    ``pool`` (the evaluated tasks) when it has another task, else from every task."""
     rng = np.random.default_rng([seed, 7919])
     if env_id == envs.CRAFTER_ID:
-        others = [name for name in TASKS if name != task]
+        others = [name for name in (pool or ()) if name != task] or [name for name in TASKS if name != task]
         other = TASKS[others[int(rng.integers(len(others)))]]
         return other.phrasings[int(rng.integers(len(other.phrasings)))]
     # BabyAI: the mission of another level instance that asks for something else.
@@ -59,6 +60,7 @@ class EpisodeJob:
     mode: str
     cfg_scale: float
     video: str | None
+    pool: tuple[str, ...] | None = None
 
 
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
@@ -67,7 +69,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
     task = info["task"]
     instruction = info["instruction"]
     if job.mode == "swapped":
-        instruction = swapped_instruction(env_id, task, job.seed)
+        instruction = swapped_instruction(env_id, task, job.seed, job.pool)
     elif job.mode == "blank":
         instruction = ""
     # A blank instruction means the learned null instruction (the observation carries no text).
@@ -182,6 +184,7 @@ def evaluate(
             mode,
             cfg_scale,
             os.path.join(video_dir, f"{mode}_{i:03d}.mp4") if video_dir and i < videos else None,
+            tuple(tasks) if tasks else None,
         )
         for i in range(episodes)
     ]
@@ -212,7 +215,8 @@ def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:
     runs = {mode: evaluate(env_id, episodes, mode=mode, **kwargs) for mode in MODES}
     tasks = sorted(runs["correct"]["tasks"])
     table = {
-        task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in MODES} for task in tasks
+        task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in MODES}
+        for task in tasks
     }
     for row in table.values():
         row["correct_minus_swapped"] = row["correct"] - row["swapped"]

@@ -193,7 +193,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
-        return _build(cls, data, "")
+        return build_dataclass(cls, data, "")
 
     @classmethod
     def from_json(cls, text: str) -> PolicyConfig:
@@ -231,7 +231,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """A (nested) frozen dataclass from JSON-like data: unknown keys fail, lists become tuples,
+    and numbers written as strings (YAML reads ``1e-3`` as a string) become numbers."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -243,9 +245,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+            kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
+        elif hint in (float, int) and isinstance(value, str):
+            try:
+                kwargs[name] = hint(float(value)) if hint is int else float(value)
+            except ValueError:
+                raise ConfigError(f"{prefix}{name} must be a number, got {value!r}") from None
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -103,7 +103,9 @@ def save_checkpoint(
         (staging / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
 
 
-def _accuracies(policy: InstructionPolicy, logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> list[float]:
+def _accuracies(
+    policy: InstructionPolicy, logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor
+) -> list[float]:
     distribution = policy.distribution(logits)
     mode = distribution.mode()
     if mode.dim() == mask.dim():
@@ -133,7 +135,9 @@ def train_bc(
     spec = dataset_info.metadata["action_space"]
     if ActionSpaceConfig.from_spec(spec) != run.policy.action_space:
         # The dataset decides the action space; the config's default is only a placeholder.
-        run = RunConfig(run.policy.replace(action_space=dataclasses.asdict(ActionSpaceConfig.from_spec(spec))), run.train)
+        run = RunConfig(
+            run.policy.replace(action_space=dataclasses.asdict(ActionSpaceConfig.from_spec(spec))), run.train
+        )
     image_shape = tuple(dataset_info.metadata["image_shape"][:2])
     if tuple(run.policy.vision.image_size) != image_shape:
         run = RunConfig(run.policy.replace(**{"vision.image_size": list(image_shape)}), run.train)
@@ -159,7 +163,8 @@ def train_bc(
     model: torch.nn.Module = policy
     if distributed.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            policy, device_ids=[distributed.local_rank] if device.startswith("cuda") else None,
+            policy,
+            device_ids=[distributed.local_rank] if device.startswith("cuda") else None,
             find_unused_parameters=True,
         )
 
@@ -218,7 +223,9 @@ def train_bc(
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             if cfg.grad_clip > 0
-            else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None]))
+            else torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in trainable if p.grad is not None])
+            )
         )
         optimizer.step()
         scheduler.step()
@@ -233,7 +240,9 @@ def train_bc(
             writer.add_scalar("train/grad_norm", float(grad_norm), step)
             writer.add_scalar("train/samples_per_s", samples_since_log / max(elapsed, 1e-9), step)
             if bar:
-                bar.set_postfix(loss=f"{loss_value:.3f}", samples_s=f"{samples_since_log / max(elapsed, 1e-9):.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}", samples_s=f"{samples_since_log / max(elapsed, 1e-9):.0f}"
+                )
             last_log, samples_since_log = time.perf_counter(), 0
         if bar:
             bar.update(1)
@@ -252,5 +261,7 @@ def train_bc(
         writer.close()
     if distributed.world_size > 1:
         dist.barrier()
-    summary.update({"steps": step, "final_loss": loss_value, "checkpoint": str(checkpoint_dir), "out": str(out_dir)})
+    summary.update(
+        {"steps": step, "final_loss": loss_value, "checkpoint": str(checkpoint_dir), "out": str(out_dir)}
+    )
     return summary

@@ -282,3 +282,67 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
 
 
 BENCHES["policy"] = bench_policy
+
+
+def bench_bc(quick: bool = False) -> dict[str, Any]:
+    """One BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
+    same batches already in memory; same model, same run, interleaved blocks."""
+    import torch
+
+    from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
+    from train.data import ChunkDataset, make_loader
+
+    steps = 10 if quick else 30
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/data"
+        collect(
+            path,
+            envs.CRAFTER_ID,
+            default_expert_for(envs.CRAFTER_ID),
+            40 if quick else 200,
+            workers=2,
+            seed=0,
+        )
+        torch.manual_seed(0)
+        config = PolicyConfig(action_space=ActionSpaceConfig("Discrete", (17,)))
+        policy = InstructionPolicy(config).train()
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+        chunks = ChunkDataset(path, 32)
+        loader = make_loader(chunks, 16, workers=1, seed=0, start_sample=0, pin_memory=False)
+
+        def train_step(batch: dict[str, Any]) -> None:
+            out = policy(
+                batch["frames"], list(batch["instruction"]), times=batch["times"], frame_mask=batch["mask"]
+            )
+            log_prob = policy.distribution(out.logits).log_prob(batch["actions"])
+            loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        batches = iter(loader)
+        train_step(next(batches))  # warm-up (workers started, text cached)
+        loader_time = memory_time = 0.0
+        for _ in range(2):
+            held = []
+            start = time.perf_counter()
+            for _ in range(steps // 2):
+                batch = next(batches)
+                train_step(batch)
+                held.append(batch)
+            loader_time += time.perf_counter() - start
+            start = time.perf_counter()
+            for batch in held:
+                train_step(batch)
+            memory_time += time.perf_counter() - start
+        del batches
+    return {
+        "loader_step_ms": 1000 * loader_time / steps,
+        "inmemory_step_ms": 1000 * memory_time / steps,
+        "loader_over_inmemory_step_time": loader_time / memory_time,
+        "batch": "16 chunks x 32 steps, default model, 1 loader worker",
+        "goals": {"loader_over_inmemory_step_time": "<= 1.1"},
+    }
+
+
+BENCHES["bc"] = bench_bc

@@ -126,13 +126,17 @@ def cmd_bc(args: argparse.Namespace) -> int:
     from train.evaluation import periodic_evaluator
 
     run = load_run_config(args.config, args.set)
-    summary = train_bc(run, args.data, args.out, resume=args.resume, evaluate_fn=periodic_evaluator(run, args.data))
+    summary = train_bc(
+        run, args.data, args.out, resume=args.resume, evaluate_fn=periodic_evaluator(run, args.data)
+    )
     if summary is None:
         return 0
     if args.json:
         _print_json(summary)
     else:
-        print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+        print(
+            f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}"
+        )
         for row in summary["evaluations"]:
             print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
     return 0
@@ -173,7 +177,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from train.demo import run_demo
 
-    return run_demo(args.out, episodes=args.episodes, workers=args.workers, seed=args.seed)
+    return run_demo(
+        args.out,
+        episodes=args.episodes,
+        workers=args.workers,
+        seed=args.seed,
+        bc_steps=args.bc_steps,
+        eval_episodes=args.eval_episodes,
+        tasks=args.tasks,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bc", help="behavioral cloning on a dataset (works under torchrun)")
     p.add_argument("--config", default=None, help="YAML or JSON run config ({policy: ..., train: ...})")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.lr=3e-4"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. train.lr=3e-4",
     )
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
@@ -220,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bc)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint in an env")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)"
+    )
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--episodes", type=int, default=50, help="episodes per instruction mode")
     p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
     p.add_argument("--instruction-mode", choices=["correct", "swapped", "blank"], default="correct")
-    p.add_argument("--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps")
+    p.add_argument(
+        "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
+    )
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
     p.add_argument("--seed", type=int, default=100_000, help="episode i uses seed + i")
     p.add_argument("--workers", type=int, default=2, help="episode worker processes")
@@ -235,10 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
-        "demo", help="the main job: expert demonstrations on Crafter-Instruct and their statistics"
+        "demo",
+        help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
     )
     p.add_argument("--out", default="outputs/demo", help="output directory")
-    p.add_argument("--episodes", type=int, default=200, help="expert episodes to collect")
+    p.add_argument("--episodes", type=int, default=600, help="expert episodes to collect")
+    p.add_argument("--bc-steps", type=int, default=700, help="behavioral-cloning steps")
+    p.add_argument("--eval-episodes", type=int, default=40, help="evaluation episodes per instruction mode")
+    p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks (default: four)")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="base seed")
     p.set_defaults(func=cmd_demo)

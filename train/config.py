@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from policies import ConfigError, PolicyConfig
+from policies.config import build_dataclass
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,8 @@ class RunConfig:
         unknown = sorted(set(data) - {"policy", "train"})
         if unknown:
             raise ConfigError(f"unknown top-level key(s) {unknown}; expected 'policy' and 'train'")
-        train = data.get("train", {})
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        bad = sorted(set(train) - names)
-        if bad:
-            raise ConfigError(f"unknown key(s) {['train.' + k for k in bad]}; known: {sorted(names)}")
-        return cls(PolicyConfig.from_dict(data.get("policy", {})), TrainConfig(**train))
+        policy = PolicyConfig.from_dict(data.get("policy") or {})
+        return cls(policy, build_dataclass(TrainConfig, data.get("train") or {}, "train."))
 
 
 def parse_value(text: str) -> Any:
@@ -102,7 +99,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
         except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+            raise ConfigError(
+                f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
+            ) from None
     for override in overrides or []:
         if "=" not in override:
             raise ConfigError(f"--set expects key=value, got {override!r}")

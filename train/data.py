@@ -103,6 +103,9 @@ def make_loader(
         prefetch_factor=4 if workers > 0 else None,
         drop_last=True,
         multiprocessing_context="spawn" if workers > 0 else None,
+        # Its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run's instruction dropout would drift from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -115,5 +118,7 @@ def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator) -> 
     flat = frames.permute(0, 1, 4, 2, 3).reshape(batch, length * channels, height, width).float()
     padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad), mode="replicate")
     shifts = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)
-    out = torch.stack([padded[b, :, dy : dy + height, dx : dx + width] for b, (dy, dx) in enumerate(shifts.tolist())])
+    out = torch.stack(
+        [padded[b, :, dy : dy + height, dx : dx + width] for b, (dy, dx) in enumerate(shifts.tolist())]
+    )
     return out.reshape(batch, length, channels, height, width).permute(0, 1, 3, 4, 2).to(torch.uint8)

@@ -1,31 +1,48 @@
-"""The main job behind `make demo`."""
+"""The main job behind `make demo`: demonstrations -> behavioral cloning -> evaluation -> video."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 import envs
+from agent.evaluate import evaluate
 from envs.collect import collect
 from envs.dataset import Dataset
 from envs.experts import default_expert_for
-from envs.tasks import TASKS
+from train.bc import train_bc
+from train.config import load_run_config
+
+DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run_demo(out: str, episodes: int = 200, workers: int = 2, seed: int = 0) -> int:
-    """Collect expert demonstrations on every Crafter-Instruct task and print their statistics."""
-    from tqdm import tqdm
-
+def run_demo(
+    out: str,
+    episodes: int = 600,
+    workers: int = 2,
+    seed: int = 0,
+    bc_steps: int = 700,
+    eval_episodes: int = 40,
+    tasks: list[str] | None = None,
+) -> int:
+    """Collect expert demonstrations, train BC on CPU for a few minutes, evaluate with correct vs
+    swapped instructions, record a rollout video, and print where everything is."""
+    tasks = tasks or DEMO_TASKS
     root = Path(out)
-    data = root / "crafter_demos"
-    if data.exists():
-        shutil.rmtree(data)
-    root.mkdir(parents=True, exist_ok=True)
-    tasks = list(TASKS)
-    print(f"[1/2] collecting {episodes} expert episodes over {len(tasks)} Crafter-Instruct tasks")
-    bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    data, run_dir, video_dir = root / "demos", root / "bc", root / "videos"
+    timings: dict[str, float] = {}
+
     start = time.perf_counter()
+    print(f"[1/4] collecting {episodes} expert episodes on {envs.CRAFTER_ID} ({', '.join(tasks)})")
+    bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
     stats = collect(
         str(data),
         envs.CRAFTER_ID,
@@ -34,25 +51,74 @@ def run_demo(out: str, episodes: int = 200, workers: int = 2, seed: int = 0) -> 
         tasks=tasks,
         workers=workers,
         seed=seed,
+        only_success=True,
         progress=lambda episode, running: (
             bar.update(1),
             bar.set_postfix(success=f"{running['success_rate']:.2f}"),
         ),
     )
     bar.close()
+    timings["collect"] = time.perf_counter() - start
     summary = Dataset(data).summary()
-    print(f"[2/2] dataset statistics ({time.perf_counter() - start:.1f} s)")
-    print(f"{'task':22s} {'episodes':>8s} {'expert success':>15s} {'mean length':>12s} {'limit':>6s}")
-    for task in tasks:
-        row = summary["tasks"].get(task)
-        if row:
-            print(
-                f"{task:22s} {row['episodes']:8d} {row['success_rate']:15.3f} "
-                f"{row['mean_length']:12.1f} {TASKS[task].step_limit:6d}"
-            )
-    print(
-        f"total: {summary['episodes']} episodes, {summary['steps']} steps, {summary['bytes'] / 1e6:.1f} MB, "
-        f"{summary['instructions']} distinct instructions, {stats['episodes_per_s']:.1f} episodes/s"
+
+    start = time.perf_counter()
+    print(f"[2/4] behavioral cloning for {bc_steps} steps on CPU")
+    run = load_run_config(
+        REPO / "configs" / "bc_crafter.yaml",
+        [f"train.steps={bc_steps}", f"train.seed={seed}", f"train.checkpoint_every={bc_steps}"],
     )
-    print(f"outputs:\n  dataset  {data}\n  inspect  instructcraft data info {data}")
+    trained = train_bc(run, str(data), str(run_dir))
+    timings["bc"] = time.perf_counter() - start
+    checkpoint = trained["checkpoint"]
+
+    start = time.perf_counter()
+    print(f"[3/4] evaluating on {eval_episodes} new seeds per instruction mode")
+    results = {}
+    for mode in ("correct", "swapped"):
+        results[mode] = evaluate(
+            envs.CRAFTER_ID,
+            eval_episodes,
+            checkpoint=checkpoint,
+            tasks=tasks,
+            mode=mode,
+            workers=workers,
+            seed=100_000,
+        )
+    timings["eval"] = time.perf_counter() - start
+
+    print("[4/4] recording a rollout video")
+    video = evaluate(
+        envs.CRAFTER_ID, 1, checkpoint=checkpoint, tasks=tasks[:1], video_dir=str(video_dir), seed=100_000
+    )["videos"]
+
+    print()
+    print(
+        f"{'task':18s} {'demos':>6s} {'expert':>7s} {'BC correct':>11s} {'BC swapped':>11s} {'95% CI (correct)':>17s}"
+    )
+    for task in tasks:
+        correct = results["correct"]["tasks"].get(task, {})
+        swapped = results["swapped"]["tasks"].get(task, {})
+        low, high = correct.get("ci95", (0.0, 1.0))
+        print(
+            f"{task:18s} {summary['tasks'][task]['episodes']:6d} {summary['tasks'][task]['success_rate']:7.2f} "
+            f"{correct.get('success_rate', 0):11.2f} {swapped.get('success_rate', 0):11.2f} "
+            f"{f'[{low:.2f}, {high:.2f}]':>17s}"
+        )
+    gap = results["correct"]["mean_task_success"] - results["swapped"]["mean_task_success"]
+    print(
+        f"mean success: correct {results['correct']['mean_task_success']:.2f}, swapped "
+        f"{results['swapped']['mean_task_success']:.2f} (instruction sensitivity {gap:+.2f})"
+    )
+    print(
+        f"time: collect {timings['collect']:.0f} s, bc {timings['bc']:.0f} s, eval {timings['eval']:.0f} s; "
+        f"data {summary['episodes']} episodes / {summary['steps']} steps; expert success {stats['success_rate']:.2f}"
+    )
+    report = {"dataset": summary, "bc": trained, "eval": results, "timings_s": timings, "video": video}
+    (root / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+    print("\noutputs:")
+    print(f"  dataset      {data}   (instructcraft data info {data})")
+    print(f"  checkpoint   {checkpoint}")
+    print(f"  tensorboard  {run_dir / 'tb'}   (tensorboard --logdir {run_dir / 'tb'})")
+    print(f"  video        {video[0] if video else '-'}")
+    print(f"  summary      {root / 'summary.json'}")
     return 0

@@ -6,13 +6,19 @@ from typing import Any
 
 
 def print_eval(result: dict[str, Any]) -> None:
-    print(f"{result['env_id']}  mode={result['mode']}  cfg_scale={result['cfg_scale']}  episodes={result['episodes']}")
+    print(
+        f"{result['env_id']}  mode={result['mode']}  cfg_scale={result['cfg_scale']}  episodes={result['episodes']}"
+    )
     print(f"{'task':22s} {'episodes':>8s} {'success':>8s} {'95% interval':>15s} {'mean len':>9s}")
     for task, row in result["tasks"].items():
         low, high = row["ci95"]
-        print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {row['mean_length']:9.1f}")
+        print(
+            f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {row['mean_length']:9.1f}"
+        )
     low, high = result["ci95"]
-    print(f"{'all':22s} {result['episodes']:8d} {result['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {result['mean_length']:9.1f}")
+    print(
+        f"{'all':22s} {result['episodes']:8d} {result['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {result['mean_length']:9.1f}"
+    )
     for video in result.get("videos", []):
         print(f"video: {video}")
 

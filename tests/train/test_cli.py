@@ -104,9 +104,24 @@ def test_bench_env_quick() -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs(tmp_path: Path) -> None:
-    result = run("demo", "--out", str(tmp_path / "demo"), "--episodes", "10")
-    assert (
-        "dataset statistics" in result.stdout
-        and (tmp_path / "demo" / "crafter_demos" / "index.jsonl").exists()
+def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run(
+        "demo",
+        "--out",
+        str(out),
+        "--episodes",
+        "8",
+        "--bc-steps",
+        "3",
+        "--eval-episodes",
+        "2",
+        "--tasks",
+        "collect_wood",
+        "eat_cow",
     )
+    assert "instruction sensitivity" in result.stdout and "outputs:" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bc"]["steps"] == 3 and set(summary["eval"]) == {"correct", "swapped"}
+    assert (out / "bc" / "checkpoint" / "model.safetensors").exists()
+    assert Path(summary["video"][0]).stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Shared test helpers (tests/ is on pytest's pythonpath)."""
+"""Shared test helpers (tests/support is on pytest's pythonpath)."""
 
 import torch
 

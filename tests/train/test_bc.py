@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import envs
+from envs.collect import collect
+from policies import InstructionPolicy
+from train.bc import TrainingDiverged, train_bc
+from train.config import load_run_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "tiny.yaml")
+SCRIPT = str(Path(sys.executable).parent / "instructcraft")
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("data") / "demos"
+    collect(
+        str(path),
+        envs.CRAFTER_ID,
+        "crafter_planner",
+        12,
+        tasks=["collect_wood", "eat_cow", "place_table"],
+        seed=5,
+    )
+    return str(path)
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_config_overrides_and_errors(tmp_path: Path) -> None:
+    run = load_run_config(TINY, ["train.lr=3e-4", "policy.fusion_kwargs.fusion_type=gmu", "train.steps=7"])
+    assert (run.train.lr, run.train.steps, run.policy.fusion_kwargs.fusion_type) == (3e-4, 7, "gmu")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['train.learning_rate'\]"):
+        load_run_config(TINY, ["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="--set expects key=value"):
+        load_run_config(TINY, ["train.lr"])
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_run_config(tmp_path / "bad.yaml")
+
+
+def test_resume_gives_the_same_parameters(demos: str, tmp_path: Path) -> None:
+    straight = load_run_config(TINY, ["train.steps=20", "train.checkpoint_every=10", "train.augment_shift=2"])
+    train_bc(straight, demos, str(tmp_path / "a"), progress=False)
+    # The same run interrupted right after its step-10 checkpoint, then resumed.
+    import train.bc as bc
+
+    class Stop(Exception):
+        pass
+
+    original = bc.save_checkpoint
+
+    def save_then_stop(directory, policy, optimizer, scheduler, step, run, data):
+        original(directory, policy, optimizer, scheduler, step, run, data)
+        if step == 10:
+            raise Stop
+
+    bc.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train_bc(straight, demos, str(tmp_path / "b"), progress=False)
+    finally:
+        bc.save_checkpoint = original
+    assert json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())["trained_steps"] == 10
+    train_bc(straight, demos, str(tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
+    a, b = weights(tmp_path / "a" / "checkpoint"), weights(tmp_path / "b" / "checkpoint")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_tensorboard_tags(demos: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = load_run_config(
+        TINY, ["train.steps=4", "train.log_every=2", "train.eval_every=2", "train.eval_episodes=1"]
+    )
+    train_bc(
+        run,
+        demos,
+        str(tmp_path / "r"),
+        progress=False,
+        evaluate_fn=lambda p, s, w: w.add_scalar("eval/success_rate", 0.5, s) or {},
+    )
+    events = EventAccumulator(str(tmp_path / "r" / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/accuracy_head0",
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_s",
+    } <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]
+    assert [e.step for e in events.Scalars("eval/success_rate")] == [2, 4]
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(demos: str, tmp_path: Path) -> None:
+    run = load_run_config(
+        TINY,
+        [
+            "train.steps=50",
+            "train.checkpoint_every=1",
+            "train.lr=1e30",
+            "train.grad_clip=0",
+            "train.warmup_steps=0",
+        ],
+    )
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is (nan|inf) at step \d+: training stopped; the last good checkpoint"
+    ):
+        train_bc(run, demos, str(tmp_path / "n"), progress=False)
+    saved = json.loads((tmp_path / "n" / "checkpoint" / "config.json").read_text())["trained_steps"]
+    assert saved >= 1
+    InstructionPolicy.from_pretrained(tmp_path / "n" / "checkpoint")
+
+
+def test_bc_learns_a_batch(demos: str, tmp_path: Path) -> None:
+    run = load_run_config(
+        TINY, ["train.steps=120", "train.lr=3e-3", "train.log_every=120", "policy.instruction_dropout=0.0"]
+    )
+    summary = train_bc(run, demos, str(tmp_path / "o"), progress=False)
+    # From ln(17) = 2.83 at the start; a model that learns nothing stays near it.
+    assert summary["final_loss"] < 0.7 * 2.833, summary
+
+
+def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(demos, broken)
+    for path in (broken / "episodes").glob("*.npz"):
+        path.write_bytes(path.read_bytes()[:200])
+    result = subprocess.run(
+        [SCRIPT, "bc", "--config", TINY, "--data", str(broken), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert (
+        "(episode " in result.stderr
+        and "is corrupt or truncated" in result.stderr
+        and "data check" in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_identical_weights(demos: str, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        str(REPO / "tests" / "train" / "ddp_worker.py"),
+        TINY,
+        demos,
+        str(tmp_path / "ddp"),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (
+        load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
+        load_file(str(tmp_path / "ddp" / "rank1.safetensors")),
+    )
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    initial = InstructionPolicy(load_run_config(TINY).policy).state_dict()
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0 if k in initial)
+
+
+def test_bc_and_eval_cli(demos: str, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "bc",
+            "--config",
+            TINY,
+            "--set",
+            "train.steps=4",
+            "--data",
+            demos,
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["steps"] == 4
+    assert (out / "config.resolved.yaml").exists() and (out / "checkpoint" / "run.json").exists()
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "eval",
+            "--checkpoint",
+            str(out / "checkpoint"),
+            "--env",
+            envs.CRAFTER_ID,
+            "--episodes",
+            "2",
+            "--tasks",
+            "collect_wood",
+            "--workers",
+            "2",
+            "--json",
+            "--video-dir",
+            str(tmp_path / "v"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["episodes"] == 2 and "collect_wood" in report["tasks"]
+    assert len(report["tasks"]["collect_wood"]["ci95"]) == 2
+    assert (tmp_path / "v" / "correct_000.mp4").stat().st_size > 1000
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "eval",
+            "--checkpoint",
+            str(out / "checkpoint"),
+            "--env",
+            envs.CRAFTER_ID,
+            "--episodes",
+            "2",
+            "--tasks",
+            "collect_wood",
+            "eat_cow",
+            "--workers",
+            "1",
+            "--sensitivity",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "mean success(correct) - success(swapped)" in result.stdout
