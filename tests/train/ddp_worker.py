@@ -16,7 +16,7 @@ def main() -> None:
     run = load_run_config(config, ["train.steps=4", "train.workers=0", "train.device=cpu"])
     captured = {}
 
-    def keep(policy, step, writer):  # noqa: ARG001  (called on rank 0 only; unused here)
+    def keep(policy, step, writer):
         return {}
 
     import train.bc as bc
