@@ -114,16 +114,16 @@ def _accuracies(
     return (hits.sum((0, 1)).float() / mask.sum().clamp_min(1)).tolist()
 
 
-def train_bc(
+def train_bc_policy(
     run: RunConfig,
     data: str,
     out: str,
     resume: str | None = None,
     progress: bool = True,
     evaluate_fn: Any = None,
-) -> dict[str, Any]:
-    """Train; returns a summary. ``evaluate_fn(policy, step) -> dict`` runs periodic evaluation
-    (passed down by the CLI, so this module never imports the evaluation loop's env code)."""
+) -> tuple[InstructionPolicy, dict[str, Any]]:
+    """Train; returns the policy and a summary. ``evaluate_fn(policy, step, writer) -> dict`` runs
+    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py)."""
     cfg = run.train
     device = resolve_device(cfg.device)
     distributed = setup_distributed(device)
@@ -264,4 +264,16 @@ def train_bc(
     summary.update(
         {"steps": step, "final_loss": loss_value, "checkpoint": str(checkpoint_dir), "out": str(out_dir)}
     )
-    return summary
+    return policy, summary
+
+
+def train_bc(
+    run: RunConfig,
+    data: str,
+    out: str,
+    resume: str | None = None,
+    progress: bool = True,
+    evaluate_fn: Any = None,
+) -> dict[str, Any]:
+    """Train; returns a JSON-able summary (``train_bc_policy`` also returns the policy)."""
+    return train_bc_policy(run, data, out, resume, progress, evaluate_fn)[1]
