@@ -169,7 +169,7 @@ def train_bc_policy(
         )
 
     shard = dataset_info.shard(distributed.rank, distributed.world_size)
-    chunks = ChunkDataset(data, cfg.chunk_length, episodes=shard)
+    chunks = ChunkDataset(data, cfg.chunk_length, episodes=shard, gamma=cfg.gamma)
     loader = make_loader(
         chunks,
         cfg.batch_size,
@@ -205,11 +205,16 @@ def train_bc_policy(
         actions = batch["actions"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
         times = batch["times"].to(device, non_blocking=True)
+        returns = batch["returns"].to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             output = model(frames, list(batch["instruction"]), times=times, frame_mask=mask)
         logits = output.logits.float()
         log_prob = policy.distribution(logits).log_prob(actions)
-        loss = -(log_prob * mask).sum() / mask.sum().clamp_min(1)
+        steps_real = mask.sum().clamp_min(1)
+        policy_loss = -(log_prob * mask).sum() / steps_real
+        # The value term also keeps every output in the graph, as DDP requires.
+        value_loss = ((output.value.float() - returns).square() * mask).sum() / steps_real
+        loss = policy_loss + cfg.value_coef * value_loss
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             if bar:
@@ -234,6 +239,8 @@ def train_bc_policy(
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - last_log
             writer.add_scalar("train/loss", loss_value, step)
+            writer.add_scalar("train/policy_loss", float(policy_loss), step)
+            writer.add_scalar("train/value_loss", float(value_loss), step)
             for head, accuracy in enumerate(_accuracies(policy, logits.detach(), actions, mask)):
                 writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)

@@ -36,6 +36,10 @@ class TrainConfig:
     warmup_steps: int = 100
     """linear warm-up, then cosine decay to min_lr_ratio * lr"""
     min_lr_ratio: float = 0.05
+    value_coef: float = 0.5
+    """weight of the value head's regression on discounted returns (pre-trains it for RL)"""
+    gamma: float = 0.99
+    """discount for the value targets"""
     grad_clip: float = 1.0
     """clip the global gradient norm (0 = off)"""
     augment_shift: int = 0

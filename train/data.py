@@ -17,7 +17,8 @@ from envs.dataset import Dataset
 
 class ChunkDataset(torch.utils.data.Dataset):
     """Item i = one chunk: frames uint8 (L, H, W, 3), actions long (L,) or (L, A), mask bool (L,)
-    True = real step, times long (L,) absolute step, instruction str, task str.
+    True = real step, times long (L,) absolute step, returns float (L,) discounted reward-to-go,
+    instruction str, task str.
 
     Chunks tile each episode with stride L; an episode's last chunk is right-padded. Each item
     inflates only the frame blocks it covers.
@@ -28,10 +29,16 @@ class ChunkDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, path: str, chunk_length: int, episodes: list[int] | None = None, only_success: bool = True
+        self,
+        path: str,
+        chunk_length: int,
+        episodes: list[int] | None = None,
+        only_success: bool = True,
+        gamma: float = 0.99,
     ) -> None:
         self.data = Dataset(path)
         self.chunk_length = chunk_length
+        self.gamma = gamma
         chosen = range(len(self.data)) if episodes is None else episodes
         self.items: list[tuple[int, int]] = []
         for number in chosen:
@@ -61,14 +68,27 @@ class ChunkDataset(torch.utils.data.Dataset):
         mask = np.zeros(length, bool)
         mask[:steps] = True
         times = np.arange(start, start + length, dtype=np.int64)
+        returns = np.zeros(length, np.float32)
+        returns[:steps] = self._returns(number)[start : start + steps]
         return {
             "frames": torch.from_numpy(frames),
             "actions": torch.from_numpy(actions),
             "mask": torch.from_numpy(mask),
             "times": torch.from_numpy(times),
+            "returns": torch.from_numpy(returns),
             "instruction": entry["instruction"],
             "task": entry["task"],
         }
+
+    def _returns(self, number: int) -> np.ndarray:
+        """Discounted reward-to-go over the whole episode (value-head targets)."""
+        rewards = self.data.chunk(number, 0, self.data.episodes[number]["length"])["rewards"]
+        out = np.zeros(len(rewards), np.float32)
+        running = 0.0
+        for t in range(len(rewards) - 1, -1, -1):
+            running = float(rewards[t]) + self.gamma * running
+            out[t] = running
+        return out
 
 
 class ResumableSampler(Sampler[int]):
