@@ -137,6 +137,7 @@ class Agent:
         action = distribution.mode() if deterministic else distribution.sample(self.generator)
         self._last_extras = output.extras
         self._last_probs = distribution.probs_of(action)
+        self._last_logits = logits
         self._last_value = output.value
         return self._to_env_action(action)
 

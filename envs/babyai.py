@@ -14,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the BabyAI-* ids)
 import numpy as np
+from minigrid.core.actions import Actions
 
 from envs.spaces import observation_space
 
@@ -47,6 +48,7 @@ class BabyAIInstructEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012  (gymnasium convention)
+    action_names: tuple[str, ...] = tuple(action.name for action in Actions)
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ class CrafterInstructEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012  (gymnasium convention)
+    action_names: tuple[str, ...] = ACTION_NAMES
 
     def __init__(
         self,

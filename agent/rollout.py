@@ -1,0 +1,137 @@
+"""Rollouts that write captioned videos (MP4 and GIF) and JSON statistics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.agent import Agent
+
+CAPTION_HEIGHT = 44
+
+
+def action_name(env: gym.Env, action: Any) -> str:
+    names = getattr(env.unwrapped, "action_names", None)
+    if names is not None and np.ndim(action) == 0:
+        return str(names[int(action)])
+    return str(np.asarray(action).tolist())
+
+
+def caption(frame: np.ndarray, lines: list[str], scale: int = 4) -> np.ndarray:
+    """The frame upscaled by ``scale`` (nearest) over a black caption bar with ``lines``."""
+    big = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+    image = Image.new("RGB", (big.shape[1], big.shape[0] + CAPTION_HEIGHT))
+    image.paste(Image.fromarray(big), (0, 0))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for row, line in enumerate(lines[:3]):
+        draw.text((4, big.shape[0] + 2 + 14 * row), line, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def write_videos(frames: list[np.ndarray], stem: Path, fps: int = 10) -> dict[str, str]:
+    """``stem``.mp4 (H.264) and ``stem``.gif from the same frames."""
+    import imageio.v2 as imageio
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
+    with imageio.get_writer(mp4, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    imageio.mimsave(gif, frames, duration=1000 / fps, loop=0)
+    return {"mp4": str(mp4), "gif": str(gif)}
+
+
+def rollout_episode(
+    agent: Agent,
+    env: gym.Env,
+    seed: int,
+    instruction: str | None = None,
+    deterministic: bool = True,
+    cfg_scale: float = 0.0,
+    max_steps: int | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One episode; ``instruction`` overrides the env's (the env still judges its own task).
+
+    Returns stats plus ``captioned`` frames (one per observation)."""
+    obs, info = env.reset(seed=seed)
+    text = instruction if instruction is not None else info["instruction"]
+    agent.reset(text or None)
+    frames = [caption(obs["image"], [text, "step 0"])]
+    total, success, step = 0.0, False, 0
+    while True:
+        action = agent.act({"image": obs["image"]}, deterministic=deterministic, cfg_scale=cfg_scale)
+        probability = agent.last_action_probability()
+        previous = obs["image"]
+        obs, reward, terminated, truncated, info = env.step(action)
+        step += 1
+        total += float(reward)
+        success = success or bool(info.get("success", False))
+        name = action_name(env, action)
+        if on_step is not None:
+            on_step(
+                {"step": step, "frame": previous, "action": action, "name": name, "probability": probability}
+            )
+        frames.append(
+            caption(
+                obs["image"],
+                [
+                    text,
+                    f"step {step}  action {name} (p={probability:.2f})",
+                    f"reward {reward:+.2f}  return {total:+.2f}",
+                ],
+            )
+        )
+        if terminated or truncated or (max_steps is not None and step >= max_steps):
+            break
+    return {
+        "seed": seed,
+        "task": info.get("task"),
+        "instruction": text,
+        "success": success,
+        "length": step,
+        "return": total,
+        "captioned": frames,
+    }
+
+
+def rollout(
+    agent: Agent,
+    env_id: str,
+    out: str,
+    episodes: int = 1,
+    seed: int = 0,
+    instruction: str | None = None,
+    deterministic: bool = True,
+    cfg_scale: float = 0.0,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """``episodes`` episodes: ``episode_XXX.mp4``/``.gif`` and ``stats.json`` in ``out``."""
+    env = gym.make(env_id, **(env_kwargs or {}))
+    agent.check_env(env)
+    root = Path(out)
+    rows = []
+    for index in range(episodes):
+        row = rollout_episode(agent, env, seed + index, instruction, deterministic, cfg_scale)
+        row.update(write_videos(row.pop("captioned"), root / f"episode_{index:03d}"))
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    stats = {
+        "env_id": env_id,
+        "episodes": rows,
+        "success_rate": float(np.mean([r["success"] for r in rows])),
+        "mean_length": float(np.mean([r["length"] for r in rows])),
+        "mean_return": float(np.mean([r["return"] for r in rows])),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
