@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 from agent.rollout import action_name
 
@@ -290,7 +291,7 @@ def viewer_payload(
     for step in recording.steps:
         scale = float(max(step.frame_weights.max(), 1e-9))
         scales.append(scale)
-        counts.append(int(len(step.frame_times)))
+        counts.append(len(step.frame_times))
         firsts.append(int(step.frame_times[0]))
         frame_q.append(np.round(step.frame_weights / scale * 255).reshape(-1))
         padded = np.zeros((blocks, heads, k, tokens), np.float32)

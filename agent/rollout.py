@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 
 CAPTION_HEIGHT = 44

@@ -174,6 +174,76 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent import Agent
+    from agent.rollout import rollout
+
+    agent = Agent.from_pretrained(args.checkpoint, device=args.device, seed=args.seed)
+    bar = tqdm(total=args.episodes, unit="ep", desc="rollout", dynamic_ncols=True)
+    stats = rollout(
+        agent,
+        args.env,
+        args.out,
+        episodes=args.episodes,
+        seed=args.seed,
+        instruction=args.instruction,
+        deterministic=not args.sample,
+        cfg_scale=args.cfg_scale,
+        progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
+    )
+    bar.close()
+    if args.json:
+        _print_json(stats)
+    else:
+        for row in stats["episodes"]:
+            print(
+                f"seed {row['seed']}: success={row['success']} length={row['length']} return={row['return']:.2f}  {row['mp4']}"
+            )
+        print(
+            f"success {stats['success_rate']:.3f}, mean length {stats['mean_length']:.1f}; stats in {args.out}/stats.json"
+        )
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent import Agent
+    from agent.attention import (
+        overlays_png,
+        record_dataset_episode,
+        record_rollout,
+        timeline_png,
+        viewer_html,
+    )
+
+    agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
+    if args.from_dataset:
+        from envs.crafter_instruct import ACTION_NAMES
+
+        names = list(ACTION_NAMES) if "Crafter" in (args.env or "Crafter") else None
+        recording = record_dataset_episode(agent, args.from_dataset, args.episode, names)
+    else:
+        if not args.env:
+            raise ValueError("--env is required unless --from-dataset is given")
+        recording = record_rollout(
+            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps
+        )
+    out = Path(args.out)
+    last = len(recording) - 1
+    written = {
+        "timeline": timeline_png(recording, out / "timeline.png"),
+        "overlays": overlays_png(recording, last, out / "overlays.png"),
+        "viewer": viewer_html(recording, out / "viewer.html"),
+    }
+    print(f"{len(recording)} steps of {recording.fusion_type} attention for {recording.instruction!r}")
+    for name, path in written.items():
+        print(f"  {name:9s} {path}  ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from train.demo import run_demo
 
@@ -215,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
-    p.add_argument("what", choices=["env", "policy", "bc"])
+    p.add_argument("what", choices=["env", "policy", "bc", "attention"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
     p.set_defaults(func=cmd_bench)
@@ -254,6 +324,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("rollout", help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--instruction", default=None, help="override the env's instruction")
+    p.add_argument("--episodes", type=int, default=1, help="episodes (seed, seed + 1, ...)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser(
+        "attention", help="record attention over frames: timeline PNG, overlays PNG, HTML viewer"
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--env", default=None, help="env id (for a rollout)")
+    p.add_argument("--instruction", default=None, help="instruction (default: the env's)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="episode seed")
+    p.add_argument("--max-steps", type=int, default=None, help="stop the rollout after this many steps")
+    p.add_argument(
+        "--from-dataset", default=None, help="replay a recorded demonstration instead of rolling out"
+    )
+    p.add_argument("--episode", type=int, default=0, help="episode index in --from-dataset")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_attention)
+
     p = sub.add_parser(
         "demo",
         help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
@@ -273,9 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, LookupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if type(error).__module__.startswith("gymnasium"):  # unknown env ids and the like
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
     except BrokenPipeError:  # e.g. `instructcraft envs | head`
         return 0
 

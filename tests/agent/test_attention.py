@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_config
+from PIL import Image
+
+import envs
+from agent import Agent
+from agent.attention import overlays_png, record_dataset_episode, record_rollout, timeline_png, viewer_html
+from envs.collect import collect
+from policies import InstructionPolicy
+
+SCRIPT = str(Path(sys.executable).parent / "instructcraft")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def tiny_checkpoint(tmp_path: Path, fusion_type: str = "cross_attention", max_history: int = 8) -> Path:
+    config = make_tiny_config(fusion_type).replace(
+        **{
+            "vision.image_size": [64, 64],
+            "vision.channels": [8, 16, 16],
+            "fusion_kwargs.num_blocks": 2,
+            "fusion_kwargs.max_history": max_history,
+        }
+    )
+    torch.manual_seed(0)
+    return InstructionPolicy(config).save_pretrained(tmp_path / f"ckpt_{fusion_type}")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    agent = Agent.from_pretrained(path, capture_attention=True)
+    return record_rollout(agent, envs.CRAFTER_ID, seed=0, max_steps=20, env_kwargs={"task": "place_stone"})
+
+
+def test_rows_sum_to_one_over_the_visible_history(recording) -> None:
+    assert len(recording) == 20 == len(recording.frames) == len(recording.actions)
+    for t, step in enumerate(recording.steps):
+        assert step.frame_times.tolist() == list(range(max(0, t - 7), t + 1))  # max_history = 8
+        np.testing.assert_allclose(step.frame_weights.sum(-1), 1.0, atol=1e-5)
+    for block in (0, 1, "mean", "rollout"):
+        timeline = recording.timeline(block)
+        assert timeline.shape == (20, 20)
+        np.testing.assert_allclose(timeline.sum(1), 1.0, atol=1e-5)
+        assert np.triu(timeline, 1).max() == 0  # nothing from the future
+
+
+def test_pngs_and_viewer_match_the_rollout(recording, tmp_path: Path) -> None:
+    timeline = Image.open(timeline_png(recording, tmp_path / "timeline.png"))
+    assert timeline.width > 4 * 320  # two blocks, mean, rollout
+    overlays = Image.open(overlays_png(recording, 19, tmp_path / "overlays.png"))
+    assert overlays.width >= 5 * 256  # current frame + the top 4
+    html = viewer_html(recording, tmp_path / "viewer.html").read_text()
+    assert "<script src" not in html and "http" not in html.split("<script>")[1]  # self-contained
+    payload = json.loads(html.split("const DATA = ")[1].split(";\nconst $")[0])
+    assert payload["steps"] == 20 and len(payload["actions"]) == 20 and payload["counts"][-1] == 8
+
+
+@pytest.mark.parametrize("fusion_type", ["gmu", "self_attention", "late"])
+def test_other_fusions_show_what_they_have(tmp_path: Path, fusion_type: str) -> None:
+    agent = Agent.from_pretrained(tiny_checkpoint(tmp_path, fusion_type), capture_attention=True)
+    recording = record_rollout(agent, envs.CRAFTER_ID, seed=1, max_steps=6, env_kwargs={"task": "eat_cow"})
+    extras = recording.steps[-1].extras
+    expected = {"gmu": "gate", "self_attention": "text_attention", "late": "modality_weights"}[fusion_type]
+    assert expected in extras
+    payload_path = viewer_html(recording, tmp_path / "v.html")
+    assert payload_path.stat().st_size > 0
+    if fusion_type == "gmu":
+        assert "gate_mean" in payload_path.read_text()
+
+
+def test_replay_of_a_recorded_demonstration(tmp_path: Path) -> None:
+    data = tmp_path / "demos"
+    collect(str(data), envs.CRAFTER_ID, "crafter_planner", 2, tasks=["collect_wood"], seed=3)
+    agent = Agent.from_pretrained(tiny_checkpoint(tmp_path), capture_attention=True)
+    from envs.crafter_instruct import ACTION_NAMES
+    from envs.dataset import Dataset
+
+    recording = record_dataset_episode(agent, str(data), 1, list(ACTION_NAMES))
+    episode = Dataset(data).episode(1)
+    assert len(recording) == episode.length
+    assert recording.actions == [ACTION_NAMES[a] for a in episode.actions]
+    assert all(0 < p < 1 for p in recording.probabilities)
+
+
+def test_rollout_and_attention_cli(tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path)
+    out = tmp_path / "rollout"
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "rollout",
+            "--checkpoint",
+            str(checkpoint),
+            "--env",
+            envs.CRAFTER_ID,
+            "--episodes",
+            "2",
+            "--instruction",
+            "collect wood",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(stats["episodes"]) == 2 and stats["episodes"][0]["instruction"] == "collect wood"
+    import imageio.v3 as iio
+
+    video = iio.imread(out / "episode_000.mp4")
+    assert video.shape[0] == stats["episodes"][0]["length"] + 1  # one frame per observation
+    assert (out / "episode_000.gif").stat().st_size > 1000
+    result = subprocess.run(
+        [
+            SCRIPT,
+            "attention",
+            "--checkpoint",
+            str(checkpoint),
+            "--env",
+            envs.CRAFTER_ID,
+            "--instruction",
+            "eat a cow",
+            "--max-steps",
+            "12",
+            "--out",
+            str(tmp_path / "att"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("timeline.png", "overlays.png", "viewer.html"):
+        assert (tmp_path / "att" / name).stat().st_size > 0
+    assert "12 steps of cross_attention attention" in result.stdout
+
+
+@pytest.mark.slow
+def test_viewer_in_a_real_browser(recording, tmp_path: Path) -> None:
+    """Headless Chromium: frames render, and moving the slider changes the step shown and the
+    highlighted history."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), (
+        "Debian's chromium is needed: `apt-get install chromium` (make test does it)"
+    )
+    path = viewer_html(recording, tmp_path / "viewer.html")
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        brightness = "() => { const d = document.getElementById('frame').getContext('2d').getImageData(0, 0, 256, 256).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2]; return s; }"
+        assert page.evaluate(brightness) > 0, "the current frame did not render"
+        before = (page.text_content("#step-label"), page.get_attribute("body", "data-highlight"))
+        frame_before = page.evaluate("() => document.getElementById('frame').toDataURL()")
+        page.eval_on_selector("#slider", "(el) => { el.value = 15; el.dispatchEvent(new Event('input')); }")
+        after = (page.text_content("#step-label"), page.get_attribute("body", "data-highlight"))
+        assert before[0] == "step 0 / 19" and after[0] == "step 15 / 19"
+        assert before[1] != after[1]
+        assert set(int(t) for t in after[1].split(",")) <= set(range(8, 16))  # inside the window at step 15
+        assert page.evaluate("() => document.getElementById('frame').toDataURL()") != frame_before
+        tiles = page.eval_on_selector_all("#tiles canvas", "(cs) => cs.map((c) => Number(c.dataset.time))")
+        assert tiles == [int(t) for t in after[1].split(",")]
+        page.select_option("#block", "1")
+        page.select_option("#head", "0")
+        assert page.text_content("#step-label") == "step 15 / 19"
+        page.keyboard.press("ArrowRight")
+        assert page.get_attribute("body", "data-step") == "16"
+        browser.close()
+    assert errors == []
