@@ -261,3 +261,18 @@ def test_bc_and_eval_cli(demos: str, tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0 and "mean success(correct) - success(swapped)" in result.stdout
+
+
+def test_periodic_eval_logs_success_attention_and_video(demos: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.evaluation import periodic_evaluator
+
+    run = load_run_config(TINY, ["train.steps=2", "train.eval_every=2", "train.eval_episodes=2"])
+    train_bc(run, demos, str(tmp_path / "e"), progress=False, evaluate_fn=periodic_evaluator(run, demos))
+    events = EventAccumulator(str(tmp_path / "e" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert "eval/success_rate" in events.Tags()["scalars"]
+    assert {"eval/attention_timeline", "eval/rollout"} <= set(events.Tags()["images"])
+    gif = events.Images("eval/rollout")[0].encoded_image_string
+    assert gif[:6] in (b"GIF89a", b"GIF87a")
