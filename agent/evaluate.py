@@ -61,6 +61,7 @@ class EpisodeJob:
     cfg_scale: float
     video: str | None
     pool: tuple[str, ...] | None = None
+    deterministic: bool = False
 
 
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
@@ -74,11 +75,12 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         instruction = ""
     # A blank instruction means the learned null instruction (the observation carries no text).
     agent.reset(instruction or None)
+    agent.generator.manual_seed(job.seed)  # sampled actions are reproducible per episode
     frames = [env.render()] if job.video else []
     steps, total, success = 0, 0.0, False
     while True:
         observation = {"image": obs["image"]}
-        action = agent.act(observation, deterministic=True, cfg_scale=job.cfg_scale)
+        action = agent.act(observation, deterministic=job.deterministic, cfg_scale=job.cfg_scale)
         obs, reward, terminated, truncated, info = env.step(action)
         steps += 1
         total += float(reward)
@@ -162,6 +164,7 @@ def evaluate(
     workers: int = 1,
     video_dir: str | None = None,
     videos: int = 1,
+    deterministic: bool = False,
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -185,6 +188,7 @@ def evaluate(
             cfg_scale,
             os.path.join(video_dir, f"{mode}_{i:03d}.mp4") if video_dir and i < videos else None,
             tuple(tasks) if tasks else None,
+            deterministic,
         )
         for i in range(episodes)
     ]
@@ -205,7 +209,9 @@ def evaluate(
                 if progress:
                     progress(row)
     summary = summarize(results)
-    summary.update({"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed})
+    summary.update(
+        {"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed, "deterministic": deterministic}
+    )
     summary["videos"] = [r["video"] for r in results if r["video"]]
     return summary
 

@@ -22,16 +22,27 @@ class Job:
     task: str | None
 
 
-def run_episode(env: gym.Env, expert: Expert, seed: int, task: str | None, env_id: str) -> Episode:
-    """Roll one expert episode; the episode records every observation and the final one."""
+def run_episode(
+    env: gym.Env, expert: Expert, seed: int, task: str | None, env_id: str, noise: float = 0.0
+) -> Episode:
+    """Roll one expert episode; the episode records every observation and the final one.
+
+    ``noise`` > 0 (DART, Laskey et al. 2017): with that probability the env executes a random
+    action instead of the expert's, while the recorded action stays the expert's label. The
+    demonstrations then show how to recover from mistakes a cloned policy will make.
+    """
     options = {"task": task} if task is not None else None
     obs, info = env.reset(seed=seed, options=options)
     expert.reset(env, obs, info)
+    rng = np.random.default_rng([seed, 104_729])
     images, actions, rewards, terminated, truncated = [obs["image"]], [], [], [], []
     success = False
     while True:
         action = expert.act(obs, info)
-        obs, reward, term, trunc, info = env.step(action)
+        executed = action
+        if noise > 0 and rng.random() < noise:
+            executed = int(rng.integers(env.action_space.n))
+        obs, reward, term, trunc, info = env.step(executed)
         images.append(obs["image"])
         actions.append(action)
         rewards.append(reward)
@@ -52,20 +63,24 @@ def run_episode(env: gym.Env, expert: Expert, seed: int, task: str | None, env_i
         expert=expert.name,
         seed=seed,
         success=success,
+        extra={"label_noise": noise} if noise > 0 else {},
     )
 
 
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict[str, Any], expert: str, seed: int) -> None:
+def _init_worker(env_id: str, env_kwargs: dict[str, Any], expert: str, seed: int, noise: float) -> None:
     _worker["env"] = gym.make(env_id, **env_kwargs)
     _worker["expert"] = make_expert(expert, seed=seed)
     _worker["env_id"] = env_id
+    _worker["noise"] = noise
 
 
 def _work(job: Job) -> Episode:
-    return run_episode(_worker["env"], _worker["expert"], job.seed, job.task, _worker["env_id"])
+    return run_episode(
+        _worker["env"], _worker["expert"], job.seed, job.task, _worker["env_id"], _worker["noise"]
+    )
 
 
 def make_jobs(episodes: int, seed: int, tasks: list[str] | None) -> list[Job]:
@@ -80,17 +95,18 @@ def iter_episodes(
     workers: int = 1,
     env_kwargs: dict[str, Any] | None = None,
     expert_seed: int = 0,
+    noise: float = 0.0,
 ) -> Iterator[Episode]:
     """Episodes in job order (deterministic whatever ``workers`` is)."""
     env_kwargs = env_kwargs or {}
     if workers <= 1:
-        _init_worker(env_id, env_kwargs, expert, expert_seed)
+        _init_worker(env_id, env_kwargs, expert, expert_seed, noise)
         for job in jobs:
             yield _work(job)
         return
     # spawn: workers must not inherit torch threads or CUDA state from a training process.
     context = mp.get_context("spawn")
-    with context.Pool(workers, _init_worker, (env_id, env_kwargs, expert, expert_seed)) as pool:
+    with context.Pool(workers, _init_worker, (env_id, env_kwargs, expert, expert_seed, noise)) as pool:
         yield from pool.imap(_work, jobs, chunksize=1)
 
 
@@ -104,6 +120,7 @@ def collect(
     workers: int = 1,
     seed: int = 0,
     only_success: bool = False,
+    noise: float = 0.0,
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[Episode, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
@@ -122,11 +139,13 @@ def collect(
     jobs = make_jobs(episodes, seed, tasks)
     stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0}
     start = time.perf_counter()
-    info = {"expert": expert, "tasks": tasks, "seed": seed, "env_kwargs": env_kwargs}
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1), got {noise}")
+    info = {"expert": expert, "tasks": tasks, "seed": seed, "noise": noise, "env_kwargs": env_kwargs}
     with DatasetWriter(
         out, env_id=env_id, image_shape=image_shape, action_space=action_space, info=info
     ) as writer:
-        for episode in iter_episodes(env_id, expert, jobs, workers, env_kwargs, seed):
+        for episode in iter_episodes(env_id, expert, jobs, workers, env_kwargs, seed, noise):
             stats["episodes"] += 1
             stats["successes"] += int(episode.success)
             stats["steps"] += episode.length

@@ -60,6 +60,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         only_success=args.only_success,
+        noise=args.noise,
         progress=progress,
     )
     bar.close()
@@ -156,6 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         video_dir=args.video_dir,
         videos=args.videos,
+        deterministic=args.greedy,
     )
     modes = list(MODES) if args.sensitivity else [args.instruction_mode]
     bar = tqdm(total=args.episodes * len(modes), unit="ep", desc="eval", dynamic_ncols=True)
@@ -275,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     p.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="DART: execute a random action with this probability, record the expert's",
+    )
     p.add_argument("--json", action="store_true", help="print statistics as JSON")
     p.set_defaults(func=cmd_collect)
 
@@ -321,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="episode worker processes")
     p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
     p.add_argument("--videos", type=int, default=1, help="how many episodes to record")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="take the most likely action (default: sample, seeded per episode)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
