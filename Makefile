@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel: installed first, only when the venv has no torch, so no CUDA build is pulled.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/instructcraft demo --out outputs/demo
 
-test: $(STAMP)
+# The attention viewer's test drives Debian's Chromium (playwright only speaks to it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium (needs root and Debian): the browser test will fail"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -n 2 --durations=15 tests
 
 test-fast: $(STAMP)
@@ -31,7 +36,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(VENV)/bin/instructcraft bench env --json
+	for what in env policy bc attention; do $(VENV)/bin/instructcraft bench $$what --json; done
 
 clean:
 	rm -rf $(VENV) outputs
