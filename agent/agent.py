@@ -132,7 +132,7 @@ class Agent:
             logits = self.policy.guided(logits, uncond, cfg_scale)
         elif self._unconditional is not None:
             self.policy.step(self._unconditional, frame)  # keep the branch in step for later guidance
-        self.history.append(np.asarray(image))
+        self.history.append(np.array(image, copy=True))  # env buffers may be reused
         distribution = self.policy.distribution(logits)
         action = distribution.mode() if deterministic else distribution.sample(self.generator)
         self._last_extras = output.extras

@@ -153,6 +153,11 @@ def train_bc_policy(
     if resume:
         resume_dir = Path(resume)
         resume_dir = resume_dir / CHECKPOINT if (resume_dir / CHECKPOINT).is_dir() else resume_dir
+        if not (resume_dir / TRAINER_STATE).exists():
+            raise ValueError(
+                f"{resume_dir} has no {TRAINER_STATE}: it is not a training checkpoint written by "
+                "`instructcraft bc`, so it cannot be resumed (start a new run instead)"
+            )
         loaded = InstructionPolicy.from_pretrained(resume_dir, map_location=device)
         policy.load_state_dict(loaded.state_dict())
         state = torch.load(resume_dir / TRAINER_STATE, map_location=device, weights_only=True)
