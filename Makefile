@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel: installed first, only when the venv has no torch, so no CUDA build is pulled.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast lint bench clean results-crafter results-babyai
 
 setup: $(STAMP)
 
@@ -40,3 +40,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs
+
+# Learning results reported in the README (CPU: collection minutes, training about 15-25 minutes each).
+CRAFTER_TASKS := collect_wood collect_sapling collect_drink eat_cow place_table make_wood_pickaxe make_wood_sword place_plant collect_stone place_stone
+RESULTS := outputs/results
+
+results-crafter: $(STAMP)
+	$(VENV)/bin/instructcraft collect --env instructcraft/Crafter-Instruct-v0 --episodes 2000 --seed 0 --workers 2 \
+		--only-success --noise 0.25 --tasks $(CRAFTER_TASKS) --out $(RESULTS)/crafter_demos
+	$(VENV)/bin/instructcraft bc --config configs/bc_crafter.yaml --data $(RESULTS)/crafter_demos --out $(RESULTS)/bc_crafter
+	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/bc_crafter/checkpoint --env instructcraft/Crafter-Instruct-v0 \
+		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
+
+results-babyai: $(STAMP)
+	$(VENV)/bin/instructcraft collect --env instructcraft/BabyAI-GoToLocal-v0 --episodes 10000 --seed 0 --workers 2 \
+		--only-success --out $(RESULTS)/gotolocal_demos
+	$(VENV)/bin/instructcraft bc --config configs/bc_babyai.yaml --data $(RESULTS)/gotolocal_demos --out $(RESULTS)/bc_babyai
+	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/bc_babyai/checkpoint --env instructcraft/BabyAI-GoToLocal-v0 \
+		--episodes 200 --workers 2
