@@ -41,7 +41,7 @@ def run_demo(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    print(f"[1/4] collecting {episodes} expert episodes on {envs.CRAFTER_ID} ({', '.join(tasks)})")
+    print(f"[1/4] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})")
     bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
     stats = collect(
         str(data),
@@ -52,6 +52,7 @@ def run_demo(
         workers=workers,
         seed=seed,
         only_success=True,
+        noise=0.25,  # DART: demonstrations that show recoveries from mistakes
         progress=lambda episode, running: (
             bar.update(1),
             bar.set_postfix(success=f"{running['success_rate']:.2f}"),
