@@ -47,6 +47,9 @@ class PretrainedTextEncoder(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every checkpoint load
 
         path = default_model_path() if config.encoder == "minilm" else config.path
         if not path or not os.path.isdir(path):
