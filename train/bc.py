@@ -244,8 +244,8 @@ def train_bc_policy(
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - last_log
             writer.add_scalar("train/loss", loss_value, step)
-            writer.add_scalar("train/policy_loss", float(policy_loss), step)
-            writer.add_scalar("train/value_loss", float(value_loss), step)
+            writer.add_scalar("train/policy_loss", float(policy_loss.detach()), step)
+            writer.add_scalar("train/value_loss", float(value_loss.detach()), step)
             for head, accuracy in enumerate(_accuracies(policy, logits.detach(), actions, mask)):
                 writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)

@@ -284,7 +284,7 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
 BENCHES["policy"] = bench_policy
 
 
-def bench_bc(quick: bool = False) -> dict[str, Any]:
+def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     """One BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
     same batches already in memory; same model, same run, interleaved blocks."""
     import torch
@@ -308,7 +308,7 @@ def bench_bc(quick: bool = False) -> dict[str, Any]:
         policy = InstructionPolicy(config).train()
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
         chunks = ChunkDataset(path, 32)
-        loader = make_loader(chunks, 16, workers=1, seed=0, start_sample=0, pin_memory=False)
+        loader = make_loader(chunks, 16, workers=workers, seed=0, start_sample=0, pin_memory=False)
 
         def train_step(batch: dict[str, Any]) -> None:
             out = policy(
@@ -340,7 +340,7 @@ def bench_bc(quick: bool = False) -> dict[str, Any]:
         "loader_step_ms": 1000 * loader_time / steps,
         "inmemory_step_ms": 1000 * memory_time / steps,
         "loader_over_inmemory_step_time": loader_time / memory_time,
-        "batch": "16 chunks x 32 steps, default model, 1 loader worker",
+        "batch": f"16 chunks x 32 steps, default model, {workers} loader workers",
         "goals": {"loader_over_inmemory_step_time": "<= 1.1"},
     }
 

@@ -41,7 +41,9 @@ def run_demo(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    print(f"[1/4] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})")
+    print(
+        f"[1/4] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})"
+    )
     bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
     stats = collect(
         str(data),

@@ -280,5 +280,5 @@ def test_periodic_eval_logs_success_attention_and_video(demos: str, tmp_path: Pa
 
 def test_resume_needs_a_training_checkpoint(demos: str, tmp_path: Path) -> None:
     InstructionPolicy(load_run_config(TINY).policy).save_pretrained(tmp_path / "inference_only")
-    with pytest.raises(ValueError, match="has no trainer.pt: it is not a training checkpoint"):
+    with pytest.raises(ValueError, match=r"has no trainer\.pt: it is not a training checkpoint"):
         train_bc(load_run_config(TINY), demos, str(tmp_path / "r"), resume=str(tmp_path / "inference_only"))
