@@ -75,7 +75,8 @@ class AttentionRecording:
         return matrix
 
 
-def _capture(agent: Agent, k: int = TOP_K) -> StepAttention:
+def capture_step(agent: Agent, k: int = TOP_K) -> StepAttention:
+    """The last step's attention, reduced to what the views need (frame weights, top-k tokens)."""
     raw = agent.attention()
     times = raw["frame_times"].astype(np.int64)
     if "weights" in raw:
@@ -121,7 +122,7 @@ def record_rollout(
     while True:
         action = agent.act({"image": obs["image"]}, deterministic=True, cfg_scale=cfg_scale)
         recording.frames.append(obs["image"])
-        recording.steps.append(_capture(agent))
+        recording.steps.append(capture_step(agent))
         recording.actions.append(action_name(env, action))
         recording.probabilities.append(agent.last_action_probability())
         obs, reward, terminated, truncated, info = env.step(action)
@@ -160,7 +161,7 @@ def record_dataset_episode(
             float(agent.policy.distribution(agent._last_logits).probs_of(expert)[0])
         )
         recording.frames.append(item.images[t])
-        recording.steps.append(_capture(agent))
+        recording.steps.append(capture_step(agent))
         name = (
             action_names[int(item.actions[t])]
             if action_names and np.ndim(item.actions[t]) == 0

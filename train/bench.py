@@ -354,7 +354,7 @@ def bench_attention(quick: bool = False) -> dict[str, Any]:
     import torch
 
     from agent import Agent
-    from agent.attention import _capture
+    from agent.attention import capture_step
     from policies import InstructionPolicy, PolicyConfig
 
     torch.manual_seed(0)
@@ -372,7 +372,7 @@ def bench_attention(quick: bool = False) -> dict[str, Any]:
         plain_time += time.perf_counter() - start
         start = time.perf_counter()
         capturing.act({"image": frame})
-        _capture(capturing)
+        capture_step(capturing)
         capture_time += time.perf_counter() - start
     size = viewer_size_for(1000 if not quick else 200)
     return {
