@@ -49,3 +49,18 @@ def test_parallel_collection_equals_serial(tmp_path) -> None:
         ea, eb = a.episode(number), b.episode(number)
         assert (ea.actions == eb.actions).all() and (ea.images == eb.images).all() and ea.task == eb.task
     assert [job.task for job in make_jobs(4, 0, ["x", "y"])] == ["x", "y", "x", "y"]
+
+
+def test_dart_noise_records_expert_labels(tmp_path) -> None:
+    env = gym.make(envs.CRAFTER_ID, task="collect_stone")
+    expert = make_expert("crafter_planner")
+    clean = run_episode(env, expert, 7, None, envs.CRAFTER_ID)
+    noisy = run_episode(env, expert, 7, None, envs.CRAFTER_ID, noise=0.5)
+    assert noisy.extra == {"label_noise": 0.5} and clean.extra == {}
+    assert not (len(clean.actions) == len(noisy.actions) and (clean.actions == noisy.actions).all())
+    # Replaying the recorded labels does not reproduce the noisy episode: they are labels, not what ran.
+    env.reset(seed=7)
+    replayed = [env.step(int(a))[0]["image"] for a in noisy.actions]
+    assert not all((a == b).all() for a, b in zip(replayed, noisy.images[1:], strict=True))
+    with pytest.raises(ValueError, match=r"noise must be in \[0, 1\), got 1.0"):
+        collect(str(tmp_path / "x"), envs.CRAFTER_ID, "crafter_planner", 1, noise=1.0)
