@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_config
+from helpers import make_tiny_config, run_cli
 from PIL import Image
 
 import envs
@@ -17,7 +15,6 @@ from agent.attention import overlays_png, record_dataset_episode, record_rollout
 from envs.collect import collect
 from policies import InstructionPolicy
 
-SCRIPT = str(Path(sys.executable).parent / "instructcraft")
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -94,25 +91,20 @@ def test_replay_of_a_recorded_demonstration(tmp_path: Path) -> None:
 def test_rollout_and_attention_cli(tmp_path: Path) -> None:
     checkpoint = tiny_checkpoint(tmp_path)
     out = tmp_path / "rollout"
-    result = subprocess.run(
-        [
-            SCRIPT,
-            "rollout",
-            "--checkpoint",
-            str(checkpoint),
-            "--env",
-            envs.CRAFTER_ID,
-            "--episodes",
-            "2",
-            "--instruction",
-            "collect wood",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "rollout",
+        "--checkpoint",
+        str(checkpoint),
+        "--env",
+        envs.CRAFTER_ID,
+        "--episodes",
+        "2",
+        "--instruction",
+        "collect wood",
+        "--out",
+        str(out),
+        "--json",
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
@@ -122,24 +114,19 @@ def test_rollout_and_attention_cli(tmp_path: Path) -> None:
     video = iio.imread(out / "episode_000.mp4")
     assert video.shape[0] == stats["episodes"][0]["length"] + 1  # one frame per observation
     assert (out / "episode_000.gif").stat().st_size > 1000
-    result = subprocess.run(
-        [
-            SCRIPT,
-            "attention",
-            "--checkpoint",
-            str(checkpoint),
-            "--env",
-            envs.CRAFTER_ID,
-            "--instruction",
-            "eat a cow",
-            "--max-steps",
-            "12",
-            "--out",
-            str(tmp_path / "att"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "attention",
+        "--checkpoint",
+        str(checkpoint),
+        "--env",
+        envs.CRAFTER_ID,
+        "--instruction",
+        "eat a cow",
+        "--max-steps",
+        "12",
+        "--out",
+        str(tmp_path / "att"),
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("timeline.png", "overlays.png", "viewer.html"):

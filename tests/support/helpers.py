@@ -1,5 +1,9 @@
 """Shared test helpers (tests/support is on pytest's pythonpath)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from policies import FusionConfig, PolicyConfig, TextConfig, VisionConfig
@@ -20,3 +24,16 @@ def make_tiny_config(fusion_type: str = "cross_attention", **fusion: object) -> 
 def random_frames(batch: int, steps: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, steps, 16, 16, 3), dtype=torch.uint8, generator=generator)
+
+
+SCRIPT = str(Path(sys.executable).parent / "instructcraft")
+
+
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed ``instructcraft`` console script in a subprocess; ``check`` raises with its output."""
+    result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"instructcraft {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from safetensors.torch import load_file
 
 import envs
@@ -17,7 +18,6 @@ from train.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
-SCRIPT = str(Path(sys.executable).parent / "instructcraft")
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +143,7 @@ def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:
     shutil.copytree(demos, broken)
     for path in (broken / "episodes").glob("*.npz"):
         path.write_bytes(path.read_bytes()[:200])
-    result = subprocess.run(
-        [SCRIPT, "bc", "--config", TINY, "--data", str(broken), "--out", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("bc", "--config", TINY, "--data", str(broken), "--out", str(tmp_path / "x"), check=False)
     assert result.returncode == 2
     assert (
         "(episode " in result.stderr
@@ -191,74 +186,59 @@ def test_ddp_two_processes_end_with_identical_weights(demos: str, tmp_path: Path
 
 def test_bc_and_eval_cli(demos: str, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = subprocess.run(
-        [
-            SCRIPT,
-            "bc",
-            "--config",
-            TINY,
-            "--set",
-            "train.steps=4",
-            "--data",
-            demos,
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "bc",
+        "--config",
+        TINY,
+        "--set",
+        "train.steps=4",
+        "--data",
+        demos,
+        "--out",
+        str(out),
+        "--json",
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["steps"] == 4
     assert (out / "config.resolved.yaml").exists() and (out / "checkpoint" / "run.json").exists()
-    result = subprocess.run(
-        [
-            SCRIPT,
-            "eval",
-            "--checkpoint",
-            str(out / "checkpoint"),
-            "--env",
-            envs.CRAFTER_ID,
-            "--episodes",
-            "2",
-            "--tasks",
-            "collect_wood",
-            "--workers",
-            "2",
-            "--json",
-            "--video-dir",
-            str(tmp_path / "v"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "eval",
+        "--checkpoint",
+        str(out / "checkpoint"),
+        "--env",
+        envs.CRAFTER_ID,
+        "--episodes",
+        "2",
+        "--tasks",
+        "collect_wood",
+        "--workers",
+        "2",
+        "--json",
+        "--video-dir",
+        str(tmp_path / "v"),
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["episodes"] == 2 and "collect_wood" in report["tasks"]
     assert len(report["tasks"]["collect_wood"]["ci95"]) == 2
     assert (tmp_path / "v" / "correct_000.mp4").stat().st_size > 1000
-    result = subprocess.run(
-        [
-            SCRIPT,
-            "eval",
-            "--checkpoint",
-            str(out / "checkpoint"),
-            "--env",
-            envs.CRAFTER_ID,
-            "--episodes",
-            "2",
-            "--tasks",
-            "collect_wood",
-            "eat_cow",
-            "--workers",
-            "1",
-            "--sensitivity",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "eval",
+        "--checkpoint",
+        str(out / "checkpoint"),
+        "--env",
+        envs.CRAFTER_ID,
+        "--episodes",
+        "2",
+        "--tasks",
+        "collect_wood",
+        "eat_cow",
+        "--workers",
+        "1",
+        "--sensitivity",
+        check=False,
     )
     assert result.returncode == 0 and "mean success(correct) - success(swapped)" in result.stdout
 

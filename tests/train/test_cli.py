@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = str(Path(sys.executable).parent / "instructcraft")
-
-
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"instructcraft {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from helpers import run_cli
 
 
 def test_envs_lists_ids_and_tasks() -> None:
-    rows = json.loads(run("envs", "--json").stdout)
+    rows = json.loads(run_cli("envs", "--json").stdout)
     ids = [row["env_id"] for row in rows]
     assert "instructcraft/Crafter-Instruct-v0" in ids and "instructcraft/BabyAI-GoToLocal-v0" in ids
     assert "eat_cow" in rows[0]["tasks"]
-    assert "collect_wood" in run("envs").stdout
+    assert "collect_wood" in run_cli("envs").stdout
 
 
 def test_collect_info_check(tmp_path: Path) -> None:
     out = tmp_path / "demos"
-    result = run(
+    result = run_cli(
         "collect",
         "--env",
         "instructcraft/Crafter-Instruct-v0",
@@ -49,19 +39,19 @@ def test_collect_info_check(tmp_path: Path) -> None:
     stats = json.loads(result.stdout)
     assert stats["episodes"] == 4 and stats["success_rate"] == 1.0
     assert "ep/s" in result.stderr  # the progress bar
-    info = json.loads(run("data", "info", str(out), "--json").stdout)
+    info = json.loads(run_cli("data", "info", str(out), "--json").stdout)
     assert info["episodes"] == 4 and set(info["tasks"]) == {"collect_wood", "eat_cow"}
-    assert "collect_wood" in run("data", "info", str(out)).stdout
-    assert "ok: 4 episodes" in run("data", "check", str(out)).stdout
+    assert "collect_wood" in run_cli("data", "info", str(out)).stdout
+    assert "ok: 4 episodes" in run_cli("data", "check", str(out)).stdout
     episode = out / "episodes" / "000002.npz"
     episode.write_bytes(episode.read_bytes()[:100])
-    bad = run("data", "check", str(out), check=False)
+    bad = run_cli("data", "check", str(out), check=False)
     assert bad.returncode == 1 and "000002.npz (episode 2)" in bad.stdout
 
 
 def test_collect_babyai(tmp_path: Path) -> None:
     stats = json.loads(
-        run(
+        run_cli(
             "collect",
             "--env",
             "instructcraft/BabyAI-GoToLocal-v0",
@@ -78,9 +68,9 @@ def test_collect_babyai(tmp_path: Path) -> None:
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
-    result = run("data", "info", str(tmp_path / "missing"), check=False)
+    result = run_cli("data", "info", str(tmp_path / "missing"), check=False)
     assert result.returncode == 2 and "is not a directory" in result.stderr
-    result = run(
+    result = run_cli(
         "collect",
         "--env",
         "instructcraft/Crafter-Instruct-v0",
@@ -98,7 +88,7 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_env_quick() -> None:
-    results = json.loads(run("bench", "env", "--quick", "--json").stdout)
+    results = json.loads(run_cli("bench", "env", "--quick", "--json").stdout)
     for key in ("crafter_instruct_over_raw_sps", "babyai_over_raw_sps", "collect_episodes_per_s"):
         assert results[key] > 0
 
@@ -106,7 +96,7 @@ def test_bench_env_quick() -> None:
 @pytest.mark.slow
 def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = run(
+    result = run_cli(
         "demo",
         "--out",
         str(out),
