@@ -189,6 +189,32 @@ class InstructionPolicy(nn.Module):
             text, self.fusion.initial_state(text), torch.zeros(batch, dtype=torch.long, device=self.device)
         )
 
+    def reset_rows(
+        self,
+        state: PolicyState,
+        rows: torch.Tensor,
+        instructions: Sequence[str | None] | None = None,
+        *,
+        text: torch.Tensor | None = None,
+    ) -> None:
+        """Start a new episode in the rows where ``rows`` (bool (B,)) is True, in place: those
+        rows forget their frames, restart at time 0 and take their new instruction
+        (``instructions``: B entries, only the reset rows are read; or ``text`` (B, D)).
+        Vectorized rollouts use it when some envs finish an episode and others go on."""
+        rows = rows.to(self.device)
+        if not bool(rows.any()):
+            return
+        if text is None:
+            if instructions is None or len(instructions) != rows.shape[0]:
+                raise ValueError(f"pass {rows.shape[0]} instructions or text")
+            picked = [i for i in range(rows.shape[0]) if rows[i]]
+            fresh = self.encode_instructions([instructions[i] for i in picked])
+            text = state.text.clone()
+            text[picked] = fresh
+        state.text = torch.where(rows[:, None], text.to(state.text.dtype), state.text)
+        state.time = torch.where(rows, torch.zeros_like(state.time), state.time)
+        self.fusion.reset_rows(state.fusion, rows, state.text)
+
     def step(
         self,
         state: PolicyState,

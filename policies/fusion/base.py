@@ -125,6 +125,11 @@ class HistoryRing:
         self.count += valid.long()
         self._max_count = max(self._max_count, needed) if bool(valid.any()) else self._max_count
 
+    def reset(self, rows: torch.Tensor) -> None:
+        """Forget the history of the rows where ``rows`` (bool (B,)) is True (a new episode)."""
+        self.count = torch.where(rows, torch.zeros_like(self.count), self.count)
+        self.slot_valid &= ~rows[:, None]
+
     def visible(self, time: torch.Tensor) -> torch.Tensor:
         """bool (B, filled): slots a query at ``time`` (B,) sees."""
         filled = self.filled
@@ -184,6 +189,13 @@ class Fusion(nn.Module):
         """One step: tokens (B, P, D), query_time (B, D), time long (B,), valid bool (B,).
         Returns features (B, 1, D) (or (B, 1, M, D)); the state is updated in place."""
         raise NotImplementedError
+
+    def reset_rows(self, state: Any, rows: torch.Tensor, text: torch.Tensor) -> None:
+        """Start new episodes in the rows where ``rows`` (bool (B,)) is True; ``text`` (B, D)
+        is every row's instruction after the reset. Other rows keep their history."""
+        rings = state if isinstance(state, (list, tuple)) else [state]
+        for ring in rings:
+            ring.reset(rows)
 
     def combine(self, per_modality: torch.Tensor) -> torch.Tensor:
         """(..., M, K) per-modality outputs -> (..., K). Only late fusion has M > 1."""

@@ -124,6 +124,11 @@ class SelfAttentionFusion(Fusion):
             extras["slot_visible"] = ring.visible(time)[:, None]
         return FusionOutput(self.project_out(self.norm_out(x.mean(1)))[:, None], extras)
 
+    def reset_rows(self, state, rows, text) -> None:
+        state["text_kv"] = self.initial_state(text)["text_kv"]
+        for ring in state["rings"]:
+            ring.reset(rows)
+
     @staticmethod
     def state_nbytes(state) -> int:
         return sum(r.nbytes() for r in state["rings"])

@@ -338,3 +338,25 @@ def test_parity_through_cache_growth_and_wrap(fusion_type: str) -> None:
     ring = state.fusion["rings"][0] if isinstance(state.fusion, dict) else state.fusion
     ring = ring[0] if isinstance(ring, list) else ring
     assert ring.capacity == 20
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_reset_rows_starts_a_fresh_episode_in_those_rows_only(fusion_type: str) -> None:
+    """Row 1 starts a new episode with a new instruction at step 6 (vectorized rollouts);
+    afterwards it matches a fresh single-episode run, and rows 0 and 2 are untouched."""
+    model = build(fusion_type, max_history=4)
+    frames = random_frames(3, 10, seed=3)
+    with torch.no_grad():
+        whole = model(frames, INSTRUCTIONS)
+        fresh = model(frames[1:2, 6:], ["find water and drink"])
+        state = model.initial_state(INSTRUCTIONS)
+        for t in range(10):
+            if t == 6:
+                rows = torch.tensor([False, True, False])
+                model.reset_rows(state, rows, [None, "find water and drink", None])
+            out = model.step(state, frames[:, t])
+            torch.testing.assert_close(out.logits[0], whole.logits[0, t], atol=1e-5, rtol=0)
+            torch.testing.assert_close(out.logits[2], whole.logits[2, t], atol=1e-5, rtol=0)
+            expected = whole.logits[1, t] if t < 6 else fresh.logits[0, t - 6]
+            torch.testing.assert_close(out.logits[1], expected, atol=1e-5, rtol=0)
+    assert state.time.tolist() == [10, 4, 10]
