@@ -248,3 +248,9 @@ def make_sb3_env(env_id: str, *, max_tokens: int = 64, k: int = 4, **env_kwargs:
     SubprocVecEnv workers.
     """
     return wrap_for_sb3(gym.make(env_id, **env_kwargs), max_tokens=max_tokens, k=k)
+
+
+def make_tokenized_env(env_id: str, *, max_tokens: int = 128, **env_kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)`` with the instruction as byte-token ids (image kept as
+    is): what the sequence PPO trainer steps. Module level, so it pickles into subprocesses."""
+    return TokenizeInstruction(gym.make(env_id, **env_kwargs), max_tokens=max_tokens)

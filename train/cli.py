@@ -143,6 +143,34 @@ def cmd_bc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace) -> int:
+    from train.config import load_run_config
+    from train.rl import train_rl
+
+    run = load_run_config(args.config, args.set)
+    env_kwargs = {"task": args.tasks} if args.tasks else {}
+    summary = train_rl(
+        run,
+        args.env,
+        args.steps,
+        args.out,
+        init=args.init,
+        resume=args.resume,
+        env_kwargs=env_kwargs,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"PPO {summary['timesteps']} env steps at {summary['steps_per_s']:.1f} steps/s; "
+            f"checkpoint {summary['checkpoint']}"
+        )
+        for task, rate in summary["success_rate_per_task"].items():
+            print(f"  {task:24s} success {rate:.3f} (last episodes)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -312,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_bc)
+
+    p = sub.add_parser("rl", help="PPO (stable-baselines3) on the fusion policy, from scratch or from BC")
+    p.add_argument("--config", default=None, help="YAML or JSON run config ({policy: ..., rl: ...})")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. rl.n_envs=4"
+    )
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--steps", type=int, required=True, help="total env steps")
+    p.add_argument("--init", default=None, help="BC checkpoint to start from (its policy config is used)")
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, summary.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to train on")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_rl)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint in an env")
     p.add_argument(

@@ -72,20 +72,86 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """PPO settings (every field is a ``--set rl.<name>=...`` flag)."""
+
+    n_envs: int = 8
+    """parallel environments"""
+    vec_env: str = "subproc"
+    """"subproc" (one process per env) or "dummy" (all in this process)"""
+    n_steps: int = 128
+    """steps per env per rollout"""
+    batch_size: int = 256
+    """env steps per minibatch (whole episode segments are packed up to this size)"""
+    n_epochs: int = 4
+    lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float = 0.0
+    """stop an update's epochs early past 1.5 x this approximate KL (0 = off)"""
+    kl_coef: float = 0.0
+    """weight of KL(policy || reference) toward the --init (BC) policy (0 = off)"""
+    kl_decay: float = 1.0
+    """kl_coef is multiplied by this after every update (VPT-style decay)"""
+    bc_coef: float = 0.0
+    """weight of an auxiliary BC loss on rl.bc_data (0 = off)"""
+    bc_data: str = ""
+    """native dataset for the auxiliary BC loss"""
+    bc_batch_size: int = 4
+    """chunks per auxiliary BC batch"""
+    max_tokens: int = 128
+    """instruction length in byte tokens inside the vector env"""
+    checkpoint_every: int = 10_000
+    """env steps between checkpoints (and one at the end)"""
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("n_envs", "n_steps", "batch_size", "n_epochs", "max_tokens", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vec_env not in ("subproc", "dummy"):
+            raise ConfigError(f"rl.vec_env must be 'subproc' or 'dummy', got {self.vec_env!r}")
+        if self.lr <= 0 or self.clip_range <= 0:
+            raise ConfigError("rl.lr and rl.clip_range must be > 0")
+        if self.bc_coef > 0 and not self.bc_data:
+            raise ConfigError("rl.bc_coef > 0 needs rl.bc_data=PATH (a native dataset of demonstrations)")
+        if self.kl_coef < 0 or self.bc_coef < 0 or not 0 < self.kl_decay <= 1:
+            raise ConfigError("rl.kl_coef and rl.bc_coef must be >= 0 and rl.kl_decay in (0, 1]")
+
+
+SECTIONS = {"policy", "train", "rl"}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.to_dict(), "train": dataclasses.asdict(self.train)}
+        return {
+            "policy": self.policy.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "rl": dataclasses.asdict(self.rl),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        unknown = sorted(set(data) - {"policy", "train"})
+        unknown = sorted(set(data) - SECTIONS)
         if unknown:
-            raise ConfigError(f"unknown top-level key(s) {unknown}; expected 'policy' and 'train'")
+            raise ConfigError(f"unknown top-level key(s) {unknown}; expected {sorted(SECTIONS)}")
         policy = PolicyConfig.from_dict(data.get("policy") or {})
-        return cls(policy, build_dataclass(TrainConfig, data.get("train") or {}, "train."))
+        return cls(
+            policy,
+            build_dataclass(TrainConfig, data.get("train") or {}, "train."),
+            build_dataclass(RLConfig, data.get("rl") or {}, "rl."),
+        )
 
 
 def parse_value(text: str) -> Any:
