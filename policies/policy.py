@@ -112,11 +112,25 @@ class InstructionPolicy(nn.Module):
         return text
 
     def encode_frames(
-        self, frames: torch.Tensor, times: torch.Tensor, frame_mask: torch.Tensor
+        self,
+        frames: torch.Tensor,
+        times: torch.Tensor,
+        frame_mask: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """frames uint8 (B, T, H, W, 3) -> tokens (B, T, P, D); only real frames are encoded."""
+        """frames uint8 (B, T, H, W, 3) -> tokens (B, T, P, D); only real frames are encoded.
+        Frames where ``context_mask`` (bool (B, T)) is True go through the frame encoder without
+        gradient (history that is read but not trained on, as in truncated BPTT)."""
         batch, steps = frames.shape[:2]
-        if bool(frame_mask.all()):
+        if context_mask is not None and bool((context_mask & frame_mask).any()):
+            trained, context = frame_mask & ~context_mask, frame_mask & context_mask
+            with torch.no_grad():
+                encoded_context = self.frame_encoder(frames[context])
+            encoded = self.frame_encoder(frames[trained])
+            tokens = encoded.new_zeros(batch, steps, *encoded.shape[1:])
+            tokens[trained] = encoded
+            tokens[context] = encoded_context.to(encoded.dtype)
+        elif bool(frame_mask.all()):
             tokens = self.frame_encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))
         else:
             real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
@@ -147,9 +161,11 @@ class InstructionPolicy(nn.Module):
         frame_mask: torch.Tensor | None = None,
         drop_instruction: torch.Tensor | None = None,
         return_attention: bool = False,
+        context_mask: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """frames uint8 (B, T, H, W, 3); instructions (B strings) or text (B, D) already encoded;
-        times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real.
+        times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real;
+        context_mask bool (B, T): frames encoded without gradient (see ``encode_frames``).
 
         In training mode with ``instruction_dropout`` > 0 and no ``drop_instruction``, each row
         loses its instruction with that probability."""
@@ -171,7 +187,9 @@ class InstructionPolicy(nn.Module):
             if drop_instruction is None and self.training and self.config.instruction_dropout > 0:
                 drop_instruction = torch.rand(batch, device=device) < self.config.instruction_dropout
             text = self.encode_instructions(instructions, drop_instruction)
-        tokens = self.encode_frames(frames, times, frame_mask)
+        tokens = self.encode_frames(
+            frames, times, frame_mask, None if context_mask is None else context_mask.to(device)
+        )
         query_time = self.query_time(sinusoid(times, self._dim))
         fused = self.fusion(text, tokens, query_time, times, frame_mask, return_attention)
         logits, value = self._heads(fused.features)

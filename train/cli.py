@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
-    p.add_argument("what", choices=["env", "policy", "bc", "attention"])
+    p.add_argument("what", choices=["env", "policy", "bc", "attention", "rl"])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
     p.set_defaults(func=cmd_bench)

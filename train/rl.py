@@ -497,6 +497,7 @@ class SequencePPO(PPO):
                     times=batch["times"],
                     frame_mask=batch["frame_mask"],
                     drop_instruction=torch.zeros(len(batch["texts"]), dtype=torch.bool),
+                    context_mask=~mask,  # earlier frames: keys/values only, no encoder gradient
                 )
                 logits = output.logits[mask]
                 distribution = model.distribution(logits)

@@ -360,3 +360,16 @@ def test_reset_rows_starts_a_fresh_episode_in_those_rows_only(fusion_type: str) 
             expected = whole.logits[1, t] if t < 6 else fresh.logits[0, t - 6]
             torch.testing.assert_close(out.logits[1], expected, atol=1e-5, rtol=0)
     assert state.time.tolist() == [10, 4, 10]
+
+
+def test_context_mask_changes_outputs_not_at_all_and_stops_encoder_gradients() -> None:
+    model = build("cross_attention").train()
+    frames = random_frames(2, 6, seed=9)
+    context = torch.zeros(2, 6, dtype=torch.bool)
+    context[:, :3] = True
+    plain = model(frames, INSTRUCTIONS[:2])
+    masked = model(frames, INSTRUCTIONS[:2], context_mask=context)
+    torch.testing.assert_close(masked.logits, plain.logits, atol=1e-6, rtol=0)
+    # Loss on the context steps alone reaches the encoder only through non-context frames: none.
+    masked.logits[:, :3].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.frame_encoder.parameters())
