@@ -91,7 +91,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
             break
     if job.video:
         write_video(job.video, frames)
-    return {
+    row = {
         "task": task,
         "seed": job.seed,
         "mode": job.mode,
@@ -101,6 +101,9 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         "return": total,
         "video": job.video,
     }
+    if "achievements" in info:
+        row["achievements"] = sorted(name for name, count in info["achievements"].items() if count > 0)
+    return row
 
 
 def write_video(path: str, frames: list[np.ndarray], fps: int = 10, scale: int = 4) -> None:
@@ -129,6 +132,15 @@ def _work(job: EpisodeJob) -> dict[str, Any]:
     return run_episode(_worker["agent"], _worker["env"], _worker["env_id"], job)
 
 
+def crafter_score(unlocked: list[list[str]], achievements: list[str]) -> dict[str, Any]:
+    """The Crafter score (Hafner, 2021): success rates s_i in percent of each achievement over
+    episodes, S = exp(mean_i ln(1 + s_i)) - 1, a geometric mean that rewards breadth."""
+    episodes = max(len(unlocked), 1)
+    rates = {name: 100.0 * sum(name in row for row in unlocked) / episodes for name in achievements}
+    score = float(np.exp(np.mean(np.log1p(list(rates.values())))) - 1)
+    return {"crafter_score": score, "achievement_rates_percent": rates}
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     tasks: dict[str, dict[str, Any]] = {}
     for row in results:
@@ -148,7 +160,19 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_task_success": float(np.mean([e["success_rate"] for e in tasks.values()])) if tasks else 0.0,
         "mean_length": float(np.mean([r["length"] for r in results])) if results else 0.0,
         "tasks": dict(sorted(tasks.items())),
+        **_open_ended_score(results),
     }
+
+
+def _open_ended_score(results: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in results if r["task"] == "open_ended" and "achievements" in r]
+    if not rows:
+        return {}
+    import crafter
+
+    out = crafter_score([r["achievements"] for r in rows], list(crafter.constants.achievements))
+    out["mean_return"] = float(np.mean([r["return"] for r in rows]))
+    return out
 
 
 def evaluate(

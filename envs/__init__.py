@@ -12,6 +12,7 @@ from envs.babyai import LEVELS as BABYAI_LEVELS
 from envs.tasks import TASKS
 
 CRAFTER_ID = "instructcraft/Crafter-Instruct-v0"
+CRAFTER_OPEN_ID = "instructcraft/Crafter-OpenEnded-v0"
 
 
 def babyai_id(level: str) -> str:
@@ -24,6 +25,13 @@ def register_envs() -> None:
         gym.register(
             id=CRAFTER_ID,
             entry_point="envs.crafter_instruct:CrafterInstructEnv",
+            disable_env_checker=True,
+        )
+    if CRAFTER_OPEN_ID not in gym.registry:
+        gym.register(
+            id=CRAFTER_OPEN_ID,
+            entry_point="envs.crafter_instruct:CrafterInstructEnv",
+            kwargs={"open_ended": True},
             disable_env_checker=True,
         )
     for level in BABYAI_LEVELS:
@@ -39,9 +47,17 @@ def register_envs() -> None:
 
 def registered_ids() -> list[str]:
     register_envs()
-    return [CRAFTER_ID] + [babyai_id(level) for level in BABYAI_LEVELS]
+    return [CRAFTER_ID, CRAFTER_OPEN_ID] + [babyai_id(level) for level in BABYAI_LEVELS]
 
 
 register_envs()
 
-__all__ = ["BABYAI_LEVELS", "CRAFTER_ID", "TASKS", "babyai_id", "register_envs", "registered_ids"]
+__all__ = [
+    "BABYAI_LEVELS",
+    "CRAFTER_ID",
+    "CRAFTER_OPEN_ID",
+    "TASKS",
+    "babyai_id",
+    "register_envs",
+    "registered_ids",
+]

@@ -19,6 +19,11 @@ from envs.tasks import TASKS, resolve_tasks
 ACTION_NAMES: tuple[str, ...] = tuple(crafter.constants.actions)
 
 
+OPEN_ENDED = "open_ended"
+OPEN_ENDED_INSTRUCTION = "survive and unlock as many achievements as you can"
+OPEN_ENDED_STEPS = 10_000
+
+
 class CrafterInstructEnv(gym.Env):
     """Crafter with a text instruction naming the achievement to unlock.
 
@@ -32,6 +37,11 @@ class CrafterInstructEnv(gym.Env):
         size: observation size (H, W).
         render_size: size of ``render()`` frames; defaults to ``size``.
         area, view: crafter world and local view sizes.
+        open_ended: the open-ended Crafter game instead of a task: one instruction
+            (``OPEN_ENDED_INSTRUCTION`` unless ``instruction`` is given), crafter's own reward,
+            episodes end at death or after ``step_limit`` (default 10000, crafter's length);
+            ``info["success"]`` stays False and ``info["task"]`` is "open_ended". The Crafter
+            score is computed from ``info["achievements"]`` at episode end.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012  (gymnasium convention)
@@ -49,6 +59,7 @@ class CrafterInstructEnv(gym.Env):
         area: tuple[int, int] = (64, 64),
         view: tuple[int, int] = (9, 9),
         render_mode: str | None = "rgb_array",
+        open_ended: bool = False,
     ) -> None:
         if reward_mode not in ("task", "crafter"):
             raise ValueError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
@@ -56,6 +67,9 @@ class CrafterInstructEnv(gym.Env):
             raise ValueError(f"step_limit must be >= 1, got {step_limit}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        if open_ended and task is not None:
+            raise ValueError("open_ended=True plays the whole game: leave task=None")
+        self.open_ended = open_ended
         self.tasks = resolve_tasks(task)
         if phrasing is not None:
             for name in self.tasks:
@@ -66,8 +80,8 @@ class CrafterInstructEnv(gym.Env):
                     )
         self.fixed_instruction = None if instruction is None else check_instruction(instruction)
         self.phrasing = phrasing
-        self.reward_mode = reward_mode
-        self.step_limit = step_limit
+        self.reward_mode = "crafter" if open_ended else reward_mode
+        self.step_limit = step_limit or (OPEN_ENDED_STEPS if open_ended else None)
         self.render_mode = render_mode
         self.size = tuple(size)
         self.render_size = tuple(render_size) if render_size is not None else self.size
@@ -103,6 +117,14 @@ class CrafterInstructEnv(gym.Env):
         # The world seed is drawn first so that one seed gives the same world for every task.
         self.world_seed = int(self.np_random.integers(2**31 - 1))
         task = options.get("task")
+        if self.open_ended:
+            self.task = OPEN_ENDED
+            self._achievement = None
+            self._limit = self.step_limit
+            self.instruction = check_instruction(
+                options.get("instruction") or self.fixed_instruction or OPEN_ENDED_INSTRUCTION
+            )
+            return self._reset_world()
         if task is None:
             task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
         elif task not in TASKS:
@@ -120,6 +142,9 @@ class CrafterInstructEnv(gym.Env):
             if index is None:
                 index = int(self.np_random.integers(len(spec.phrasings)))
             self.instruction = spec.phrasings[index]
+        return self._reset_world()
+
+    def _reset_world(self) -> tuple[dict[str, Any], dict[str, Any]]:
         self._env._seed = self.world_seed
         self._env._episode = 0
         self._frame = self._env.reset()
@@ -139,7 +164,7 @@ class CrafterInstructEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
-        before = self._env._player.achievements[self._achievement]
+        before = self._env._player.achievements[self._achievement] if self._achievement else 1
         frame, crafter_reward, dead, crafter_info = self._env.step(int(action))
         self._frame = frame
         self._steps += 1

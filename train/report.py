@@ -19,6 +19,10 @@ def print_eval(result: dict[str, Any]) -> None:
     print(
         f"{'all':22s} {result['episodes']:8d} {result['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>15s} {result['mean_length']:9.1f}"
     )
+    if "crafter_score" in result:
+        rates = result["achievement_rates_percent"]
+        print(f"Crafter score {result['crafter_score']:.2f} (mean return {result['mean_return']:.2f})")
+        print("  " + ", ".join(f"{name} {rate:.0f}%" for name, rate in rates.items() if rate > 0))
     for video in result.get("videos", []):
         print(f"video: {video}")
 

@@ -110,3 +110,13 @@ def test_attention_needs_capture(tmp_path: Path) -> None:
     agent.act({"image": np.zeros((64, 64, 3), np.uint8)})
     with pytest.raises(RuntimeError, match="capture_attention=True"):
         agent.attention()
+
+
+def test_crafter_score_matches_the_published_formula() -> None:
+    from agent.evaluate import crafter_score
+
+    # Two achievements, unlocked in 50% and 0% of episodes: exp((ln 51 + ln 1) / 2) - 1.
+    out = crafter_score([["collect_wood"], []], ["collect_wood", "place_table"])
+    assert out["achievement_rates_percent"] == {"collect_wood": 50.0, "place_table": 0.0}
+    assert out["crafter_score"] == pytest.approx(51**0.5 - 1)
+    assert crafter_score([["a", "b"]], ["a", "b"])["crafter_score"] == pytest.approx(100.0)

@@ -131,3 +131,25 @@ def test_same_world_different_instruction_needs_different_behaviour() -> None:
                 total += 1
     assert crossed / total <= 0.25, f"{crossed}/{total} cross-task replays succeeded"
     assert differ / total >= 0.75
+
+
+def test_open_ended_crafter_plays_the_whole_game() -> None:
+    import gymnasium as gym
+
+    import envs
+    from envs.crafter_instruct import OPEN_ENDED_INSTRUCTION
+
+    env = gym.make(envs.CRAFTER_OPEN_ID)
+    observation, info = env.reset(seed=3)
+    assert observation["instruction"] == OPEN_ENDED_INSTRUCTION and info["task"] == "open_ended"
+    rewards = []
+    for _ in range(400):
+        observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        rewards.append(reward)
+        assert info["success"] is False
+        if terminated or truncated:
+            break
+    assert terminated and info["dead"], "a random player dies well before 10000 steps"
+    assert any(r >= 1.0 for r in rewards), "crafter's reward: +1 per first unlock"
+    with pytest.raises(ValueError, match="open_ended"):
+        gym.make(envs.CRAFTER_OPEN_ID, task="collect_wood")
