@@ -24,6 +24,10 @@ def cmd_envs(args: argparse.Namespace) -> int:
                 name: {"phrasings": list(t.phrasings), "step_limit": t.step_limit}
                 for name, t in TASKS.items()
             }
+        elif env_id == envs.CRAFTER_OPEN_ID:
+            from envs.crafter_instruct import OPEN_ENDED_INSTRUCTION, OPEN_ENDED_STEPS
+
+            tasks = {"open_ended": {"phrasings": [OPEN_ENDED_INSTRUCTION], "step_limit": OPEN_ENDED_STEPS}}
         else:
             tasks = {env_id.split("BabyAI-")[1].removesuffix("-v0"): {"phrasings": ["(the level's mission)"]}}
         rows.append({"env_id": env_id, "tasks": tasks})
