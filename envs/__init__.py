@@ -6,6 +6,8 @@ Nothing here imports torch or other instructcraft packages.
 
 from __future__ import annotations
 
+import importlib.util
+
 import gymnasium as gym
 
 from envs.babyai import LEVELS as BABYAI_LEVELS
@@ -45,12 +47,34 @@ def register_envs() -> None:
             )
 
 
+def minerl_available() -> bool:
+    return importlib.util.find_spec("minerl") is not None
+
+
+def register_minerl_envs() -> list[str]:
+    """Register ``instructcraft/MineRL-<Task>-v0`` (needs minerl to make them; registering is free)."""
+    from envs.minecraft import MINERL_TASKS, minerl_id
+
+    for task in MINERL_TASKS:
+        if minerl_id(task) not in gym.registry:
+            gym.register(
+                id=minerl_id(task),
+                entry_point="envs.minecraft.env:MineRLInstructEnv",
+                kwargs={"task": task},
+                disable_env_checker=True,
+            )
+    return [minerl_id(task) for task in MINERL_TASKS]
+
+
 def registered_ids() -> list[str]:
     register_envs()
-    return [CRAFTER_ID, CRAFTER_OPEN_ID] + [babyai_id(level) for level in BABYAI_LEVELS]
+    ids = [CRAFTER_ID, CRAFTER_OPEN_ID] + [babyai_id(level) for level in BABYAI_LEVELS]
+    return ids + (register_minerl_envs() if minerl_available() else [])
 
 
 register_envs()
+if minerl_available():
+    register_minerl_envs()
 
 __all__ = [
     "BABYAI_LEVELS",
@@ -58,6 +82,8 @@ __all__ = [
     "CRAFTER_OPEN_ID",
     "TASKS",
     "babyai_id",
+    "minerl_available",
     "register_envs",
+    "register_minerl_envs",
     "registered_ids",
 ]
