@@ -113,6 +113,62 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="ep", desc=f"import {args.source}", dynamic_ncols=True, disable=args.json)
+
+    def progress(episode: Any) -> None:
+        bar.update(1)
+        bar.set_postfix(task=episode.task, steps=episode.length)
+
+    if args.source == "minerl":
+        from envs.minecraft.importers import import_minerl
+
+        summary = import_minerl(
+            args.path,
+            args.out,
+            env_names=args.env,
+            camera_bins=args.camera_bins,
+            allow_pickle=args.allow_pickle,
+            progress=progress,
+        )
+    elif args.source == "vpt":
+        from envs.minecraft.importers import import_vpt
+
+        summary = import_vpt(
+            args.path,
+            args.out,
+            instruction=args.instruction or "play minecraft",
+            size=tuple(args.size),
+            camera_bins=args.camera_bins,
+            progress=progress,
+        )
+    else:
+        from envs.minari_io import import_minari
+
+        summary = import_minari(args.path, args.out, instruction=args.instruction)
+    bar.close()
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"imported {summary['episodes']} episodes, {summary['steps']} steps into {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from envs.minari_io import export_minari
+
+    summary = export_minari(args.data, args.id)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"exported {summary['episodes']} episodes, {summary['steps']} steps as Minari dataset {args.id}"
+        )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from train.bench import BENCHES
 
@@ -324,6 +380,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (info)")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("import", help="convert MineRL v0.4, VPT or Minari demonstrations to a native dataset")
+    p.add_argument("source", choices=["minerl", "vpt", "minari"])
+    p.add_argument(
+        "path", help="minerl: ROOT/<EnvName>/<stream>/; vpt: a directory of .mp4 + .jsonl; minari: dataset id"
+    )
+    p.add_argument("--out", required=True, help="native dataset directory to write")
+    p.add_argument(
+        "--env", nargs="+", default=None, help="minerl: only these env names (e.g. MineRLTreechop-v0)"
+    )
+    p.add_argument("--camera-bins", type=int, default=11, help="camera bins per axis (odd; VPT uses 11)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="minerl: load object arrays (trusted files only)"
+    )
+    p.add_argument("--instruction", default=None, help="vpt/minari: the episodes' instruction")
+    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="vpt: frame size")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a native dataset in another format (Minari)")
+    p.add_argument("target", choices=["minari"])
+    p.add_argument("data", help="native dataset directory")
+    p.add_argument("--id", required=True, help="Minari dataset id, e.g. instructcraft/crafter-v0")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
     p.add_argument("what", choices=["env", "policy", "bc", "attention", "rl"])
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -431,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, LookupError) as error:
+    except (ValueError, RuntimeError, LookupError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
