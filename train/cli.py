@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -231,6 +232,35 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from policies import FUSIONS
+    from train.ablate import ablate
+
+    fusions = [name.strip() for name in args.fusion.split(",") if name.strip()]
+    unknown = [name for name in fusions if name not in FUSIONS]
+    if unknown:
+        raise ValueError(f"unknown fusion type(s) {unknown}; known: {sorted(FUSIONS)}")
+    summary = ablate(
+        fusions,
+        args.data,
+        args.out,
+        config=args.config,
+        overrides=args.set,
+        seeds=args.seeds,
+        episodes=args.episodes,
+        eval_env=args.env,
+        tasks=args.tasks,
+        rl_steps=args.rl_steps,
+        workers=args.workers,
+        log=(lambda _: None) if args.json else print,
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -439,6 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to train on")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_rl)
+
+    p = sub.add_parser("ablate", help="train and compare fusion types on the same data, budget and seeds")
+    p.add_argument(
+        "--fusion", required=True, help="comma-separated fusion types, e.g. cross_attention,gmu,film"
+    )
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument(
+        "--out", required=True, help="output directory (ablation.md, ablation.json, ablation.png, runs)"
+    )
+    p.add_argument("--config", default=None, help="run config shared by every fusion type")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per fusion type")
+    p.add_argument("--episodes", type=int, default=20, help="eval episodes per instruction mode")
+    p.add_argument("--env", default=None, help="eval env id (default: the dataset's)")
+    p.add_argument(
+        "--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to evaluate (and train RL) on"
+    )
+    p.add_argument("--rl-steps", type=int, default=0, help="PPO env steps after BC (0 = BC only)")
+    p.add_argument("--workers", type=int, default=1, help="eval worker processes")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint in an env")
     p.add_argument(

@@ -200,3 +200,24 @@ def test_rl_cli_subproc_bc_aux_checkpoint_resume(tmp_path: Path, crafter_demos: 
     assert resumed["timesteps"] == 96
     run_cli("eval", "--checkpoint", str(checkpoint), "--env", envs.CRAFTER_ID, "--episodes", "1",
             "--tasks", "collect_wood", "--workers", "0", "--json")  # fmt: skip
+
+
+def test_ablate_cli_writes_table_plot_and_json(tmp_path: Path, crafter_demos: str) -> None:
+    out = tmp_path / "ablation"
+    result = run_cli(
+        "ablate", "--fusion", "cross_attention,gmu", "--data", crafter_demos, "--config", TINY,
+        "--set", "train.steps=4", "--episodes", "2", "--tasks", "collect_wood", "--rl-steps", "32",
+        "--set", "rl.n_envs=2", "--set", "rl.n_steps=16", "--set", "rl.batch_size=16", "--set", "rl.vec_env=dummy",
+        "--out", str(out),
+    )  # fmt: skip
+    table = (out / "ablation.md").read_text()
+    assert "| cross_attention |" in table and "| gmu |" in table and table in result.stdout
+    summary = json.loads((out / "ablation.json").read_text())
+    assert [row["fusion"] for row in summary["rows"]] == ["cross_attention", "gmu"]
+    assert all(row["parameters"] > 0 and row["act_ms"] > 0 for row in summary["rows"])
+    assert (out / "cross_attention" / "seed0" / "rl" / "checkpoint" / "model.safetensors").exists()
+    from PIL import Image
+
+    assert Image.open(out / "ablation.png").size[0] > 200
+    bad = run_cli("ablate", "--fusion", "cross_attn", "--data", crafter_demos, "--out", str(out), check=False)
+    assert bad.returncode == 2 and "unknown fusion type(s) ['cross_attn']" in bad.stderr
