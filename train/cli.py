@@ -378,6 +378,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, example: str) -> None:
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. {example}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructcraft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -442,14 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bc", help="behavioral cloning on a dataset (works under torchrun)")
-    p.add_argument("--config", default=None, help="YAML or JSON run config ({policy: ..., train: ...})")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. train.lr=3e-4",
-    )
+    add_config_arguments(p, "YAML or JSON run config ({policy: ..., train: ...})", "train.lr=3e-4")
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
     p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
@@ -457,10 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bc)
 
     p = sub.add_parser("rl", help="PPO (stable-baselines3) on the fusion policy, from scratch or from BC")
-    p.add_argument("--config", default=None, help="YAML or JSON run config ({policy: ..., rl: ...})")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. rl.n_envs=4"
-    )
+    add_config_arguments(p, "YAML or JSON run config ({policy: ..., rl: ...})", "rl.n_envs=4")
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--steps", type=int, required=True, help="total env steps")
     p.add_argument("--init", default=None, help="BC checkpoint to start from (its policy config is used)")
@@ -478,8 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output directory (ablation.md, ablation.json, ablation.png, runs)"
     )
-    p.add_argument("--config", default=None, help="run config shared by every fusion type")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_config_arguments(p, "run config shared by every fusion type", "train.steps=500")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per fusion type")
     p.add_argument("--episodes", type=int, default=20, help="eval episodes per instruction mode")
     p.add_argument("--env", default=None, help="eval env id (default: the dataset's)")
