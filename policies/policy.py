@@ -108,7 +108,7 @@ class InstructionPolicy(nn.Module):
             pooled = self.text_encoder([instructions[i] for i in keep])
             projected = self.text_projector(pooled.to(self.null_instruction.dtype))
             text = text.clone()
-            text[keep] = projected
+            text[keep] = projected.to(text.dtype)  # bf16 under autocast
         return text
 
     def encode_frames(
@@ -245,14 +245,35 @@ class InstructionPolicy(nn.Module):
         batch = frame.shape[0]
         device = self.device
         valid = torch.ones(batch, dtype=torch.bool, device=device) if valid is None else valid.to(device)
+        tokens = self.encode_frames(frame.to(device)[:, None], state.time[:, None], valid[:, None])[:, 0]
+        return self._step_tokens(state, tokens, valid, return_attention)
+
+    def _step_tokens(
+        self, state: PolicyState, tokens: torch.Tensor, valid: torch.Tensor, return_attention: bool = False
+    ) -> PolicyOutput:
         time = state.time
-        tokens = self.encode_frames(frame.to(device)[:, None], time[:, None], valid[:, None])[:, 0]
         query_time = self.query_time(sinusoid(time, self._dim))
         fused = self.fusion.step(state.fusion, state.text, tokens, query_time, time, valid, return_attention)
         state.time = time + valid.long()
         logits, value = self._heads(fused.features[:, 0])
         extras = {name: value_[:, 0] for name, value_ in fused.extras.items()}
         return PolicyOutput(logits, value, fused.features[:, 0], extras)
+
+    def prefill(
+        self, state: PolicyState, frames: torch.Tensor, valid: torch.Tensor, encode_steps: int = 64
+    ) -> None:
+        """Feed K frames per row into ``state`` as K ``step`` calls would, with the frame encoder
+        run over ``encode_steps`` steps of all rows at once: frames uint8 (B, K, H, W, 3), valid
+        bool (B, K) (False: the row skips that step). Rebuilding a cache from a history is its use."""
+        device = self.device
+        valid = valid.to(device)
+        # Times each frame will have: the row's clock advances only on its valid steps.
+        times = state.time[:, None] + torch.cumsum(valid.long(), 1) - valid.long()
+        for start in range(0, frames.shape[1], encode_steps):
+            span = slice(start, start + encode_steps)
+            tokens = self.encode_frames(frames[:, span].to(device), times[:, span], valid[:, span])
+            for k in range(tokens.shape[1]):
+                self._step_tokens(state, tokens[:, k], valid[:, start + k])
 
     def distribution(self, logits: torch.Tensor) -> FactorizedCategorical:
         return self.action_heads.distribution(logits)

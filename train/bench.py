@@ -429,16 +429,21 @@ def _encoder_cost_ratio(fusion: Any, cnn: Any, frames: int = 128) -> float:
     """Forward + backward time per frame: our frame encoder over SB3's NatureCNN extractor."""
     import torch
 
-    images = torch.randint(0, 256, (frames, 64, 64, 3), dtype=torch.uint8)
+    device = next(cnn.policy.parameters()).device
+    images = torch.randint(0, 256, (frames, 64, 64, 3), dtype=torch.uint8, device=device)
     channels_first = images.permute(0, 3, 1, 2).float()
     ours = fusion.model.frame_encoder
     theirs = cnn.policy.features_extractor
 
     def ours_step() -> None:
         ours(images).sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def theirs_step() -> None:
         theirs(channels_first / 255.0).sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     return _median_seconds(ours_step, 3) / _median_seconds(theirs_step, 3)
 
@@ -467,7 +472,8 @@ def bench_rl(quick: bool = False) -> dict[str, Any]:
     cnn_env = make_vec_env(
         partial(_image_only_env, envs.CRAFTER_ID), n_envs=n_envs, seed=0, vec_env_cls=DummyVecEnv
     )
-    cnn = PPO("CnnPolicy", cnn_env, n_steps=n_steps, batch_size=128, n_epochs=4, seed=0, device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # both on the same device
+    cnn = PPO("CnnPolicy", cnn_env, n_steps=n_steps, batch_size=128, n_epochs=4, seed=0, device=device)
     per_rollout = n_envs * n_steps
     for algo in (fusion, cnn):  # warm-up: text encoder cache, allocator, env processes
         algo.learn(per_rollout)
@@ -492,6 +498,7 @@ def bench_rl(quick: bool = False) -> dict[str, Any]:
         "fusion_inference_fraction": split.get("inference", 0.0) / total,
         "fusion_update_fraction": split.get("update", 0.0) / total,
         "frame_encoder_over_naturecnn_train_time": encoder_ratio,
+        "device": device,
         "setup": f"Crafter-Instruct, {n_envs} envs (DummyVecEnv) x {n_steps} steps, batch 128, 4 epochs, "
         f"{rounds} rollouts each; default model vs SB3 CnnPolicy (NatureCNN) on the image",
         "goals": {"fusion_ppo_over_cnn_ppo_sps": ">= 0.5"},

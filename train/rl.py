@@ -281,17 +281,17 @@ class SequencePPO(PPO):
         lengths = [0 if starts[e] else len(self._contexts[e]) for e in range(self.n_envs)]
         longest = max(lengths, default=0)
         state.time = torch.tensor(next_times - np.asarray(lengths), dtype=torch.long, device=self.device)
-        shape = self.observation_space["image"].shape
-        height, width = (shape[1], shape[2]) if self.policy.channels_first else (shape[0], shape[1])
-        for k in range(longest):
-            frames = torch.zeros(self.n_envs, height, width, 3, dtype=torch.uint8)
-            valid = torch.zeros(self.n_envs, dtype=torch.bool)
+        if longest:
+            shape = self.observation_space["image"].shape
+            height, width = (shape[1], shape[2]) if self.policy.channels_first else (shape[0], shape[1])
+            frames = torch.zeros(self.n_envs, longest, height, width, 3, dtype=torch.uint8)
+            valid = torch.zeros(self.n_envs, longest, dtype=torch.bool)
             for e in range(self.n_envs):
-                offset = k - (longest - lengths[e])  # right-aligned: every row ends together
-                if offset >= 0:
-                    frames[e] = torch.from_numpy(self._contexts[e][offset][0])
-                    valid[e] = True
-            model.step(state, frames, valid)
+                if lengths[e]:  # right-aligned: every row ends together
+                    stacked = np.stack([frame for frame, _ in self._contexts[e]][-lengths[e] :])
+                    frames[e, longest - lengths[e] :] = torch.from_numpy(stacked)
+                    valid[e, longest - lengths[e] :] = True
+            model.prefill(state, frames, valid)  # the frame encoder runs once over all of them
         assert state.time.tolist() == next_times.tolist(), "context frames and step times disagree"
         return state
 

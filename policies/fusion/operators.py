@@ -42,4 +42,7 @@ class BilinearFusion(HistoryMeanFusion):
         self.bilinear = nn.Bilinear(dim, dim, dim)
 
     def fuse(self, text, vision):
-        return self.bilinear(text[:, None].expand_as(vision).contiguous(), vision), {}
+        # One dtype for both inputs: autocast may hand over fp32 text and bf16 frames.
+        dtype = self.bilinear.weight.dtype
+        left = text[:, None].expand_as(vision).contiguous().to(dtype)
+        return self.bilinear(left, vision.to(dtype)), {}

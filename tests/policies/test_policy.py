@@ -373,3 +373,40 @@ def test_context_mask_changes_outputs_not_at_all_and_stops_encoder_gradients() -
     # Loss on the context steps alone reaches the encoder only through non-context frames: none.
     masked.logits[:, :3].sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in model.frame_encoder.parameters())
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_forward_and_backward_under_bf16_autocast(fusion_type: str) -> None:
+    """What BC does on CUDA (train.amp), checked on the CPU's autocast: mixed dtypes must meet."""
+    model = build(fusion_type).train()
+    frames = random_frames(2, 5)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, :2] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(
+            frames, ["collect wood", ""], frame_mask=mask, drop_instruction=torch.tensor([True, False])
+        )
+    loss = out.logits.float().logsumexp(-1).mean() + out.value.float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention", "gmu"])
+def test_prefill_equals_stepping(fusion_type: str) -> None:
+    model = build(fusion_type, max_history=4)
+    frames = random_frames(2, 7, seed=5)
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[1, :3] = False  # a shorter history, right-aligned
+    with torch.no_grad():
+        stepped = model.initial_state(INSTRUCTIONS[:2])
+        stepped.time = torch.tensor([10, 40])
+        for k in range(7):
+            model.step(stepped, frames[:, k], valid[:, k])
+        filled = model.initial_state(INSTRUCTIONS[:2])
+        filled.time = torch.tensor([10, 40])
+        model.prefill(filled, frames, valid, encode_steps=3)  # in pieces
+        assert filled.time.tolist() == stepped.time.tolist() == [17, 44]
+        last = random_frames(2, 1, seed=6)[:, 0]
+        torch.testing.assert_close(
+            model.step(filled, last).logits, model.step(stepped, last).logits, atol=1e-5, rtol=0
+        )
