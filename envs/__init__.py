@@ -21,30 +21,17 @@ def babyai_id(level: str) -> str:
     return f"instructcraft/BabyAI-{level}-v0"
 
 
+def _register(env_id: str, entry_point: str, **kwargs: object) -> None:
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
+
+
 def register_envs() -> None:
     """Register every instructcraft env id (idempotent)."""
-    if CRAFTER_ID not in gym.registry:
-        gym.register(
-            id=CRAFTER_ID,
-            entry_point="envs.crafter_instruct:CrafterInstructEnv",
-            disable_env_checker=True,
-        )
-    if CRAFTER_OPEN_ID not in gym.registry:
-        gym.register(
-            id=CRAFTER_OPEN_ID,
-            entry_point="envs.crafter_instruct:CrafterInstructEnv",
-            kwargs={"open_ended": True},
-            disable_env_checker=True,
-        )
+    _register(CRAFTER_ID, "envs.crafter_instruct:CrafterInstructEnv")
+    _register(CRAFTER_OPEN_ID, "envs.crafter_instruct:CrafterInstructEnv", open_ended=True)
     for level in BABYAI_LEVELS:
-        env_id = babyai_id(level)
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id,
-                entry_point="envs.babyai:BabyAIInstructEnv",
-                kwargs={"level": level},
-                disable_env_checker=True,
-            )
+        _register(babyai_id(level), "envs.babyai:BabyAIInstructEnv", level=level)
 
 
 def minerl_available() -> bool:
@@ -56,13 +43,7 @@ def register_minerl_envs() -> list[str]:
     from envs.minecraft import MINERL_TASKS, minerl_id
 
     for task in MINERL_TASKS:
-        if minerl_id(task) not in gym.registry:
-            gym.register(
-                id=minerl_id(task),
-                entry_point="envs.minecraft.env:MineRLInstructEnv",
-                kwargs={"task": task},
-                disable_env_checker=True,
-            )
+        _register(minerl_id(task), "envs.minecraft.env:MineRLInstructEnv", task=task)
     return [minerl_id(task) for task in MINERL_TASKS]
 
 
