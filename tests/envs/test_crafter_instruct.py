@@ -140,16 +140,20 @@ def test_open_ended_crafter_plays_the_whole_game() -> None:
     from envs.crafter_instruct import OPEN_ENDED_INSTRUCTION
 
     env = gym.make(envs.CRAFTER_OPEN_ID)
-    observation, info = env.reset(seed=3)
-    assert observation["instruction"] == OPEN_ENDED_INSTRUCTION and info["task"] == "open_ended"
-    rewards = []
-    for _ in range(400):
-        observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        rewards.append(reward)
-        assert info["success"] is False
-        if terminated or truncated:
+    env.action_space.seed(3)
+    unlocked = False
+    for episode in range(8):  # random players: some die before unlocking anything
+        observation, info = env.reset(seed=episode)
+        assert observation["instruction"] == OPEN_ENDED_INSTRUCTION and info["task"] == "open_ended"
+        for _ in range(2000):
+            observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            unlocked = unlocked or reward >= 1.0  # crafter's reward: +1 per first unlock
+            assert info["success"] is False
+            if terminated or truncated:
+                break
+        assert terminated and info["dead"], "a random player dies well before 10000 steps"
+        if unlocked:
             break
-    assert terminated and info["dead"], "a random player dies well before 10000 steps"
-    assert any(r >= 1.0 for r in rewards), "crafter's reward: +1 per first unlock"
+    assert unlocked
     with pytest.raises(ValueError, match="open_ended"):
         gym.make(envs.CRAFTER_OPEN_ID, task="collect_wood")
