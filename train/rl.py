@@ -45,27 +45,18 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import explained_variance, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from envs.dataset import action_space_spec
 from envs.wrappers import ByteTokenizer, make_tokenized_env
 from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
 from policies.persist import atomic_directory
 from policies.policy import PolicyState
+from train.bc import resolve_device
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer.pt"
 RUN_CONFIG = "run.json"
-
-
-def action_spec(space: spaces.Space) -> dict[str, Any]:
-    """The JSON action-space spec the policy config stores, from a gymnasium space."""
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n)}
-    if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
-    raise ValueError(
-        f"PPO with the fusion policy needs a Discrete or MultiDiscrete action space, got {space}"
-    )
 
 
 class FusionPolicy(BasePolicy):
@@ -94,7 +85,11 @@ class FusionPolicy(BasePolicy):
                 f"the fusion policy needs observations with {sorted(missing)}; wrap the env with "
                 "envs.wrappers.make_tokenized_env (or TokenizeInstruction)"
             )
-        spec = action_spec(action_space)
+        if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+            raise ValueError(
+                f"PPO with the fusion policy needs Discrete or MultiDiscrete actions, got {action_space}"
+            )
+        spec = action_space_spec(action_space)
         if init:
             self.model = InstructionPolicy.from_pretrained(init)
         else:  # from scratch: the heads follow the env's action space
@@ -260,7 +255,6 @@ class SequencePPO(PPO):
             window = self.policy.model.config.fusion_kwargs.max_history
             chunks = ChunkDataset(bc_data, min(window, 32))
             self._bc_batches = iter(make_loader(chunks, bc_batch_size, 0, self.seed or 0, 0, False))
-        self._rollout_state: PolicyState | None = None
         self._episode_texts: list[str] = []
         self._contexts: list[deque] = []
         self._task_success: dict[str, deque] = defaultdict(lambda: deque(maxlen=100))
@@ -307,7 +301,7 @@ class SequencePPO(PPO):
         starts = np.asarray(self._last_episode_starts, dtype=bool)
         texts = self.policy.instructions(obs["instruction_ids"], obs["instruction_mask"])
         if not self._contexts:
-            self._contexts = [deque(maxlen=max(window - 1, 1)) for _ in range(self.n_envs)]
+            self._contexts = [deque(maxlen=window - 1) for _ in range(self.n_envs)]
             self._episode_texts = list(texts)
             self._next_times = np.zeros(self.n_envs, np.int64)
         for e in range(self.n_envs):
@@ -315,8 +309,8 @@ class SequencePPO(PPO):
                 self._contexts[e].clear()
                 self._episode_texts[e] = texts[e]
             rollout_buffer.context[e] = {
-                "frames": [frame for frame, _ in self._contexts[e]] if window > 1 else [],
-                "times": [t for _, t in self._contexts[e]] if window > 1 else [],
+                "frames": [frame for frame, _ in self._contexts[e]],
+                "times": [t for _, t in self._contexts[e]],
             }
         with torch.no_grad():
             state = self._rebuild_state(self._episode_texts, starts)
@@ -342,8 +336,7 @@ class SequencePPO(PPO):
                 values = out.value
             step_times = rollout_buffer.times[rollout_buffer.pos]
             for e in range(self.n_envs):
-                if window > 1:
-                    self._contexts[e].append((frames[e].numpy(), int(step_times[e])))
+                self._contexts[e].append((frames[e].numpy(), int(step_times[e])))
             self._next_times = step_times + 1
             actions_np = actions.cpu().numpy()
             stepped = time.perf_counter()
@@ -429,11 +422,11 @@ class SequencePPO(PPO):
         fields = {name: torch.zeros(count, length) for name in ("log_prob", "advantages", "returns")}
         texts = []
         for row, seg in enumerate(segments):
-            context = buffer.context[seg.env] if seg.context else {"frames": [], "times": []}
-            ctx = len(context["frames"][-seg.context :]) if seg.context else 0
+            ctx = seg.context  # all the context frames of that env, or none
             if ctx:
-                frames[row, :ctx] = torch.from_numpy(np.stack(context["frames"][-ctx:]))
-                times[row, :ctx] = torch.tensor(context["times"][-ctx:])
+                context = buffer.context[seg.env]
+                frames[row, :ctx] = torch.from_numpy(np.stack(context["frames"]))
+                times[row, :ctx] = torch.tensor(context["times"])
             span = slice(ctx, ctx + seg.steps)
             frames[row, span] = self.policy.frames(images[seg.start : seg.stop, seg.env])
             times[row, span] = torch.from_numpy(buffer.times[seg.start : seg.stop, seg.env])
@@ -576,12 +569,6 @@ def make_env(env_id: str, n_envs: int, vec_env: str, seed: int, max_tokens: int,
     cls = SubprocVecEnv if vec_env == "subproc" and n_envs > 1 else DummyVecEnv
     kwargs = {"start_method": "spawn"} if cls is SubprocVecEnv else None
     return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=cls, vec_env_kwargs=kwargs)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def build_ppo(

@@ -18,7 +18,6 @@ runs code from the file: only for files you trust.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +139,3 @@ def read_stream(stream: Path, task: MineRLTask, layout: ActionLayout, allow_pick
         success=bool(meta.get("success", False)),
         extra={"stream": stream.name, "source": "minerl-v0.4", "total_reward": float(rewards.sum())},
     )
-
-
-def iter_streams(
-    root: str | Path, layout_for: Any, env_names: list[str] | None = None, allow_pickle: bool = False
-) -> Iterator[Episode]:
-    for task, stream in find_streams(root, env_names):
-        yield read_stream(stream, task, layout_for(task), allow_pickle)
