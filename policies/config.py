@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,27 +233,105 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
-    """A (nested) frozen dataclass from JSON-like data: unknown keys fail, lists become tuples,
-    and numbers written as strings (YAML reads ``1e-3`` as a string) become numbers."""
+    """A (nested) frozen dataclass from JSON-like data. Unknown keys fail; every value must have
+    its field's type (``bool`` is not an int, ``2.5`` is not an int, an int is a fine float);
+    lists become tuples; numbers written as strings (YAML reads ``1e-3`` as a string) become
+    numbers."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known keys: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        elif hint in (float, int) and isinstance(value, str):
-            try:
-                kwargs[name] = hint(float(value)) if hint is int else float(value)
-            except ValueError:
-                raise ConfigError(f"{prefix}{name} must be a number, got {value!r}") from None
-        else:
-            kwargs[name] = value
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     return cls(**kwargs)
+
+
+_TYPE_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_name(hint: Any) -> str:
+    if hint in _TYPE_NAMES:
+        return _TYPE_NAMES[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in args)
+    if origin in (tuple, list):
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        if origin is tuple:
+            return f"a list of {len(args)} values"
+        return (
+            f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+        )
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _wrong(hint: Any, value: Any, name: str) -> ConfigError:
+    return ConfigError(f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """``value`` checked (and, for lists and numeric strings, converted) against ``hint``."""
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, f"{name}.")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except ConfigError:
+                continue
+        raise _wrong(hint, value, name)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _wrong(hint, value, name)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"{name} must be {_type_name(hint)}, got {list(value)!r}")
+            items = [
+                _coerce(arg, item, f"{name}[{i}]")
+                for i, (arg, item) in enumerate(zip(args, value, strict=True))
+            ]
+        else:
+            item_hint = args[0] if args else Any
+            items = [_coerce(item_hint, item, f"{name}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _wrong(hint, value, name)
+        return value
+    if hint is int:
+        if isinstance(value, str):
+            number = _number(value, hint, name)
+            if not number.is_integer():
+                raise _wrong(hint, value, name)
+            return int(number)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(hint, value, name)
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            return _number(value, hint, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _wrong(hint, value, name)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _wrong(hint, value, name)
+        return value
+    return value
+
+
+def _number(text: str, hint: Any, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _wrong(hint, text, name) from None

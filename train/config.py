@@ -146,9 +146,8 @@ class RunConfig:
         unknown = sorted(set(data) - SECTIONS)
         if unknown:
             raise ConfigError(f"unknown top-level key(s) {unknown}; expected {sorted(SECTIONS)}")
-        policy = PolicyConfig.from_dict(data.get("policy") or {})
         return cls(
-            policy,
+            build_dataclass(PolicyConfig, data.get("policy") or {}, "policy."),
             build_dataclass(TrainConfig, data.get("train") or {}, "train."),
             build_dataclass(RLConfig, data.get("rl") or {}, "rl."),
         )
