@@ -26,22 +26,28 @@ def checkpoint(tmp_path: Path, fusion_type: str = "cross_attention") -> Path:
 
 @pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention", "gmu", "late"])
 def test_agent_acts_in_crafter_and_matches_the_parallel_path(tmp_path: Path, fusion_type: str) -> None:
+    """Every step's logits equal the parallel path's over the same frames and instruction: a step
+    that forgot the history or read another instruction would differ (chosen actions often do not)."""
     agent = Agent.from_pretrained(checkpoint(tmp_path, fusion_type), seed=0)
     env = gym.make(envs.CRAFTER_ID, task="collect_wood")
     agent.check_env(env)
     obs, info = env.reset(seed=0)
     agent.reset(info["instruction"])
-    frames, actions = [], []
+    frames, actions, logits = [], [], []
     for _ in range(6):
         frames.append(obs["image"])
         action = agent.act(obs, deterministic=True)
         assert env.action_space.contains(action)
         actions.append(action)
+        logits.append(agent._last_logits[0])
         obs, *_ = env.step(action)
     batch = torch.from_numpy(np.stack(frames))[None]
     with torch.no_grad():
-        parallel = agent.policy(batch, [info["instruction"]]).logits.argmax(-1)[0].tolist()
-    assert actions == parallel
+        parallel = agent.policy(batch, [info["instruction"]]).logits[0]
+        other = agent.policy(batch, ["collect a sapling"]).logits[0]
+    torch.testing.assert_close(torch.stack(logits), parallel, atol=1e-5, rtol=0)
+    assert actions == parallel.argmax(-1).tolist()
+    assert not torch.allclose(other, parallel, atol=1e-4)  # the comparison can tell instructions apart
     assert agent.step_count == 6 and len(agent.history) == 6
 
 
@@ -73,6 +79,9 @@ def test_instruction_from_the_observation_and_reset_required(tmp_path: Path) -> 
 
 
 def test_guidance_rebuilds_the_null_branch_from_history(tmp_path: Path) -> None:
+    """Guidance asked for only at step 4 rebuilds the null-instruction branch from the 4 frames
+    already seen: its logits equal guidance computed from two parallel runs over the same
+    frames, one with the instruction and one with the null instruction."""
     path = checkpoint(tmp_path)
     env = gym.make(envs.CRAFTER_ID, task="collect_wood")
     late = Agent.from_pretrained(path, seed=0)  # asks for guidance only at step 4
@@ -80,14 +89,30 @@ def test_guidance_rebuilds_the_null_branch_from_history(tmp_path: Path) -> None:
     obs, info = env.reset(seed=3)
     late.reset(info["instruction"])
     early.reset(info["instruction"])
+    frames, guided = [], []
     for step in range(6):
+        frames.append(obs["image"])
         scale = 2.0 if step >= 4 else 0.0
         a = late.act(obs, deterministic=True, cfg_scale=scale)
-        b = early.act(obs, deterministic=True, cfg_scale=2.0 if step >= 4 else 1e-9)
+        early.act(obs, deterministic=True, cfg_scale=2.0 if step >= 4 else 1e-9)
         if step >= 4:
-            assert a == b
+            guided.append(late._last_logits[0])
+            torch.testing.assert_close(late._last_logits, early._last_logits, atol=1e-5, rtol=0)
         obs, *_ = env.step(a)
     assert late.cache_nbytes() > 0
+    policy = late.policy
+    batch = torch.from_numpy(np.stack(frames))[None]
+    with torch.no_grad():
+        conditional = policy(batch, [info["instruction"]]).logits[0, 4:]
+        null = policy(batch, [None]).logits[0, 4:]
+        fresh = policy(batch[:, 4:], [None]).logits[0]  # a null branch that forgot the history
+    expected = policy.guided(conditional, null, 2.0)
+    torch.testing.assert_close(torch.stack(guided), expected, atol=1e-5, rtol=0)
+    unguided = conditional.log_softmax(-1)
+    assert (torch.stack(guided) - unguided).abs().max() > 1e-3, "guidance changed nothing"
+    # The check above tells apart a null branch without history or with the real instruction:
+    assert (policy.guided(conditional, fresh, 2.0) - expected).abs().max() > 1e-4
+    assert (policy.guided(conditional, conditional, 2.0) - expected).abs().max() > 1e-4
 
 
 def test_action_space_mismatch_is_reported(tmp_path: Path) -> None:
