@@ -52,8 +52,9 @@ class CrafterExpert(Expert):
             raise TypeError(f"CrafterExpert needs a Crafter-Instruct env, got {type(base).__name__}")
         self._env = base
 
-    # -- world queries --------------------------------------------------------------------
+    # -- world queries: the only reads of the world; a view-limited expert overrides them ---
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Material ids (x, y) and object map (x, y), 0 = no object there."""
         world = self._env.world
         return world._mat_map, world._obj_map
 
@@ -64,6 +65,22 @@ class CrafterExpert(Expert):
     def _table_nearby(self) -> bool:
         nearby, _ = self._env.world.nearby(self._env.player.pos, 1)
         return "table" in nearby
+
+    def _table_known(self) -> bool:
+        return self._env.world.count("table") > 0
+
+    def _object_kind_at(self, cell: np.ndarray) -> str | None:
+        """The class name of the object at ``cell`` (None: no object or outside the world)."""
+        _, obj = self._env.world[cell]
+        return None if obj is None else type(obj).__name__
+
+    def _object_cells(self, kind: str) -> set[tuple[int, int]]:
+        objects = self._env.world._objects
+        return {tuple(obj.pos) for obj in objects if obj is not None and type(obj).__name__ == kind}
+
+    def _explore(self) -> int:
+        """A move for when no target is reachable."""
+        return int(self._rng.integers(ACTION["move_left"], ACTION["move_down"] + 1))
 
     # -- the plan -------------------------------------------------------------------------
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> int:
@@ -111,7 +128,7 @@ class CrafterExpert(Expert):
             return self._interact_material(("tree",), ACTION["do"])
         if inventory["wood"] >= 3:
             return self._interact_free(PLACE_WHERE["table"], ACTION["place_table"])
-        if inventory["wood"] >= 1 and self._env.world.count("table") > 0:
+        if inventory["wood"] >= 1 and self._table_known():
             # Walk back to the table placed earlier rather than spending 2 wood on another.
             action = self._interact_material(("table",), ACTION["noop"], explore=False)
             if action is not None:
@@ -125,10 +142,9 @@ class CrafterExpert(Expert):
 
     # -- sub-goals ------------------------------------------------------------------------
     def _face_adjacent_enemy(self) -> int | None:
-        world, player = self._env.world, self._env.player
+        player = self._env.player
         for direction in DIRECTIONS:
-            _, obj = world[player.pos + np.array(direction)]
-            if obj is not None and type(obj).__name__ in ("Zombie", "Skeleton"):
+            if self._object_kind_at(player.pos + np.array(direction)) in ("Zombie", "Skeleton"):
                 if tuple(player.facing) == direction:
                     return ACTION["do"]
                 return MOVE[direction]
@@ -146,8 +162,7 @@ class CrafterExpert(Expert):
         return self._plan(lambda cell: bool(target[cell]), action, True)
 
     def _interact_object(self, kind: str, action: int) -> int:
-        objects = self._env.world._objects
-        cells = {tuple(obj.pos) for obj in objects if obj is not None and type(obj).__name__ == kind}
+        cells = self._object_cells(kind)
         return self._plan(lambda cell: cell in cells, action, True)
 
     def _plan(self, is_target: Callable[[tuple[int, int]], bool], action: int, explore: bool) -> int | None:
@@ -189,4 +204,4 @@ class CrafterExpert(Expert):
                 queue.append((nx, ny))
         if not explore:
             return None
-        return int(self._rng.integers(ACTION["move_left"], ACTION["move_down"] + 1))
+        return self._explore()
