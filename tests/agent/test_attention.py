@@ -11,7 +11,15 @@ from PIL import Image
 
 import envs
 from agent import Agent
-from agent.attention import overlays_png, record_dataset_episode, record_rollout, timeline_png, viewer_html
+from agent.attention import (
+    AttentionRecording,
+    StepAttention,
+    overlays_png,
+    record_dataset_episode,
+    record_rollout,
+    timeline_png,
+    viewer_html,
+)
 from envs.collect import collect
 from policies import InstructionPolicy
 
@@ -74,6 +82,45 @@ def test_other_fusions_show_what_they_have(tmp_path: Path, fusion_type: str) -> 
         assert "gate_mean" in payload_path.read_text()
 
 
+def synthetic_step(frame_weights: np.ndarray) -> StepAttention:
+    """One step over frames 0..F-1 from per-block frame weights (blocks, F)."""
+    count = frame_weights.shape[1]
+    weights = np.repeat(frame_weights[:, None, :], 2, axis=1).astype(np.float32)  # 2 heads
+    times = np.arange(count)
+    return StepAttention(times, weights, times, weights[..., None])
+
+
+def test_rollout_follows_the_residual_rule_and_differs_from_the_mean_with_three_blocks() -> None:
+    """c_1 = A_1, c_n = (c_(n-1) + A_n) / 2: with 3 blocks that is A_1/4 + A_2/4 + A_3/2, which is
+    not the mean over blocks (with 2 blocks the two coincide)."""
+    steps = [
+        synthetic_step(np.array([[1.0], [1.0], [1.0]])),
+        synthetic_step(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])),
+        synthetic_step(np.eye(3)),  # block n looks at frame n
+    ]
+    recording = AttentionRecording("x", "cross_attention", steps=steps)
+    rollout, mean = recording.timeline("rollout"), recording.timeline("mean")
+    np.testing.assert_allclose(rollout, [[1, 0, 0], [0.25, 0.75, 0], [0.25, 0.25, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(mean[2], [1 / 3, 1 / 3, 1 / 3], atol=1e-6)
+    two_blocks = [synthetic_step(np.array([[1.0], [1.0]])), synthetic_step(np.eye(2))]
+    two = AttentionRecording("x", "cross_attention", steps=two_blocks)
+    np.testing.assert_allclose(two.timeline("rollout"), two.timeline("mean"), atol=1e-6)
+
+
+def test_three_block_rollout_differs_from_the_mean_in_a_real_recording(tmp_path: Path) -> None:
+    config = make_tiny_config().replace(
+        **{"vision.image_size": [64, 64], "vision.channels": [8, 16, 16], "fusion_kwargs.num_blocks": 3}
+    )
+    torch.manual_seed(0)
+    path = InstructionPolicy(config).save_pretrained(tmp_path / "three")
+    agent = Agent.from_pretrained(path, capture_attention=True)
+    recording = record_rollout(agent, envs.CRAFTER_ID, seed=0, max_steps=6, env_kwargs={"task": "eat_cow"})
+    per_block = np.stack([recording.timeline(b) for b in range(3)])
+    expected = 0.25 * per_block[0] + 0.25 * per_block[1] + 0.5 * per_block[2]
+    np.testing.assert_allclose(recording.timeline("rollout"), expected, atol=1e-6)
+    assert np.abs(recording.timeline("rollout") - recording.timeline("mean")).max() > 1e-4
+
+
 def test_replay_of_a_recorded_demonstration(tmp_path: Path) -> None:
     data = tmp_path / "demos"
     collect(str(data), envs.CRAFTER_ID, "crafter_planner", 2, tasks=["collect_wood"], seed=3)
@@ -85,7 +132,12 @@ def test_replay_of_a_recorded_demonstration(tmp_path: Path) -> None:
     episode = Dataset(data).episode(1)
     assert len(recording) == episode.length
     assert recording.actions == [ACTION_NAMES[a] for a in episode.actions]
-    assert all(0 < p < 1 for p in recording.probabilities)
+    # Each probability is the one the parallel path gives the expert's action after the same frames.
+    with torch.no_grad():
+        frames = torch.from_numpy(episode.images[: episode.length])[None]
+        logits = agent.policy(frames, [episode.instruction]).logits[0]
+    expected = logits.softmax(-1)[torch.arange(episode.length), torch.from_numpy(episode.actions)]
+    np.testing.assert_allclose(recording.probabilities, expected.numpy(), atol=1e-5, rtol=0)
 
 
 def test_rollout_and_attention_cli(tmp_path: Path) -> None:
