@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -44,3 +45,41 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+# torch.save reports a failed write without an errno ("[enforce fail at inline_container.cc] ...
+# file write failed"): below this much free space the cause is taken to be a full disk.
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def mount_point(path: str | os.PathLike[str]) -> Path:
+    """The mount point (the device, to a user) holding ``path``."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def is_disk_full(error: BaseException, path: str | os.PathLike[str]) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "no space left" in str(error).lower():
+        return True
+    try:
+        return shutil.disk_usage(mount_point(path)).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def describe_write_failure(error: BaseException, file: str | os.PathLike[str], intact: str) -> str:
+    """One line for a failed write of ``file``: "no space left on DEVICE while writing FILE; ``intact``"
+    when the disk is full, else the file and the error."""
+    if is_disk_full(error, file):
+        return f"no space left on {mount_point(file)} while writing {file}; {intact}"
+    return f"could not write {file} ({type(error).__name__}: {error}); {intact}"

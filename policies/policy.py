@@ -42,6 +42,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
 
 
+class NonFiniteWeightsError(CheckpointError):
+    """Weights holding NaN or inf (a diverged run): they are never written and never loaded."""
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or inf."""
+    return [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
 def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
     """times long (...) -> (..., dim) fixed sinusoidal features of the absolute step."""
     half = dim // 2
@@ -294,8 +307,18 @@ class InstructionPolicy(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def write_files(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic)."""
-        save_file(self._saved_state(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic).
+
+        Raises ``NonFiniteWeightsError`` before writing anything if a weight is NaN or inf."""
+        state = self._saved_state()
+        bad = non_finite_tensors(state)
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteWeightsError(
+                f"the weights hold NaN or inf values (tensor {bad[0]!r}{more}): the model diverged, "
+                "so they are not saved; lower the learning rate"
+            )
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         payload = {"policy": self.config.to_dict(), **(extra or {})}
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
 
@@ -329,6 +352,14 @@ class InstructionPolicy(nn.Module):
             raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
         model = cls(config)
         state = load_file(str(weights_path), device=str(map_location))
+        bad = non_finite_tensors(state)
+        if bad:
+            more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+            raise NonFiniteWeightsError(
+                f"{weights_path}: tensor {bad[0]!r}{more} holds NaN or inf values: these weights "
+                "diverged during training and cannot act; use an earlier checkpoint or retrain "
+                "with a lower learning rate"
+            )
         missing, unexpected = model.load_state_dict(state, strict=False)
         frozen = "text_encoder.backbone."
         missing = [k for k in missing if not (k.startswith(frozen) and not config.text.finetune)]
