@@ -1,7 +1,9 @@
 """Crafter-Instruct: crafter's open world with one instructed achievement per episode.
 
 crafter speaks the old gym API (``reset() -> obs``, ``step -> (obs, reward, done, info)``);
-this adapter is the only place that sees it.
+this adapter is the only place that sees it. It steps ``DeterministicCrafterEnv``, crafter with
+a replayable world: an episode depends only on the seed and the actions, never on the process,
+on memory layout, or on how often or at what size frames are rendered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.crafter_determinism import DeterministicCrafterEnv
 from envs.spaces import check_instruction, observation_space
 from envs.tasks import TASKS, resolve_tasks
 
@@ -86,7 +89,9 @@ class CrafterInstructEnv(gym.Env):
         self.size = tuple(size)
         self.render_size = tuple(render_size) if render_size is not None else self.size
         # length=None: the adapter owns truncation; crafter's reward=True keeps its reward in info.
-        self._env = crafter.Env(area=area, view=view, size=self.size, reward=True, length=None, seed=0)
+        self._env = DeterministicCrafterEnv(
+            area=area, view=view, size=self.size, reward=True, length=None, seed=0
+        )
         self.observation_space = observation_space(*self.size)
         self.action_space = spaces.Discrete(len(ACTION_NAMES))
         self.task: str = self.tasks[0]
