@@ -6,13 +6,27 @@ Every env <-> model conversion happens here (``_frame_tensor``, ``_to_env_action
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from typing import Any
 
 import numpy as np
 import torch
 
-from policies import InstructionPolicy, PolicyState
+from policies import CheckpointError, InstructionPolicy, PolicyState
+
+
+def instruction_token_count(encoder: Any, text: str) -> int:
+    """How many tokens the policy's text encoder makes of ``text`` before its own limit."""
+    count = getattr(encoder, "token_count", None)
+    if count is not None:
+        return int(count(text))
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is not None:  # a transformers tokenizer: special tokens count toward the limit
+        return len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
+    from policies.text import _WORD  # the word encoder's own split
+
+    return len(_WORD.findall(text.lower()))
 
 
 class Agent:
@@ -48,6 +62,9 @@ class Agent:
         self._last_extras: dict[str, torch.Tensor] = {}
         self._last_probs: torch.Tensor | None = None
         self._started = False
+        self._truncate = False
+        # Instructions cut to the text encoder's limit (only with reset(..., truncate=True)).
+        self.truncated_instructions: list[str] = []
 
     @classmethod
     def from_pretrained(
@@ -57,7 +74,16 @@ class Agent:
         seed: int | None = None,
         capture_attention: bool = False,
     ) -> Agent:
-        policy = InstructionPolicy.from_pretrained(directory, map_location="cpu")
+        """Load a checkpoint directory; any failure is a ``CheckpointError`` naming it."""
+        try:
+            policy = InstructionPolicy.from_pretrained(directory, map_location="cpu")
+        except CheckpointError:
+            raise
+        except Exception as error:  # a corrupt or foreign model.safetensors, an unreadable file
+            raise CheckpointError(
+                f"cannot load the checkpoint in {directory}: {type(error).__name__}: {error}. "
+                "Pass a checkpoint directory written by `instructcraft bc` or `instructcraft rl`"
+            ) from None
         return cls(policy, device=device, seed=seed, capture_attention=capture_attention)
 
     @property
@@ -66,22 +92,48 @@ class Agent:
 
     def check_env(self, env: Any) -> None:
         """Raise a clear error if ``env``'s action space is not the policy's."""
-        space = env.action_space
-        kind = type(space).__name__
-        spec = {"type": kind, "n": int(getattr(space, "n", 0))}
-        if kind == "MultiDiscrete":
-            spec = {"type": kind, "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
-        self.policy.check_action_space(spec)
+        from envs.dataset import action_space_spec
+
+        self.policy.check_action_space(action_space_spec(env.action_space))
+
+    def check_instruction(self, instruction: str, truncate: bool = False) -> None:
+        """Raise ValueError if the text encoder would cut ``instruction`` short (words past its
+        ``max_tokens`` would be ignored); with ``truncate`` warn once and record it instead."""
+        limit = self.policy.config.text.max_tokens
+        tokens = instruction_token_count(self.policy.text_encoder, instruction)
+        if tokens <= limit:
+            return
+        if not truncate:
+            raise ValueError(
+                f"instruction {instruction!r} has {tokens} tokens, more than the text encoder's "
+                f"max_tokens={limit}, so its end would be ignored: shorten it, or pass truncate=True "
+                "to keep the first tokens"
+            )
+        if instruction not in self.truncated_instructions:
+            self.truncated_instructions.append(instruction)
+            warnings.warn(
+                f"instruction {instruction!r} has {tokens} tokens; the policy reads only the first "
+                f"{limit} (text max_tokens)",
+                stacklevel=3,
+            )
 
     @torch.no_grad()
-    def reset(self, instruction: str | None = None) -> None:
-        """Start an episode. ``instruction`` None: taken from the first observation."""
+    def reset(self, instruction: str | None = None, truncate: bool = False) -> None:
+        """Start an episode. ``instruction`` None: taken from the first observation.
+
+        An instruction longer than the text encoder's ``max_tokens`` raises ValueError;
+        ``truncate=True`` keeps its first tokens, warns once and records it in
+        ``truncated_instructions``.
+        """
+        if instruction is not None:
+            self.check_instruction(instruction, truncate)
         self.instruction = instruction
         self.history.clear()
         self._state = None
         self._unconditional = None
         self._last_extras = {}
         self._started = True
+        self._truncate = truncate
         if instruction is not None:
             self._state = self.policy.initial_state([instruction])
 
@@ -120,6 +172,8 @@ class Agent:
         image = observation["image"] if isinstance(observation, dict) else observation
         if self._state is None:
             text = observation.get("instruction") if isinstance(observation, dict) else None
+            if text:
+                self.check_instruction(text, self._truncate)
             self.instruction = text
             self._state = self.policy.initial_state([text])
         if cfg_scale:

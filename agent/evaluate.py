@@ -1,13 +1,14 @@
 """Evaluation loops: per-task success with 95% intervals, instruction sensitivity, videos.
 
 Episodes run in worker processes (each loads the checkpoint once) or in-process for a policy
-held in memory (periodic evaluation during training).
+held in memory (periodic evaluation during training). The parent first loads the checkpoint and
+makes the env itself, so a bad checkpoint, a mistyped env id or a checkpoint trained for another
+action space fails in seconds, before any worker starts; a worker that dies ends the run.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import envs
 from agent.agent import Agent
 from envs.tasks import TASKS
+from envs.workers import make_env, ordered_map
 
 MODES = ("correct", "swapped", "blank")
 
@@ -201,9 +203,20 @@ def evaluate(
         raise ValueError(f"instruction mode must be one of {MODES}, got {mode!r}")
     if (checkpoint is None) == (agent is None):
         raise ValueError("pass exactly one of checkpoint= or agent=")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     env_kwargs = dict(env_kwargs or {})
-    if tasks:
-        gym.make(env_id, task=tasks, **env_kwargs)  # unknown task names fail here, early
+    # Checked here, once: unknown ids and task names, a checkpoint that cannot be loaded, and an
+    # action space the checkpoint was not trained for all fail before any episode or worker.
+    probe = make_env(env_id, tasks, **env_kwargs)
+    if agent is None:
+        agent = local = Agent.from_pretrained(checkpoint)
+    else:
+        local = None
+    agent.check_env(probe)
+    probe.close()
     jobs = [
         EpisodeJob(
             seed + i,
@@ -217,21 +230,18 @@ def evaluate(
         for i in range(episodes)
     ]
     results: list[dict[str, Any]] = []
-    if agent is not None or workers <= 1:
-        if agent is None:
-            agent = Agent.from_pretrained(checkpoint)
+    if local is None or workers <= 1:
         env = gym.make(env_id, **env_kwargs)
         for job in jobs:
             results.append(run_episode(agent, env, env_id, job))
             if progress:
                 progress(results[-1])
     else:
-        context = mp.get_context("spawn")
-        with context.Pool(workers, _init_worker, (checkpoint, env_id, env_kwargs)) as pool:
-            for row in pool.imap(_work, jobs):
-                results.append(row)
-                if progress:
-                    progress(row)
+        del agent, local  # each worker loads its own copy
+        for row in ordered_map(_work, jobs, workers, _init_worker, (checkpoint, env_id, env_kwargs), "eval"):
+            results.append(row)
+            if progress:
+                progress(row)
     summary = summarize(results)
     summary.update(
         {"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed, "deterministic": deterministic}

@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 
 from agent import Agent
 from agent.evaluate import sensitivity
-from envs.dataset import Dataset
+from envs.dataset import Dataset, action_space_spec
+from envs.workers import make_env
 from train.bc import train_bc
 from train.config import load_run_config
 from train.rl import train_rl
@@ -44,6 +45,23 @@ def trainable_parameters(checkpoint: Path) -> int:
     return sum(p.numel() for p in policy.parameters() if p.requires_grad)
 
 
+def check_dataset_fits_env(dataset: Dataset, env_id: str, tasks: list[str] | None = None) -> None:
+    """Before any training: the policies trained on ``dataset`` must be able to act in
+    ``env_id`` (same action space and frame size), else the evaluation would fail at the end."""
+    env = make_env(env_id, tasks)
+    actual = {
+        "action_space": action_space_spec(env.action_space),
+        "image_shape": list(env.observation_space["image"].shape),
+    }
+    env.close()
+    for key, value in actual.items():
+        if dataset.metadata[key] != value:
+            raise ValueError(
+                f"{dataset.root} has {key} {dataset.metadata[key]} but the eval env {env_id} has {value}: "
+                "evaluate on the env the data comes from (drop --env) or use data from this env"
+            )
+
+
 def ablate(
     fusions: list[str],
     data: str,
@@ -60,9 +78,11 @@ def ablate(
     log: Any = print,
 ) -> dict[str, Any]:
     seeds = seeds or [0]
+    dataset = Dataset(data)
+    env_id = eval_env or dataset.metadata["env_id"]
+    check_dataset_fits_env(dataset, env_id, tasks)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env_id = eval_env or Dataset(data).metadata["env_id"]
     rows = []
     for fusion in fusions:
         per_seed = []
