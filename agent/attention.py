@@ -332,11 +332,27 @@ def viewer_payload(
     }
 
 
+# Characters that could end the <script> element or open an HTML comment or CDATA section
+# inside it (<, >, &), and the two line separators older JavaScript parsers reject in strings.
+_SCRIPT_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def script_json(data: Any) -> str:
+    """JSON safe to inline in a ``<script>`` element: no string in ``data`` (an instruction,
+    a dataset path) can close the element or run as code; JSON.parse reads the same value."""
+    return json.dumps(data, separators=(",", ":")).translate(_SCRIPT_ESCAPES)
+
+
 def viewer_html(recording: AttentionRecording, path: str | Path) -> Path:
     """One self-contained HTML file (no network): the template with the payload inlined."""
     template = (Path(__file__).parent / "viewer.html").read_text()
-    payload = json.dumps(viewer_payload(recording), separators=(",", ":"))
-    html = template.replace("/*PAYLOAD*/null", payload)
+    html = template.replace("/*PAYLOAD*/null", script_json(viewer_payload(recording)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html)
