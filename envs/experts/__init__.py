@@ -5,9 +5,11 @@ from __future__ import annotations
 from envs.experts.babyai_expert import BabyAIExpert
 from envs.experts.base import Expert
 from envs.experts.crafter_expert import CrafterExpert
+from envs.experts.crafter_view_expert import CrafterViewExpert
 
 EXPERTS: dict[str, type[Expert]] = {
     CrafterExpert.name: CrafterExpert,
+    CrafterViewExpert.name: CrafterViewExpert,
     BabyAIExpert.name: BabyAIExpert,
 }
 
@@ -27,4 +29,12 @@ def default_expert_for(env_id: str) -> str:
     raise ValueError(f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}")
 
 
-__all__ = ["EXPERTS", "BabyAIExpert", "CrafterExpert", "Expert", "default_expert_for", "make_expert"]
+__all__ = [
+    "EXPERTS",
+    "BabyAIExpert",
+    "CrafterExpert",
+    "CrafterViewExpert",
+    "Expert",
+    "default_expert_for",
+    "make_expert",
+]
