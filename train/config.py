@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +60,17 @@ class TrainConfig:
     """"auto" (CUDA when present), "cpu" or "cuda"""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)"""
+    skip_bad_episodes: bool = False
+    """train on the readable episodes when some are missing or corrupt (default: refuse to start)"""
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _check_numbers(self, "train")
+        _at_least(self, "train", 1, "steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
+        _at_least(self, "train", 0, "workers", "augment_shift", "warmup_steps", "eval_every", "eval_episodes")
+        _at_least(self, "train", 0, "seed", "weight_decay", "value_coef", "grad_clip")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.workers < 0 or self.augment_shift < 0 or self.warmup_steps < 0:
-            raise ConfigError("train.workers, train.augment_shift and train.warmup_steps must be >= 0")
+        _in_unit_interval(self, "train", "min_lr_ratio", "gamma")
 
 
 @dataclass(frozen=True)
@@ -111,18 +113,42 @@ class RLConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("n_envs", "n_steps", "batch_size", "n_epochs", "max_tokens", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
+        _check_numbers(self, "rl")
+        _at_least(self, "rl", 1, "n_envs", "n_steps", "batch_size", "n_epochs", "bc_batch_size", "max_tokens")
+        _at_least(self, "rl", 1, "checkpoint_every")
+        _at_least(self, "rl", 0, "seed", "ent_coef", "vf_coef", "target_kl", "kl_coef", "bc_coef")
+        _in_unit_interval(self, "rl", "gamma", "gae_lambda")
         if self.vec_env not in ("subproc", "dummy"):
             raise ConfigError(f"rl.vec_env must be 'subproc' or 'dummy', got {self.vec_env!r}")
-        if self.lr <= 0 or self.clip_range <= 0:
-            raise ConfigError("rl.lr and rl.clip_range must be > 0")
+        for name in ("lr", "clip_range", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"rl.{name} must be > 0, got {getattr(self, name)}")
         if self.bc_coef > 0 and not self.bc_data:
             raise ConfigError("rl.bc_coef > 0 needs rl.bc_data=PATH (a native dataset of demonstrations)")
-        if self.kl_coef < 0 or self.bc_coef < 0 or not 0 < self.kl_decay <= 1:
-            raise ConfigError("rl.kl_coef and rl.bc_coef must be >= 0 and rl.kl_decay in (0, 1]")
+        if not 0 < self.kl_decay <= 1:
+            raise ConfigError(f"rl.kl_decay must be in (0, 1], got {self.kl_decay}")
+
+
+def _check_numbers(config: Any, section: str) -> None:
+    """Every float field finite (``nan`` passes every comparison, so it is refused first)."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
+
+
+def _at_least(config: Any, section: str, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name} must be >= {minimum}, got {value}")
+
+
+def _in_unit_interval(config: Any, section: str, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{section}.{name} must be in [0, 1], got {value}")
 
 
 SECTIONS = {"policy", "train", "rl"}
