@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the ids in spawned workers)
-from envs.dataset import DatasetWriter, Episode
+from envs.dataset import Dataset, DatasetWriter, Episode
 from envs.experts import Expert, make_expert
+from envs.workers import make_env, ordered_map
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,24 @@ def iter_episodes(
         for job in jobs:
             yield _work(job)
         return
-    # spawn: workers must not inherit torch threads or CUDA state from a training process.
-    context = mp.get_context("spawn")
-    with context.Pool(workers, _init_worker, (env_id, env_kwargs, expert, expert_seed, noise)) as pool:
-        yield from pool.imap(_work, jobs, chunksize=1)
+    yield from ordered_map(
+        _work, jobs, workers, _init_worker, (env_id, env_kwargs, expert, expert_seed, noise), "collect"
+    )
+
+
+def recorded_seeds(out: str | Path) -> list[int]:
+    """The seeds of the episodes already in the dataset at ``out`` (none when it is new)."""
+    root = Path(out)
+    if not (root / "metadata.json").exists():
+        return []
+    return sorted({e["seed"] for e in Dataset(root).episodes if isinstance(e.get("seed"), int)})
+
+
+def next_seed(out: str | Path) -> int:
+    """The first seed an append to ``out`` uses by default: one after the highest recorded seed,
+    so that a second collect adds new episodes instead of repeating the first run's."""
+    seeds = recorded_seeds(out)
+    return seeds[-1] + 1 if seeds else 0
 
 
 def collect(
@@ -118,29 +133,34 @@ def collect(
     *,
     tasks: list[str] | None = None,
     workers: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
     only_success: bool = False,
     noise: float = 0.0,
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[Episode, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Collect ``episodes`` expert episodes into the dataset at ``out``; returns statistics."""
+    """Collect ``episodes`` expert episodes into the dataset at ``out``; returns statistics.
+
+    Episode i uses seed ``seed + i``; ``seed`` None starts after the highest seed already
+    recorded in ``out`` (0 for a new dataset). The statistics name the seeds used.
+    """
     env_kwargs = dict(env_kwargs or {})
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown env id {env_id!r}: `instructcraft envs` lists the ids")
-    try:
-        # Built with the task list so that unknown task names fail before anything is written.
-        probe = gym.make(env_id, **env_kwargs, **({"task": tasks} if tasks else {}))
-    except TypeError:
-        raise ValueError(f"{env_id} has no task choice: drop --tasks") from None
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1), got {noise}")
+    # Built with the task list so that unknown ids and task names fail before anything is written.
+    probe = make_env(env_id, tasks, **env_kwargs)
     image_shape = probe.observation_space["image"].shape
     action_space = probe.action_space
     probe.close()
+    if seed is None:
+        seed = next_seed(out)
     jobs = make_jobs(episodes, seed, tasks)
     stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0}
     start = time.perf_counter()
-    if not 0.0 <= noise < 1.0:
-        raise ValueError(f"noise must be in [0, 1), got {noise}")
     info = {"expert": expert, "tasks": tasks, "seed": seed, "noise": noise, "env_kwargs": env_kwargs}
     with DatasetWriter(
         out, env_id=env_id, image_shape=image_shape, action_space=action_space, info=info
@@ -161,4 +181,5 @@ def collect(
         "seconds": elapsed,
         "episodes_per_s": stats["episodes"] / elapsed if elapsed > 0 else float("inf"),
         "out": out,
+        "seeds": [seed, seed + episodes - 1],
     }

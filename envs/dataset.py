@@ -21,11 +21,13 @@ off by the next writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -39,6 +41,11 @@ import numpy as np
 FORMAT = "instructcraft.trajectories"
 FORMAT_VERSION = 1
 DEFAULT_FRAMES_PER_BLOCK = 32
+# The names the store itself writes in episodes/: committed files and their temporaries.
+EPISODE_FILE = re.compile(r"\d{6,}\.npz")
+EPISODE_TEMPORARY = re.compile(r"\.\d{6,}\.npz\.tmp-\d+")
+# What a dataset folder holds besides episodes/ (a folder with anything else is not a dataset).
+STORE_FILES = re.compile(r"metadata\.json|index\.jsonl|\.lock|\.(metadata\.json|index\.jsonl)\.tmp-\d+")
 
 
 class DatasetError(RuntimeError):
@@ -98,14 +105,54 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of ``data``."""
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``; a failed
+    write (a full disk) leaves no temporary file behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.absolute()
+    while not os.path.ismount(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def disk_full_error(path: Path, error: OSError, intact: str) -> DatasetError | OSError:
+    """A one-line DatasetError for a full disk (or quota); other OS errors are returned as is."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return error
+    return DatasetError(
+        f"no space left on device {_mount_point(path.parent)} while writing {path}; {intact}. "
+        "Free some space (or write to another disk) and run the same command again"
+    )
+
+
+def _check_episode_file(root: Path, index_path: Path, number: int, name: Any) -> None:
+    """Refuse an index entry whose file is not a plain relative path inside episodes/."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if (
+        not isinstance(name, str)
+        or os.path.isabs(name)
+        or "\\" in name
+        or len(parts) != 2
+        or parts[0] != "episodes"
+        or parts[1] in ("..", ".")
+    ):
+        raise DatasetError(
+            f"{index_path} line {number}: episode file {name!r} is outside {root / 'episodes'}; "
+            "refusing to read it (the index was edited or comes from an untrusted source)"
+        )
 
 
 def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
@@ -131,10 +178,10 @@ def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
             raise DatasetError(
                 f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
             ) from None
-        if entry.get("episode") != len(entries):
-            raise DatasetError(
-                f"{path} line {number}: expected episode {len(entries)}, got {entry.get('episode')!r}"
-            )
+        if not isinstance(entry, dict) or entry.get("episode") != len(entries):
+            got = entry.get("episode") if isinstance(entry, dict) else entry
+            raise DatasetError(f"{path} line {number}: expected episode {len(entries)}, got {got!r}")
+        _check_episode_file(root, path, number, entry.get("file"))
         entries.append(entry)
         valid += len(line) + 1
     return entries, valid
@@ -156,6 +203,31 @@ def _read_metadata(root: Path) -> dict[str, Any]:
             f"{path}: format_version {version} is not supported (this instructcraft reads {FORMAT_VERSION})"
         )
     return metadata
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    """A folder that holds anything but a dataset is the user's: never write into it."""
+    if not root.exists() or (root / "metadata.json").exists():
+        return
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a dataset folder: choose another output path")
+    foreign = sorted(
+        path.name
+        for path in root.iterdir()
+        if not (path.name == "episodes" and path.is_dir()) and not STORE_FILES.fullmatch(path.name)
+    )
+    if (root / "episodes").is_dir():
+        foreign += sorted(
+            f"episodes/{path.name}"
+            for path in (root / "episodes").iterdir()
+            if not EPISODE_TEMPORARY.fullmatch(path.name)
+        )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DatasetError(
+            f"{root} is not empty and is not an instructcraft dataset (it holds {shown}): "
+            "write to a new or empty folder, or to an existing dataset to append to it"
+        )
 
 
 class DatasetWriter:
@@ -182,6 +254,7 @@ class DatasetWriter:
     ) -> None:
         self.root = Path(root)
         spec = action_space if isinstance(action_space, dict) else action_space_spec(action_space)
+        _refuse_foreign_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "episodes").mkdir(exist_ok=True)
         self._lock = open(self.root / ".lock", "w")  # noqa: SIM115  (held for the writer's life)
@@ -222,7 +295,8 @@ class DatasetWriter:
             atomic_write_bytes(self.root / "index.jsonl", b"")
             self._count = 0
         self.frames_per_block = int(self.metadata["frames_per_block"])
-        self._index = open(self.root / "index.jsonl", "ab")  # noqa: SIM115
+        # Unbuffered: a failed append can be cut back to the committed prefix.
+        self._index = open(self.root / "index.jsonl", "ab", buffering=0)  # noqa: SIM115
 
     def __len__(self) -> int:
         return self._count
@@ -246,7 +320,11 @@ class DatasetWriter:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         data = buffer.getvalue()
-        atomic_write_bytes(self.root / relative, data)
+        intact = f"the {number} earlier episodes in {self.root} are intact"
+        try:
+            atomic_write_bytes(self.root / relative, data)
+        except OSError as error:
+            raise disk_full_error(self.root / relative, error, intact) from None
         entry = {
             "episode": number,
             "file": relative,
@@ -262,9 +340,20 @@ class DatasetWriter:
             "sha256": hashlib.sha256(data).hexdigest(),
             **({"extra": episode.extra} if episode.extra else {}),
         }
-        self._index.write((json.dumps(entry) + "\n").encode())
-        self._index.flush()
-        os.fsync(self._index.fileno())
+        fd = self._index.fileno()
+        committed = os.fstat(fd).st_size
+        try:
+            line = memoryview((json.dumps(entry) + "\n").encode())
+            while line:
+                line = line[self._index.write(line) :]
+            os.fsync(fd)
+        except OSError as error:
+            # Undo this episode: the index keeps its committed prefix, the file goes.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, committed)
+            with contextlib.suppress(OSError):
+                (self.root / relative).unlink()
+            raise disk_full_error(self.root / "index.jsonl", error, intact) from None
         self._count += 1
         return number
 
@@ -314,7 +403,16 @@ class Dataset:
         return sum(entry["length"] for entry in self.episodes)
 
     def _path(self, episode: int) -> Path:
-        return self.root / self.episodes[episode]["file"]
+        path = self.root / self.episodes[episode]["file"]
+        if path.is_symlink() or path.parent.is_symlink():
+            # A link may point anywhere: follow it only while it stays inside episodes/.
+            inside = (self.root / "episodes").resolve()
+            if not path.resolve().is_relative_to(inside):
+                raise DatasetError(
+                    f"{path} (episode {episode}) is a link to {path.resolve()}, outside {inside}; "
+                    "refusing to read it"
+                )
+        return path
 
     def _error(self, episode: int, error: BaseException) -> DatasetError:
         return DatasetError(
@@ -365,19 +463,37 @@ class Dataset:
             parts.append(frames[max(start - b * block, 0) : stop - b * block])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def chunk(self, episode: int, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Steps ``start:stop`` of an episode: images, actions, rewards, terminated, truncated."""
+    def chunk(self, episode: int, start: int, stop: int, *, pad: bool = False) -> dict[str, np.ndarray]:
+        """Steps ``start:stop`` of an episode: images (the observation each step acted on),
+        actions, rewards, terminated, truncated.
+
+        An episode that ends before ``stop`` is clipped like a Python slice: the arrays hold
+        ``min(stop, length) - start`` steps, fewer than asked. ``pad=True`` returns exactly
+        ``stop - start`` steps instead, zero-filled past the end, plus ``mask`` bool
+        (stop - start,), True = a recorded step. ``start`` must be a step of the episode.
+        """
         length = self.episodes[episode]["length"]
-        stop = min(stop, length)
-        if not 0 <= start < stop:
-            raise IndexError(f"step range {start}:{stop} invalid for episode {episode} of length {length}")
-        return {
-            "images": self.images(episode, start, stop),
-            "actions": self._member(episode, "actions")[start:stop],
-            "rewards": self._member(episode, "rewards")[start:stop],
-            "terminated": self._member(episode, "terminated")[start:stop],
-            "truncated": self._member(episode, "truncated")[start:stop],
+        if not 0 <= start < min(stop, length):
+            raise IndexError(
+                f"step range {start}:{stop} invalid for episode {episode} of length {length}: "
+                f"start must be in [0, {length}) and below stop"
+            )
+        end = min(stop, length)
+        out = {
+            "images": self.images(episode, start, end),
+            "actions": self._member(episode, "actions")[start:end],
+            "rewards": self._member(episode, "rewards")[start:end],
+            "terminated": self._member(episode, "terminated")[start:end],
+            "truncated": self._member(episode, "truncated")[start:end],
         }
+        if pad:
+            steps, wanted = end - start, stop - start
+            for name, array in out.items():
+                padded = np.zeros((wanted, *array.shape[1:]), array.dtype)
+                padded[:steps] = array
+                out[name] = padded
+            out["mask"] = np.arange(wanted) < steps
+        return out
 
     def episode(self, episode: int) -> Episode:
         entry = self.episodes[episode]
@@ -407,8 +523,27 @@ class Dataset:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         return list(range(rank, len(self), world_size))
 
+    def unreadable(self) -> dict[str, list[int]]:
+        """A quick look, without reading the frames, at which episodes cannot be read:
+        ``missing`` (no file) and ``corrupt`` (a size other than recorded, or not an npz
+        archive). ``check`` verifies every byte."""
+        missing, corrupt = [], []
+        for number, entry in enumerate(self.episodes):
+            try:
+                path = self._path(number)
+                if not path.is_file():
+                    missing.append(number)
+                elif ("bytes" in entry and path.stat().st_size != entry["bytes"]) or not zipfile.is_zipfile(
+                    path
+                ):
+                    corrupt.append(number)
+            except (DatasetError, OSError):
+                corrupt.append(number)
+        return {"missing": missing, "corrupt": corrupt}
+
     def summary(self) -> dict[str, Any]:
-        """Per-task episode counts, success rates and lengths."""
+        """Per-task episode counts, success rates and lengths, and the episodes whose files are
+        missing or corrupt (``unreadable``; counted in the totals, as the index lists them)."""
         tasks: dict[str, dict[str, Any]] = {}
         for entry in self.episodes:
             row = tasks.setdefault(entry["task"], {"episodes": 0, "successes": 0, "steps": 0})
@@ -429,13 +564,18 @@ class Dataset:
             "bytes": sum(entry.get("bytes", 0) for entry in self.episodes),
             "instructions": len({entry["instruction"] for entry in self.episodes}),
             "tasks": tasks,
+            "unreadable": self.unreadable(),
         }
 
     def check(self) -> list[str]:
         """Verify every episode (checksum, members, lengths); returns one line per problem."""
         problems: list[str] = []
         for number, entry in enumerate(self.episodes):
-            path = self._path(number)
+            try:
+                path = self._path(number)
+            except DatasetError as error:
+                problems.append(str(error))
+                continue
             if not path.exists():
                 problems.append(f"{path} (episode {number}): missing")
                 continue
@@ -455,12 +595,22 @@ class Dataset:
         return problems
 
     def orphans(self) -> list[Path]:
-        """Files no committed episode refers to: left by a write that was interrupted."""
+        """Files the store wrote that no committed episode refers to: left by an interrupted
+        write, so safe to delete. Files it did not write are ``foreign``, never orphans."""
         known = {entry["file"] for entry in self.episodes}
         return [
             path
             for path in sorted((self.root / "episodes").iterdir())
             if f"episodes/{path.name}" not in known
+            and (EPISODE_FILE.fullmatch(path.name) or EPISODE_TEMPORARY.fullmatch(path.name))
+        ]
+
+    def foreign(self) -> list[Path]:
+        """Files in episodes/ that the store did not write (left alone by every command)."""
+        return [
+            path
+            for path in sorted((self.root / "episodes").iterdir())
+            if not (EPISODE_FILE.fullmatch(path.name) or EPISODE_TEMPORARY.fullmatch(path.name))
         ]
 
     def close(self) -> None:

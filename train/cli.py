@@ -14,6 +14,33 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (episodes, steps, workers, sizes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds, indices and optional counts (0 = none)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def babyai_step_limit(env_id: str) -> int:
+    """The level's own step limit (minigrid sets it on reset; it does not depend on the seed)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    limit = int(env.unwrapped.unwrapped_level.max_steps)
+    env.close()
+    return limit
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     import envs
     from envs.tasks import TASKS
@@ -30,7 +57,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
             tasks = {"open_ended": {"phrasings": [OPEN_ENDED_INSTRUCTION], "step_limit": OPEN_ENDED_STEPS}}
         else:
-            tasks = {env_id.split("BabyAI-")[1].removesuffix("-v0"): {"phrasings": ["(the level's mission)"]}}
+            level = env_id.split("BabyAI-")[1].removesuffix("-v0")
+            tasks = {level: {"phrasings": ["(the level's mission)"], "step_limit": babyai_step_limit(env_id)}}
         rows.append({"env_id": env_id, "tasks": tasks})
     if args.json:
         _print_json(rows)
@@ -46,10 +74,22 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from envs.collect import collect
+    from envs.collect import collect, next_seed, recorded_seeds
     from envs.experts import default_expert_for
+    from envs.workers import check_env_id
 
+    check_env_id(args.env)
     expert = args.expert or default_expert_for(args.env)
+    seed = next_seed(args.out) if args.seed is None else args.seed
+    last = seed + args.episodes - 1
+    recorded = recorded_seeds(args.out)
+    if args.seed is None and recorded:
+        note = f" (continuing after the highest recorded seed {recorded[-1]}; --seed sets the first)"
+    elif repeated := [s for s in recorded if seed <= s <= last]:
+        note = f" (note: {len(repeated)} of them are already recorded in {args.out}: those episodes repeat)"
+    else:
+        note = ""
+    print(f"collecting {args.episodes} episodes with seeds {seed}..{last}{note}", file=sys.stderr)
     bar = tqdm(total=args.episodes, unit="ep", desc=f"collect {args.env}", dynamic_ncols=True)
 
     def progress(episode: Any, running: dict[str, float]) -> None:
@@ -63,7 +103,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         args.episodes,
         tasks=args.tasks,
         workers=args.workers,
-        seed=args.seed,
+        seed=seed,
         only_success=args.only_success,
         noise=args.noise,
         progress=progress,
@@ -73,7 +113,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         _print_json(stats)
     else:
         print(
-            f"wrote {stats['kept']} episodes ({stats['steps']} steps) to {stats['out']}: "
+            f"wrote {stats['kept']} episodes ({stats['steps']} steps, seeds {seed}..{last}) to {stats['out']}: "
             f"expert success {stats['success_rate']:.3f}, {stats['episodes_per_s']:.1f} episodes/s"
         )
     return 0
@@ -90,6 +130,17 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {row['mean_length']:9.1f}")
 
 
+def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    for kind, numbers in summary["unreadable"].items():
+        if numbers:
+            shown = ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+            lines.append(f"{len(numbers)} episode(s) with {kind} files (counted above): {shown}")
+    if lines:
+        lines.append(f"run `instructcraft data check {summary['path']}` for details")
+    return lines
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from envs.dataset import Dataset, DatasetError
 
@@ -98,13 +149,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         if args.action == "info":
             summary = dataset.summary()
             _print_json(summary) if args.json else _print_summary(summary)
-            return 0
+            warnings = _unreadable_lines(summary)
+            for line in warnings:
+                print(f"warning: {line}", file=sys.stderr)
+            return 1 if warnings else 0
         problems = dataset.check()
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in dataset.orphans():
         print(f"note: {path} is not in index.jsonl (left by an interrupted write; safe to delete)")
+    for path in dataset.foreign():
+        print(f"note: {path} was not written by instructcraft (not part of the dataset; left alone)")
     for line in problems:
         print(line)
     if problems:
@@ -165,7 +221,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(
-            f"exported {summary['episodes']} episodes, {summary['steps']} steps as Minari dataset {args.id}"
+            f"exported {summary['episodes']} episodes, {summary['steps']} steps as Minari dataset {args.id} "
+            f"in {summary['path']}"
         )
     return 0
 
@@ -278,13 +335,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         deterministic=args.greedy,
     )
     modes = list(MODES) if args.sensitivity else [args.instruction_mode]
-    bar = tqdm(total=args.episodes * len(modes), unit="ep", desc="eval", dynamic_ncols=True)
-    common["progress"] = lambda row: (bar.update(1), bar.set_postfix(mode=row["mode"]))
+    bars: list[Any] = []  # the bar starts with the first episode, after every check passed
+
+    def progress(row: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=args.episodes * len(modes), unit="ep", desc="eval", dynamic_ncols=True))
+        bars[0].update(1)
+        bars[0].set_postfix(mode=row["mode"])
+
+    common["progress"] = progress
     if args.sensitivity:
         result = sensitivity(args.env, args.episodes, **common)
     else:
         result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **common)
-    bar.close()
+    for bar in bars:
+        bar.close()
     if args.json:
         _print_json(result)
     elif args.sensitivity:
@@ -400,11 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect expert demonstrations into a dataset")
     p.add_argument("--env", required=True, help="env id, e.g. instructcraft/Crafter-Instruct-v0")
     p.add_argument("--expert", default=None, help="expert name (default: the env's own expert)")
-    p.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    p.add_argument("--episodes", type=positive_int, required=True, help="number of episodes")
     p.add_argument("--out", required=True, help="dataset directory (appended to if it exists)")
     p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes")
+    p.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=None,
+        help="episode i uses seed + i (default: after the highest seed already in --out, else 0)",
+    )
     p.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
     p.add_argument(
         "--noise",
@@ -430,12 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env", nargs="+", default=None, help="minerl: only these env names (e.g. MineRLTreechop-v0)"
     )
-    p.add_argument("--camera-bins", type=int, default=11, help="camera bins per axis (odd; VPT uses 11)")
+    p.add_argument(
+        "--camera-bins", type=positive_int, default=11, help="camera bins per axis (odd; VPT uses 11)"
+    )
     p.add_argument(
         "--allow-pickle", action="store_true", help="minerl: load object arrays (trusted files only)"
     )
     p.add_argument("--instruction", default=None, help="vpt/minari: the episodes' instruction")
-    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="vpt: frame size")
+    p.add_argument(
+        "--size", type=positive_int, nargs=2, default=[64, 64], metavar=("H", "W"), help="vpt: frame size"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_import)
 
@@ -463,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rl", help="PPO (stable-baselines3) on the fusion policy, from scratch or from BC")
     add_config_arguments(p, "YAML or JSON run config ({policy: ..., rl: ...})", "rl.n_envs=4")
     p.add_argument("--env", required=True, help="env id")
-    p.add_argument("--steps", type=int, required=True, help="total env steps")
+    p.add_argument("--steps", type=positive_int, required=True, help="total env steps")
     p.add_argument("--init", default=None, help="BC checkpoint to start from (its policy config is used)")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, summary.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -480,14 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output directory (ablation.md, ablation.json, ablation.png, runs)"
     )
     add_config_arguments(p, "run config shared by every fusion type", "train.steps=500")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per fusion type")
-    p.add_argument("--episodes", type=int, default=20, help="eval episodes per instruction mode")
+    p.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=[0], help="training seeds per fusion type"
+    )
+    p.add_argument("--episodes", type=positive_int, default=20, help="eval episodes per instruction mode")
     p.add_argument("--env", default=None, help="eval env id (default: the dataset's)")
     p.add_argument(
         "--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to evaluate (and train RL) on"
     )
-    p.add_argument("--rl-steps", type=int, default=0, help="PPO env steps after BC (0 = BC only)")
-    p.add_argument("--workers", type=int, default=1, help="eval worker processes")
+    p.add_argument(
+        "--rl-steps", type=non_negative_int, default=0, help="PPO env steps after BC (0 = BC only)"
+    )
+    p.add_argument("--workers", type=positive_int, default=1, help="eval worker processes")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_ablate)
 
@@ -496,17 +574,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)"
     )
     p.add_argument("--env", required=True, help="env id")
-    p.add_argument("--episodes", type=int, default=50, help="episodes per instruction mode")
+    p.add_argument("--episodes", type=positive_int, default=50, help="episodes per instruction mode")
     p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
     p.add_argument("--instruction-mode", choices=["correct", "swapped", "blank"], default="correct")
     p.add_argument(
         "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
     )
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
-    p.add_argument("--seed", type=int, default=100_000, help="episode i uses seed + i")
-    p.add_argument("--workers", type=int, default=2, help="episode worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i uses seed + i")
+    p.add_argument("--workers", type=positive_int, default=2, help="episode worker processes")
     p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
-    p.add_argument("--videos", type=int, default=1, help="how many episodes to record")
+    p.add_argument("--videos", type=non_negative_int, default=1, help="how many episodes to record")
     p.add_argument(
         "--greedy",
         action="store_true",
@@ -519,9 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--instruction", default=None, help="override the env's instruction")
-    p.add_argument("--episodes", type=int, default=1, help="episodes (seed, seed + 1, ...)")
+    p.add_argument("--episodes", type=positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="first episode seed")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
     p.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -535,12 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="env id (for a rollout)")
     p.add_argument("--instruction", default=None, help="instruction (default: the env's)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="episode seed")
-    p.add_argument("--max-steps", type=int, default=None, help="stop the rollout after this many steps")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="episode seed")
+    p.add_argument(
+        "--max-steps", type=positive_int, default=None, help="stop the rollout after this many steps"
+    )
     p.add_argument(
         "--from-dataset", default=None, help="replay a recorded demonstration instead of rolling out"
     )
-    p.add_argument("--episode", type=int, default=0, help="episode index in --from-dataset")
+    p.add_argument("--episode", type=non_negative_int, default=0, help="episode index in --from-dataset")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_attention)
 
@@ -549,12 +629,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
     )
     p.add_argument("--out", default="outputs/demo", help="output directory")
-    p.add_argument("--episodes", type=int, default=600, help="expert episodes to collect")
-    p.add_argument("--bc-steps", type=int, default=700, help="behavioral-cloning steps")
-    p.add_argument("--eval-episodes", type=int, default=40, help="evaluation episodes per instruction mode")
+    p.add_argument("--episodes", type=positive_int, default=600, help="expert episodes to collect")
+    p.add_argument("--bc-steps", type=positive_int, default=700, help="behavioral-cloning steps")
+    p.add_argument(
+        "--eval-episodes", type=positive_int, default=40, help="evaluation episodes per instruction mode"
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks (default: four)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed")
     p.set_defaults(func=cmd_demo)
     return parser
 
