@@ -277,7 +277,12 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
         "chunk_train_frames_per_s_over_window": chunk_fps / window_fps,
         "parameters_trainable": sum(p.numel() for p in train_policy.parameters() if p.requires_grad),
         "threads": torch.get_num_threads(),
-        "goals": {"act_latency_T512_over_T1": "<= 2.0", "naive_over_incremental_T256": ">= 50"},
+        # Goals name the keys this run computed; --quick uses shorter histories than the goals
+        # were set for (T512, T256), so its ratios are a smoke check, not the measurement.
+        "goals": {
+            f"act_latency_T{long_steps}_over_T1": "<= 2.0" + (" (goal set for T512)" if quick else ""),
+            f"naive_over_incremental_T{history}": ">= 50" + (" (goal set for T256)" if quick else ""),
+        },
     }
 
 
