@@ -6,10 +6,16 @@ observations ``Dict(image=Box, instruction=Text)``: T+1 images and the instructi
 an image Box or a Dict with ``image`` (and optionally ``instruction`` / ``mission``) and whose
 actions are Discrete or MultiDiscrete. Minari keeps datasets under ``MINARI_DATASETS_PATH``
 (default ``~/.minari/datasets``).
+
+What a native episode records beyond the arrays travels in Minari's per-episode metadata: the
+seed as the episode's ``seed``, the task as its reset ``options["task"]``, and the rest (env id,
+expert, success, extras such as the DART label noise) as JSON in ``options["instructcraft"]``,
+so export then import gives back the same episodes field by field.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,19 @@ def _action_space(spec: dict[str, Any]) -> spaces.Space:
     return spaces.MultiDiscrete(np.asarray(spec["nvec"], np.int64))
 
 
+CARRIED = "instructcraft"  # the options key holding the episode fields Minari has no place for
+
+
+def _carried_options(episode: Episode) -> dict[str, str]:
+    fields = {
+        "env_id": episode.env_id,
+        "expert": episode.expert,
+        "success": bool(episode.success),
+        "extra": episode.extra,
+    }
+    return {"task": episode.task, CARRIED: json.dumps(fields)}
+
+
 def export_minari(data: str | Path, dataset_id: str, *, description: str | None = None) -> dict[str, Any]:
     """Native dataset -> Minari dataset ``dataset_id`` (``namespace/name-v0``)."""
     minari = _minari()
@@ -58,6 +77,7 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
             EpisodeBuffer(
                 id=number,
                 seed=episode.seed,
+                options=_carried_options(episode),
                 observations={"image": episode.images, "instruction": [episode.instruction] * (steps + 1)},
                 actions=episode.actions,
                 rewards=list(episode.rewards.astype(np.float64)),
@@ -89,13 +109,26 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
             data_format="hdf5",
             jpeg_encoding=False,
         )
-    return {"dataset_id": dataset_id, "episodes": len(buffers), "steps": source.num_steps}
+    path = minari.storage.get_dataset_path(dataset_id)
+    return {"dataset_id": dataset_id, "episodes": len(buffers), "steps": source.num_steps, "path": str(path)}
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return str(value)
+
+
+def _read_carried(meta: dict[str, Any]) -> dict[str, Any]:
+    """The fields an instructcraft export carried in the episode's options ({} for others)."""
+    text = (meta.get("options") or {}).get(CARRIED)
+    if text is None:
+        return {}
+    try:
+        fields = json.loads(_text(text))
+    except json.JSONDecodeError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def import_minari(
@@ -132,8 +165,13 @@ def import_minari(
         raise DatasetError(
             f"Minari dataset {dataset_id!r} has {action_space} actions: only Discrete/MultiDiscrete"
         )
-    target_env = env_id or (
-        dataset.spec.env_spec.id if dataset.spec.env_spec is not None else f"minari/{dataset_id}"
+    metadata = {int(m["id"]): m for m in dataset.storage.get_episode_metadata(dataset.episode_indices)}
+    carried = {number: _read_carried(meta) for number, meta in metadata.items()}
+    first = carried[min(carried)] if carried else {}
+    target_env = (
+        env_id
+        or first.get("env_id")
+        or (dataset.spec.env_spec.id if dataset.spec.env_spec is not None else f"minari/{dataset_id}")
     )
     count = steps = 0
     with DatasetWriter(
@@ -155,6 +193,10 @@ def import_minari(
             success = (
                 bool(np.any(infos["success"])) if "success" in infos else bool(np.any(episode.terminations))
             )
+            meta = metadata.get(int(episode.id), {})
+            fields = carried.get(int(episode.id), {})
+            options = meta.get("options") or {}
+            seed = meta.get("seed")
             writer.add(
                 Episode(
                     images=images,
@@ -163,12 +205,12 @@ def import_minari(
                     terminated=np.asarray(episode.terminations, bool),
                     truncated=np.asarray(episode.truncations, bool),
                     instruction=text,
-                    task=str(dataset_id),
-                    env_id=target_env,
-                    expert="minari",
-                    seed=None,
-                    success=success,
-                    extra={"minari_episode": int(episode.id)},
+                    task=str(options.get("task", dataset_id)),
+                    env_id=str(fields.get("env_id", target_env)),
+                    expert=str(fields.get("expert", "minari")),
+                    seed=int(seed) if isinstance(seed, (int, np.integer)) else None,
+                    success=bool(fields.get("success", success)),
+                    extra=fields["extra"] if "extra" in fields else {"minari_episode": int(episode.id)},
                 )
             )
             count += 1
