@@ -29,9 +29,13 @@ def run_demo(
     bc_steps: int = 700,
     eval_episodes: int = 40,
     tasks: list[str] | None = None,
+    config: str | Path | None = None,
 ) -> int:
     """Collect expert demonstrations, train BC on CPU for a few minutes, evaluate with correct vs
-    swapped instructions, record a rollout video, and print where everything is."""
+    swapped instructions, record a rollout video, and print where everything is.
+
+    ``config``: the BC run config (default ``configs/bc_crafter.yaml``; tests pass a tiny one).
+    """
     tasks = tasks or DEMO_TASKS
     root = Path(out)
     if root.exists():
@@ -67,7 +71,7 @@ def run_demo(
     start = time.perf_counter()
     print(f"[2/4] behavioral cloning for {bc_steps} steps on CPU")
     run = load_run_config(
-        REPO / "configs" / "bc_crafter.yaml",
+        config or REPO / "configs" / "bc_crafter.yaml",
         [f"train.steps={bc_steps}", f"train.seed={seed}", f"train.checkpoint_every={bc_steps}"],
     )
     trained = train_bc(run, str(data), str(run_dir))
