@@ -165,11 +165,20 @@ class CrafterExpert(Expert):
         cells = self._object_cells(kind)
         return self._plan(lambda cell: cell in cells, action, True)
 
-    def _plan(self, is_target: Callable[[tuple[int, int]], bool], action: int, explore: bool) -> int | None:
-        """First action toward facing a target cell, or ``action`` when already facing one."""
+    def _plan(
+        self,
+        is_target: Callable[[tuple[int, int]], bool],
+        action: int,
+        explore: bool,
+        walkable: tuple[str, ...] = WALKABLE,
+    ) -> int | None:
+        """First action toward facing a target cell, or ``action`` when already facing one.
+
+        Paths go over free cells of the ``walkable`` materials only.
+        """
         player = self._env.player
         mat_map, obj_map = self._maps()
-        free = np.isin(mat_map, self._material_ids(WALKABLE)) & (obj_map == 0)
+        free = np.isin(mat_map, self._material_ids(walkable)) & (obj_map == 0)
         width, height = free.shape
         start = (int(player.pos[0]), int(player.pos[1]))
         facing = (start[0] + int(player.facing[0]), start[1] + int(player.facing[1]))

@@ -31,6 +31,7 @@ from envs.experts.crafter_expert import ACTION, CrafterExpert
 UNKNOWN = -1
 # Objects that move: where they were last seen says little once the cell is out of view.
 MOVING = ("Cow", "Zombie", "Skeleton", "Arrow")
+SURFACE = ("grass", "sand")
 
 
 def view_rectangle(env: Any) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -132,6 +133,13 @@ class CrafterViewExpert(CrafterExpert):
 
     def _explore(self) -> int:
         unknown = self._materials == UNKNOWN
-        action = self._plan(lambda cell: bool(unknown[cell]), ACTION["noop"], explore=False)
+
+        def is_unknown(cell: tuple[int, int]) -> bool:
+            return bool(unknown[cell])
+
+        # Tunnels (path) lead into dark caves where skeletons shoot: explore the surface first.
+        action = self._plan(is_unknown, ACTION["noop"], explore=False, walkable=SURFACE)
+        if action is None:
+            action = self._plan(is_unknown, ACTION["noop"], explore=False)
         # Everything reachable is known and holds no target: wait (a creature may free the way).
         return ACTION["noop"] if action is None else action
