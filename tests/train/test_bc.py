@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_cli
@@ -12,9 +13,11 @@ from safetensors.torch import load_file
 
 import envs
 from envs.collect import collect
+from envs.dataset import Dataset
 from policies import InstructionPolicy
-from train.bc import TrainingDiverged, train_bc
+from train.bc import TrainingDiverged, train_bc, train_bc_policy
 from train.config import load_run_config
+from train.data import ChunkDataset
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -127,13 +130,69 @@ def test_nan_loss_stops_with_last_good_checkpoint(demos: str, tmp_path: Path) ->
     InstructionPolicy.from_pretrained(tmp_path / "n" / "checkpoint")
 
 
-def test_bc_learns_a_batch(demos: str, tmp_path: Path) -> None:
-    run = load_run_config(
-        TINY, ["train.steps=120", "train.lr=3e-3", "train.log_every=120", "policy.instruction_dropout=0.0"]
+@pytest.fixture(scope="module")
+def three_demos(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One short demonstration per task, each with its own instruction (21 steps in all)."""
+    path = tmp_path_factory.mktemp("three") / "demos"
+    collect(
+        str(path),
+        envs.CRAFTER_ID,
+        "crafter_planner",
+        3,
+        tasks=["collect_wood", "eat_cow", "place_table"],
+        seed=5,
     )
-    summary = train_bc(run, demos, str(tmp_path / "o"), progress=False)
-    # From ln(17) = 2.83 at the start; a model that learns nothing stays near it.
-    assert summary["final_loss"] < 0.7 * 2.833, summary
+    return str(path)
+
+
+def dataset_fit(
+    policy: InstructionPolicy, data: str, rename: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Loss and accuracy of ``policy`` over every step of ``data`` (instructions mapped by ``rename``)."""
+    chunks = ChunkDataset(data, 32)
+    items = [chunks[i] for i in range(len(chunks))]
+    batch = {
+        key: torch.stack([item[key] for item in items]) for key in ("frames", "actions", "mask", "times")
+    }
+    texts = [(rename or {}).get(item["instruction"], item["instruction"]) for item in items]
+    policy.eval()
+    with torch.no_grad():
+        logits = policy(batch["frames"], texts, times=batch["times"], frame_mask=batch["mask"]).logits
+    mask, actions = batch["mask"], batch["actions"]
+    loss = -(policy.distribution(logits).log_prob(actions) * mask).sum() / mask.sum()
+    accuracy = ((logits.argmax(-1) == actions) & mask).sum() / mask.sum()
+    return float(loss), float(accuracy)
+
+
+@pytest.mark.slow
+def test_bc_learns_a_batch(three_demos: str, tmp_path: Path) -> None:
+    """The whole (tiny) dataset each step: BC must fit it from frames, times and instructions,
+    far below the loss of predicting the action frequencies, and the fit must hang on the
+    instruction (swapping instructions between the episodes breaks it)."""
+    run = load_run_config(
+        TINY,
+        [
+            "train.steps=100",
+            "train.lr=1e-2",
+            "train.warmup_steps=0",
+            "train.batch_size=3",
+            "train.chunk_length=32",
+            "train.log_every=100",
+            "policy.instruction_dropout=0.0",
+        ],
+    )
+    policy, summary = train_bc_policy(run, three_demos, str(tmp_path / "o"), progress=False)
+    data = Dataset(three_demos)
+    labels = np.concatenate([data.episode(n).actions for n in range(len(data))])
+    frequencies = np.bincount(labels) / len(labels)
+    frequencies = frequencies[frequencies > 0]
+    label_entropy = float(-(frequencies * np.log(frequencies)).sum())  # 1.62 nats
+    loss, accuracy = dataset_fit(policy, three_demos)
+    assert accuracy >= 0.9 and loss < 0.5 * label_entropy, (loss, accuracy, label_entropy, summary)
+    instructions = [entry["instruction"] for entry in data.episodes]
+    swapped = dict(zip(instructions, instructions[1:] + instructions[:1], strict=True))
+    swapped_loss, _ = dataset_fit(policy, three_demos, swapped)
+    assert swapped_loss > loss + 1.0, (swapped_loss, loss)
 
 
 def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:
@@ -160,7 +219,7 @@ def test_ddp_two_processes_end_with_identical_weights(demos: str, tmp_path: Path
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_port=29517",
-        str(REPO / "tests" / "train" / "ddp_worker.py"),
+        str(REPO / "tests" / "support" / "ddp_shard_worker.py"),
         TINY,
         demos,
         str(tmp_path / "ddp"),
@@ -180,8 +239,18 @@ def test_ddp_two_processes_end_with_identical_weights(demos: str, tmp_path: Path
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    initial = InstructionPolicy(load_run_config(TINY).policy).state_dict()
-    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0 if k in initial)
+    # The run's own initial weights (seeded as train_bc seeds them): training moved them.
+    run = load_run_config(TINY)
+    torch.manual_seed(run.train.seed)
+    initial = InstructionPolicy(run.policy).state_dict()
+    assert rank0.keys() <= initial.keys()
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
+    # Each rank reads its own shard: disjoint, together the whole dataset, nothing read outside it.
+    shards = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert not set(shards[0]["shard"]) & set(shards[1]["shard"])
+    assert sorted(shards[0]["shard"] + shards[1]["shard"]) == list(range(len(Dataset(demos))))
+    for shard in shards:
+        assert shard["read"] and set(shard["read"]) <= set(shard["shard"])
 
 
 def test_bc_and_eval_cli(demos: str, tmp_path: Path) -> None:
