@@ -14,10 +14,12 @@ searches as ``crafter_planner``, on the memory alone:
   view centre, faces where its sprite looks, and the inventory is drawn under the view.
 
 When no target is known it explores: it walks to the nearest known free cell that borders
-unknown cells (breadth-first, ties broken in the order left, right, up, down). Because the view
-reaches 3 cells up and down but 4 sideways, in open ground this means walking straight up,
-going around what blocks the way and along the world's edge. No randomness: the action is a
-function of the memory and the player's state, and the memory is a function of the frames seen.
+unknown cells (breadth-first, ties broken in the order left, right, up, down), over grass and
+sand only while such a cell is reachable that way (tunnels lead into dark caves where skeletons
+shoot). Because the view reaches 3 cells up and down but 4 sideways, in open ground this means
+walking straight up, going around what blocks the way and along the world's edge. No
+randomness: the action is a function of the memory and the player's state, and the memory is
+a function of the frames seen.
 """
 
 from __future__ import annotations
