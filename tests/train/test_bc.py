@@ -83,6 +83,61 @@ def test_resume_gives_the_same_parameters(demos: str, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
+def test_resume_with_loader_workers_reads_the_same_batches(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataLoader worker processes on (the default): a run interrupted after its step-4
+    checkpoint and resumed trains on exactly the batches of an uninterrupted run and ends with
+    the same weights."""
+    import train.bc as bc
+
+    consumed: list[tuple] = []
+
+    class Recorded:
+        def __init__(self, loader) -> None:
+            self.loader = loader
+
+        def __iter__(self):
+            for batch in self.loader:
+                consumed.append(
+                    (
+                        tuple(batch["instruction"]),
+                        batch["times"].tolist(),
+                        batch["actions"].tolist(),
+                        int(batch["frames"].long().sum()),
+                    )
+                )
+                yield batch
+
+    make_loader = bc.make_loader
+    monkeypatch.setattr(bc, "make_loader", lambda *args, **kwargs: Recorded(make_loader(*args, **kwargs)))
+    run = load_run_config(TINY, ["train.steps=8", "train.checkpoint_every=4", "train.workers=2"])
+    train_bc(run, demos, str(tmp_path / "a"), progress=False)
+    straight, consumed[:] = list(consumed), []
+
+    class Stop(Exception):
+        pass
+
+    save = bc.save_checkpoint
+
+    def save_then_stop(directory, policy, optimizer, scheduler, step, *args, **kwargs):
+        save(directory, policy, optimizer, scheduler, step, *args, **kwargs)
+        if step == 4:
+            raise Stop
+
+    monkeypatch.setattr(bc, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        train_bc(run, demos, str(tmp_path / "b"), progress=False)
+    monkeypatch.setattr(bc, "save_checkpoint", save)
+    train_bc(run, demos, str(tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
+    assert len(straight) == 8 and consumed == straight
+    a, b = weights(tmp_path / "a" / "checkpoint"), weights(tmp_path / "b" / "checkpoint")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
 def test_tensorboard_tags(demos: str, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
