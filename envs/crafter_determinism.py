@@ -19,14 +19,15 @@ upstream's. The world RNG then serves the dynamics alone.
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Any
 
 import crafter
 import numpy as np
 from crafter import engine
 
-# Mixed into the noise stream's seed so that it never coincides with the world RNG's seed.
-NOISE_STREAM = 0x6E6F_6973
+# Personalizes the hash behind night noise: its stream is unrelated to every other seed.
+NOISE_STREAM = b"crafter-noise"
 
 
 class InsertionOrderedSet(dict):
@@ -53,16 +54,30 @@ class InsertionOrderedWorld(engine.World):
 class SeededNoiseLocalView(engine.LocalView):
     """crafter's ``LocalView`` whose night noise never touches the world RNG.
 
-    The noise of a frame is drawn from ``noise_key`` (episode seed, episode, step), which the
-    env sets each step, so a frame is a pure function of the world state: rendering it again,
-    at any size, changes nothing.
+    The noise of a frame comes from a generator whose state is a hash of ``noise_key``
+    (episode seed, episode, step; the env sets it each step) and the canvas size, so a frame
+    is a pure function of the world state: rendering it again, at any size, changes nothing.
     """
 
-    noise_key: tuple[int, ...] = (0,)
+    noise_key: tuple[int, ...] = (0, 0, 0)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._noise_bits = np.random.PCG64(0)
+        self._noise_rng = np.random.Generator(self._noise_bits)
 
     def _noise(self, canvas: np.ndarray, amount: float, stddev: float) -> np.ndarray:
-        rng = np.random.default_rng([*self.noise_key, *canvas.shape[:2], NOISE_STREAM])
-        noise = rng.uniform(32, 127, canvas.shape[:2])[..., None]
+        height, width = canvas.shape[:2]
+        key = np.array([*self.noise_key, height, width], np.uint64).tobytes()
+        digest = hashlib.blake2b(key, digest_size=32, person=NOISE_STREAM).digest()
+        # Setting the state directly costs a tenth of seeding a new generator each frame.
+        self._noise_bits.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(digest[:16]), "inc": int.from_bytes(digest[16:]) | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        noise = self._noise_rng.uniform(32, 127, (height, width))[..., None]
         mask = amount * self._vignette(canvas.shape, stddev)[..., None]
         return (1 - mask) * canvas + mask * noise
 
@@ -70,18 +85,20 @@ class SeededNoiseLocalView(engine.LocalView):
 class DeterministicCrafterEnv(crafter.Env):
     """``crafter.Env`` (same arguments) whose episodes depend only on (seed, actions).
 
-    crafter builds its world and views in ``__init__``; this env points those two instances at
-    the subclasses above, which change only the methods named there. Nothing is patched on
-    crafter's own classes.
+    crafter builds its world and the views that read it in ``__init__``; this env rebuilds the
+    world and those views from the subclasses above (same arguments, taken from the ones crafter
+    built), which change only the methods named there. Nothing is patched on crafter's classes.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._world.__class__ = InsertionOrderedWorld
-        self._local_view.__class__ = SeededNoiseLocalView
-        self._world.reset()
+        old = self._world
+        self._world = InsertionOrderedWorld(old.area, crafter.constants.materials, old._chunk_size)
+        self._local_view = SeededNoiseLocalView(self._world, self._textures, self._local_view._grid)
+        # SemanticView keeps its object types as the keys of _obj_ids, in crafter's order.
+        self._sem_view = engine.SemanticView(self._world, list(self._sem_view._obj_ids))
 
     def _update_time(self) -> None:
         # Called by reset() and step() before anything renders: keys this step's night noise.
         super()._update_time()
-        self._local_view.noise_key = (int(self._seed) % 2**63, self._episode, self._step)
+        self._local_view.noise_key = (int(self._seed) % 2**64, self._episode, self._step)

@@ -136,8 +136,14 @@ def replay_dataset(
                 continue
             if episode.env_id not in made:
                 made[episode.env_id] = gym.make(episode.env_id, **kwargs)
+            env = made[episode.env_id]
             options = {"task": episode.task} if named_tasks else None
-            results.append(replay_episode(made[episode.env_id], episode, number, options))
+            result = replay_episode(env, episode, number, options)
+            if result.field == "instruction" and options is None and episode.task:
+                # Appended by a collection that named its tasks (metadata keeps the first one's).
+                retry = replay_episode(env, episode, number, {"task": episode.task})
+                result = retry if retry.field != "instruction" else result
+            results.append(result)
     finally:
         for env in made.values():
             env.close()

@@ -227,8 +227,10 @@ def make_vector_env(
 ) -> gym.vector.VectorEnv:
     """A gymnasium vector env that delivers text observations intact.
 
-    Gymnasium's shared-memory AsyncVectorEnv has no buffer for ``Text`` and returns placeholder
-    strings, so shared memory is turned off whenever the observation holds text.
+    Gymnasium's shared-memory AsyncVectorEnv decodes a plain ``Text`` buffer once and returns
+    placeholder strings ever after (the instructcraft envs' ``InstructionText`` is read live, see
+    ``envs.spaces``); here text travels through the pipes instead, which is right for any
+    ``Text`` space, so shared memory is turned off whenever the observation holds text.
     """
     if not asynchronous:
         return gym.vector.SyncVectorEnv(env_fns, **kwargs)
