@@ -102,6 +102,8 @@ def test_segments_split_at_episode_starts_and_pack() -> None:
 
 
 def test_bc_init_equals_the_bc_policy_at_step_zero(tmp_path: Path) -> None:
+    """At step 0 the RL policy is the BC policy, seen through what SB3 uses: the policy object's
+    greedy actions, and the log-probabilities and values recorded by the first rollout."""
     torch.manual_seed(3)
     config = make_tiny_config().replace(action_space={"type": "Discrete", "sizes": [4]})
     bc = InstructionPolicy(config).eval()
@@ -112,15 +114,41 @@ def test_bc_init_equals_the_bc_policy_at_step_zero(tmp_path: Path) -> None:
     texts = algo.policy.instructions(obs["instruction_ids"], obs["instruction_mask"])
     state_rl, state_bc = algo.model.initial_state(texts), bc.initial_state(texts)
     with torch.no_grad():
-        for _ in range(5):
+        for step in range(6):  # episodes of 4 steps: the rows restart at step 4
+            if step and starts.any():
+                texts = algo.policy.instructions(obs["instruction_ids"], obs["instruction_mask"])
+                rows = torch.from_numpy(np.asarray(starts, bool))
+                algo.model.reset_rows(state_rl, rows, texts)
+                bc.reset_rows(state_bc, rows, texts)
             frames = algo.policy.frames(obs["image"])
             rl_logits = algo.model.step(state_rl, frames).logits
             bc_logits = bc.step(state_bc, frames).logits
             torch.testing.assert_close(
                 algo.model.distribution(rl_logits).parts[0].exp(), bc.distribution(bc_logits).parts[0].exp()
             )
-            actions, _ = algo.policy.predict(obs, episode_start=starts)
+            actions, _ = algo.policy.predict(obs, episode_start=starts, deterministic=True)
+            assert actions.tolist() == bc_logits.argmax(-1).tolist()
             obs, _, starts, _ = env.step(actions)
+    # The first rollout (16 steps of 4 envs, episodes of 4 steps) samples from the BC policy.
+    _, callback = algo._setup_learn(algo.n_steps * env.num_envs, None)
+    assert algo.collect_rollouts(algo.env, callback, algo.rollout_buffer, algo.n_steps)
+    buffer = algo.rollout_buffer
+    state = None
+    with torch.no_grad():
+        for t in range(algo.n_steps):
+            texts = algo.policy.instructions(
+                buffer.observations["instruction_ids"][t], buffer.observations["instruction_mask"][t]
+            )
+            if state is None:
+                state = bc.initial_state(texts)
+            else:
+                bc.reset_rows(state, torch.from_numpy(buffer.episode_starts[t].astype(bool)), texts)
+            out = bc.step(state, algo.policy.frames(buffer.observations["image"][t]))
+            actions = torch.from_numpy(buffer.actions[t, :, 0]).long()
+            log_prob = bc.distribution(out.logits).log_prob(actions)
+            torch.testing.assert_close(torch.from_numpy(buffer.log_probs[t]), log_prob, atol=1e-5, rtol=0)
+            torch.testing.assert_close(torch.from_numpy(buffer.values[t]), out.value, atol=1e-5, rtol=0)
+    assert buffer.episode_starts[1:].any(), "the rollout must cross episode boundaries"
     env.close()
 
 
