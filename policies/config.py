@@ -90,32 +90,68 @@ class TextConfig:
         _require(self.max_tokens >= 1, f"text.max_tokens must be >= 1, got {self.max_tokens}")
 
 
+VISION_ENCODERS = ("impala", "cells", "nature")
+
+
 @dataclass(frozen=True)
 class VisionConfig:
-    """IMPALA-style frame encoder. ``frame_tokens`` = tokens per frame: a square number up to
-    the final feature grid (1 = pooled to one token)."""
+    """Frame encoder: uint8 frames to ``frame_tokens`` tokens per frame.
+
+    encoder: "impala" (residual conv stacks, each halving the size; ``channels`` are their
+        widths), "cells" (one conv whose kernel and stride are ``cell_size``, so each token is
+        one cell of a world drawn on a grid, such as Crafter's 7-pixel cells, then
+        ``cell_blocks`` residual 3x3 blocks at cell resolution, width ``channels[-1]``; the
+        image is cropped to whole cells from its top-left corner) or "nature" (the DQN stack:
+        8x8 stride 4, 4x4 stride 2, 3x3 stride 1; widths ``channels[:3]``).
+    frame_tokens: a square number up to the final feature grid; the grid is average-pooled to
+        sqrt(P) x sqrt(P) when it is larger.
+    position_embedding: a learned vector per token position added to the frame tokens, so the
+        fusion knows where in the frame each token lies (attention over a set of tokens is blind
+        to their order). Checkpoints written before this field existed load without it.
+    """
 
     image_size: tuple[int, int] = (64, 64)
     channels: tuple[int, ...] = (16, 32, 32)
     frame_tokens: int = 16
+    encoder: str = "impala"
+    cell_size: int = 7
+    cell_blocks: int = 2
+    position_embedding: bool = True
 
     def __post_init__(self) -> None:
+        _require(
+            self.encoder in VISION_ENCODERS,
+            f"vision.encoder must be one of {VISION_ENCODERS}, got {self.encoder!r}",
+        )
         _require(len(self.channels) >= 1, "vision.channels must hold at least one stack width")
+        _require(
+            self.encoder != "nature" or len(self.channels) == 3,
+            f"vision.channels for the nature encoder must hold 3 widths, got {self.channels}",
+        )
+        _require(self.cell_size >= 1, f"vision.cell_size must be >= 1, got {self.cell_size}")
+        _require(self.cell_blocks >= 0, f"vision.cell_blocks must be >= 0, got {self.cell_blocks}")
         side = round(self.frame_tokens**0.5)
         _require(
             side * side == self.frame_tokens and side >= 1,
-            f"vision.frame_tokens must be a square number (1, 4, 16, 64, ...), got {self.frame_tokens}",
+            f"vision.frame_tokens must be a square number (1, 4, 16, 64, 81, ...), got {self.frame_tokens}",
         )
         grid = self.grid
         _require(
             min(grid) >= side,
-            f"vision.frame_tokens={self.frame_tokens} needs a {side}x{side} grid but the encoder "
-            f"ends at {grid[0]}x{grid[1]} for image_size={self.image_size}",
+            f"vision.frame_tokens={self.frame_tokens} needs a {side}x{side} grid but the {self.encoder} "
+            f"encoder ends at {grid[0]}x{grid[1]} for image_size={self.image_size}",
         )
 
     @property
     def grid(self) -> tuple[int, int]:
+        """The final feature grid (height, width) of the encoder for ``image_size``."""
         height, width = self.image_size
+        if self.encoder == "cells":
+            return height // self.cell_size, width // self.cell_size
+        if self.encoder == "nature":
+            for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+                height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            return height, width
         for _ in self.channels:
             height, width = (height + 1) // 2, (width + 1) // 2
         return height, width

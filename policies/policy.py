@@ -63,6 +63,14 @@ def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def _legacy_defaults(policy: Any) -> Any:
+    """Checkpoints written before a config field existed were built without it: a missing
+    ``vision.position_embedding`` means none (today's default is on)."""
+    if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
+        policy = {**policy, "vision": {"position_embedding": False, **policy["vision"]}}
+    return policy
+
+
 @dataclass
 class PolicyOutput:
     """logits (B, T, K) (or (B, K) from ``step``), value (B, T) (or (B,)), features, extras
@@ -100,6 +108,10 @@ class InstructionPolicy(nn.Module):
         )
         self.action_heads = ActionHeads(dim, config.action_space)
         self.value_head = ValueHead(dim)
+        if config.vision.position_embedding:
+            # Where each token lies in the frame (row-major grid position). Drawn last, so the
+            # other modules' initial weights do not depend on this option.
+            self.token_position = nn.Parameter(torch.randn(config.vision.frame_tokens, dim) * 0.02)
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +161,10 @@ class InstructionPolicy(nn.Module):
             real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
             tokens = real.new_zeros(batch, steps, *real.shape[1:])
             tokens[frame_mask] = real
-        return self.vision_projector(tokens) + self.key_time(sinusoid(times, self._dim))[:, :, None]
+        projected = self.vision_projector(tokens)
+        if self.config.vision.position_embedding:
+            projected = projected + self.token_position.to(projected.dtype)
+        return projected + self.key_time(sinusoid(times, self._dim))[:, :, None]
 
     @property
     def _dim(self) -> int:
@@ -175,10 +190,13 @@ class InstructionPolicy(nn.Module):
         drop_instruction: torch.Tensor | None = None,
         return_attention: bool = False,
         context_mask: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """frames uint8 (B, T, H, W, 3); instructions (B strings) or text (B, D) already encoded;
         times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real;
-        context_mask bool (B, T): frames encoded without gradient (see ``encode_frames``).
+        context_mask bool (B, T): frames encoded without gradient (see ``encode_frames``);
+        segments long (B, T), non-decreasing along T: a row packed with several episodes (of one
+        instruction), each step seeing only the earlier frames of its own segment.
 
         In training mode with ``instruction_dropout`` > 0 and no ``drop_instruction``, each row
         loses its instruction with that probability."""
@@ -204,7 +222,13 @@ class InstructionPolicy(nn.Module):
             frames, times, frame_mask, None if context_mask is None else context_mask.to(device)
         )
         query_time = self.query_time(sinusoid(times, self._dim))
-        fused = self.fusion(text, tokens, query_time, times, frame_mask, return_attention)
+        visible_times = times
+        if segments is not None:
+            # The fusions' visibility rule hides a frame whose time is >= max_history before the
+            # query's; spacing segments further apart than any time gap makes the mask block-causal.
+            spacing = self.config.fusion_kwargs.max_history + int(times.max()) + 1
+            visible_times = times + segments.to(device) * spacing
+        fused = self.fusion(text, tokens, query_time, visible_times, frame_mask, return_attention)
         logits, value = self._heads(fused.features)
         return PolicyOutput(logits, value, fused.features, fused.extras)
 
@@ -347,7 +371,7 @@ class InstructionPolicy(nn.Module):
             raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
         try:
             payload = json.loads(config_path.read_text())
-            config = PolicyConfig.from_dict(payload["policy"])
+            config = PolicyConfig.from_dict(_legacy_defaults(payload["policy"]))
         except (json.JSONDecodeError, KeyError, ConfigError) as error:
             raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
         model = cls(config)

@@ -15,17 +15,30 @@ from torch.utils.data import DataLoader, Sampler
 from envs.dataset import Dataset
 
 
+def trainable(entry: dict[str, Any], only_success: bool) -> bool:
+    """Episodes to learn from: successful ones, and relabelled ones whatever their outcome (the
+    expert labelled every step of a DAgger rollout, so its labels are good even where the
+    executed actions failed)."""
+    relabelled = "dagger_round" in (entry.get("extra") or {})
+    return not only_success or relabelled or bool(entry.get("success", True))
+
+
 class ChunkDataset(torch.utils.data.Dataset):
-    """Item i = one chunk: frames uint8 (L, H, W, 3), actions long (L,) or (L, A), mask bool (L,)
-    True = real step, times long (L,) absolute step, returns float (L,) discounted reward-to-go,
+    """Item i = one row of L steps: frames uint8 (L, H, W, 3), actions long (L,) or (L, A),
+    mask bool (L,) True = real step, times long (L,) absolute step in its episode, segments long
+    (L,) which piece of the row a step belongs to, returns float (L,) discounted reward-to-go,
     instruction str, task str.
 
-    Chunks tile each episode with stride L; an episode's last chunk is right-padded. Each item
-    inflates only the frame blocks it covers.
+    Episodes are cut into pieces of at most L steps. Unpacked (``pack=False``), each row holds
+    one piece, right-padded: on data whose episodes are shorter than L most of a row is padding.
+    Packed, a row holds several pieces that share an instruction, one after another
+    (``segments`` 0, 1, ...); the policy keeps them apart with a block-causal mask, so a step sees
+    only its own episode's earlier frames, exactly as if it were alone in its row. Packing is
+    decided once, from ``seed``, so a resumed run reads the same rows.
 
     Args:
-        episodes: the episode indices this process reads (its shard); None = all.
-        only_success: skip episodes the expert failed.
+        episodes: the episode indices this process reads (its shard or split); None = all.
+        only_success: skip episodes the expert failed (relabelled DAgger episodes are kept).
     """
 
     def __init__(
@@ -35,49 +48,106 @@ class ChunkDataset(torch.utils.data.Dataset):
         episodes: list[int] | None = None,
         only_success: bool = True,
         gamma: float = 0.99,
+        pack: bool = False,
+        seed: int = 0,
     ) -> None:
         self.data = Dataset(path)
         self.chunk_length = chunk_length
         self.gamma = gamma
+        self.pack = pack
         chosen = range(len(self.data)) if episodes is None else episodes
-        self.items: list[tuple[int, int]] = []
+        pieces: list[tuple[int, int, int]] = []  # (episode, start, stop)
         for number in chosen:
             entry = self.data.episodes[number]
-            if only_success and not entry.get("success", True):
+            if not trainable(entry, only_success):
                 continue
-            self.items.extend((number, start) for start in range(0, entry["length"], chunk_length))
-        if not self.items:
+            length = entry["length"]
+            pieces.extend(
+                (number, start, min(start + chunk_length, length)) for start in range(0, length, chunk_length)
+            )
+        if not pieces:
             raise ValueError(f"{path}: no episodes to train on (empty shard or no successful episodes)")
+        self.rows: list[list[tuple[int, int, int]]] = (
+            self._pack(pieces, np.random.default_rng([seed, 31_337])) if pack else [[p] for p in pieces]
+        )
         spec = self.data.metadata["action_space"]
         self.action_components = 1 if spec["type"] == "Discrete" else len(spec["nvec"])
 
+    def _pack(
+        self, pieces: list[tuple[int, int, int]], rng: np.random.Generator
+    ) -> list[list[tuple[int, int, int]]]:
+        """First-fit of shuffled pieces into rows of ``chunk_length`` steps, one instruction a row."""
+        by_instruction: dict[str, list[tuple[int, int, int]]] = {}
+        for piece in pieces:
+            by_instruction.setdefault(self.data.episodes[piece[0]]["instruction"], []).append(piece)
+        rows: list[list[tuple[int, int, int]]] = []
+        for instruction in sorted(by_instruction):
+            group = by_instruction[instruction]
+            order = rng.permutation(len(group))
+            open_rows: list[tuple[int, list[tuple[int, int, int]]]] = []  # (free steps, row)
+            for index in order:
+                piece = group[int(index)]
+                size = piece[2] - piece[1]
+                for slot, (free, row) in enumerate(open_rows):
+                    if free >= size:
+                        row.append(piece)
+                        open_rows[slot] = (free - size, row)
+                        break
+                else:
+                    open_rows.append((self.chunk_length - size, [piece]))
+            rows.extend(row for _, row in open_rows)
+        return rows
+
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.rows)
+
+    @property
+    def items(self) -> list[tuple[int, int]]:
+        """(episode, start) of each row's first piece."""
+        return [(row[0][0], row[0][1]) for row in self.rows]
+
+    @property
+    def real_fraction(self) -> float:
+        """Real steps over row capacity: how much of each batch is not padding."""
+        steps = sum(stop - start for row in self.rows for _, start, stop in row)
+        return steps / (len(self.rows) * self.chunk_length)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        number, start = self.items[index]
-        entry = self.data.episodes[number]
+        row = self.rows[index]
         length = self.chunk_length
-        chunk = self.data.chunk(number, start, start + length)
-        steps = len(chunk["actions"])
-        frames = np.zeros((length, *chunk["images"].shape[1:]), np.uint8)
-        frames[:steps] = chunk["images"]
+        first = self.data.episodes[row[0][0]]
+        image_shape = tuple(self.data.metadata["image_shape"])
+        frames = np.zeros((length, *image_shape), np.uint8)
         action_shape = (length,) if self.action_components == 1 else (length, self.action_components)
         actions = np.zeros(action_shape, np.int64)
-        actions[:steps] = chunk["actions"]
         mask = np.zeros(length, bool)
-        mask[:steps] = True
-        times = np.arange(start, start + length, dtype=np.int64)
+        times = np.zeros(length, np.int64)
+        segments = np.zeros(length, np.int64)
         returns = np.zeros(length, np.float32)
-        returns[:steps] = self._returns(number)[start : start + steps]
+        at = 0
+        for segment, (number, start, stop) in enumerate(row):
+            steps = stop - start
+            chunk = self.data.chunk(number, start, stop)
+            place = slice(at, at + steps)
+            frames[place] = chunk["images"]
+            actions[place] = chunk["actions"]
+            mask[place] = True
+            times[place] = np.arange(start, stop)
+            segments[place] = segment
+            returns[place] = self._returns(number)[start:stop]
+            at += steps
+        # Padding continues the last piece's clock (as an unpacked row always did).
+        times[at:] = np.arange(times[at - 1] + 1, times[at - 1] + 1 + length - at)
+        segments[at:] = segments[at - 1]
         return {
             "frames": torch.from_numpy(frames),
             "actions": torch.from_numpy(actions),
             "mask": torch.from_numpy(mask),
             "times": torch.from_numpy(times),
+            "segments": torch.from_numpy(segments),
             "returns": torch.from_numpy(returns),
-            "instruction": entry["instruction"],
-            "task": entry["task"],
+            "instruction": first["instruction"],
+            "task": first["task"],
         }
 
     def _returns(self, number: int) -> np.ndarray:
