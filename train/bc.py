@@ -5,11 +5,17 @@ Shape legend: B chunks, L steps per chunk, K sum of action sizes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,10 @@ import torch.distributed as dist
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.dataset import Dataset
+from envs.dataset import Dataset, DatasetError
 from policies import ActionSpaceConfig, InstructionPolicy
-from policies.persist import atomic_directory
+from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
+from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
 
@@ -31,7 +38,77 @@ RUN_CONFIG = "run.json"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+    """The loss, the outputs or the weights became NaN or inf; the last good checkpoint is left
+    as it was."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a finished step and a resumable checkpoint.
+    ``exit_code`` is the shell's convention for the signal: 130 for Ctrl-C, 143 for SIGTERM."""
+
+    def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signal_number)
+
+
+class StopRequest:
+    """Set by SIGINT or SIGTERM while ``catching()``: the training loop finishes its step, saves
+    a checkpoint and stops. A second Ctrl-C stops at once, without saving."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_number is not None
+
+    def _handle(self, signal_number: int, _frame: Any) -> None:
+        if self.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+        # os.write, not print: the handler may run while stderr is in the middle of a write.
+        os.write(
+            2,
+            f"\n{signal.Signals(signal_number).name}: finishing this step, then writing a checkpoint "
+            "(Ctrl-C again to quit without saving)\n".encode(),
+        )
+
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach the main thread only; nothing to install
+            return
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in previous:
+            signal.signal(number, self._handle)
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def agreed(self, distributed: Distributed, device: str) -> bool:
+        """Whether any process was asked to stop (all ranks must stop at the same step)."""
+        if distributed.world_size == 1:
+            return bool(self)
+        flag = torch.tensor([self.signal_number or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not self and int(flag):
+            self.signal_number = int(flag)
+        return bool(int(flag))
+
+
+@contextlib.contextmanager
+def children_ignore_interrupts() -> Iterator[None]:
+    """Worker processes started inside ignore SIGINT (the disposition survives their start), so
+    a Ctrl-C sent to the whole process group stops only the trainer, which then stops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -88,19 +165,135 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     directory: Path, policy: InstructionPolicy, optimizer, scheduler, step: int, run: RunConfig, data: str
 ) -> None:
-    """config.json + model.safetensors (what the agent loads) + trainer state, written atomically."""
-    with atomic_directory(directory) as staging:
-        policy.write_files(staging, extra={"trained_steps": step, "data": data})
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-            },
-            staging / TRAINER_STATE,
+    """config.json + model.safetensors (what the agent loads) + trainer state, written atomically.
+
+    Weights with NaN or inf raise ``NonFiniteWeightsError``; a failed write (a full disk) raises
+    ``CheckpointWriteError`` naming the file. Either way the previous checkpoint is left as it was.
+    """
+    intact = "the previous checkpoint is intact" if directory.exists() else "no checkpoint was written"
+    writing = directory / WEIGHTS_NAME
+    try:
+        with atomic_directory(directory) as staging:
+            policy.write_files(staging, extra={"trained_steps": step, "data": data})
+            writing = directory / TRAINER_STATE
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                },
+                staging / TRAINER_STATE,
+            )
+            writing = directory / RUN_CONFIG
+            (staging / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
+            writing = directory
+    except NonFiniteWeightsError:
+        raise
+    except (OSError, RuntimeError) as error:
+        raise CheckpointWriteError(describe_write_failure(error, writing, intact)) from None
+
+
+def last_good_checkpoint(directory: Path) -> str:
+    """A phrase naming the checkpoint a stopped run leaves behind (its step), or saying none."""
+    try:
+        step = json.loads((directory / CONFIG_NAME).read_text())["trained_steps"]
+    except (OSError, ValueError, KeyError):
+        return "the last good checkpoint: none was written"
+    return f"the last good checkpoint ({directory}, step {step}) is intact"
+
+
+def check_dataset(dataset: Dataset, skip_bad: bool) -> list[int]:
+    """Read every episode before training, so a bad one stops the run before step 1 rather than
+    partway. Returns the episodes to leave out (``skip_bad``); raises otherwise."""
+    problems = dataset.check()
+    if not problems:
+        return []
+    found = [re.search(r"\(episode (\d+)\)", line) for line in problems]
+    bad = sorted({int(match.group(1)) for match in found if match})
+    if skip_bad and all(found):
+        return bad
+    listed = "\n  ".join(problems[:5]) + (
+        f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
+    remedy = (
+        f"or set train.skip_bad_episodes=true to train on the other {len(dataset) - len(bad)} episodes"
+        if all(found)
+        else "(these problems are not tied to one episode, so they cannot be skipped)"
+    )
+    raise DatasetError(
+        f"{dataset.root} is corrupt or truncated: {len(problems)} problem(s) in {len(dataset)} episodes, "
+        f"found before training:\n  {listed}\nRun `instructcraft data check {dataset.root}` to list them "
+        f"all; repair or re-collect those episodes, {remedy}."
+    )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+# A resumed run builds its policy from the config it is given: these fields change training
+# only, so they may differ from the checkpoint's; any other policy field is the architecture.
+RESUMABLE_POLICY_FIELDS = ("policy.instruction_dropout", "policy.fusion_kwargs.dropout")
+
+
+def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (checkpoint's value, value now)}``; raises for a change of architecture."""
+    try:
+        before = json.loads((resume_dir / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        before = {"policy": json.loads((resume_dir / CONFIG_NAME).read_text())["policy"]}
+    old, new = _flatten({key: before.get(key, {}) for key in ("policy", "train")}), _flatten(run.to_dict())
+    changed = {key: (old[key], new[key]) for key in old if key in new and old[key] != new[key]}
+    architecture = [
+        key for key in changed if key.startswith("policy.") and key not in RESUMABLE_POLICY_FIELDS
+    ]
+    if architecture:
+        listed = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in architecture)
+        raise ValueError(
+            f"--resume {resume_dir}: the checkpoint's policy differs from the config ({listed}); "
+            "a resumed run keeps the architecture: drop those overrides (the checkpoint's run.json "
+            "holds its config) or start a new run without --resume"
         )
-        (staging / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
+    return changed
+
+
+def apply_resumed_settings(optimizer, scheduler, cfg) -> None:
+    """The restored optimizer and schedule keep the checkpoint's lr and weight decay; set the
+    config's, so a changed ``train.lr`` is the one that trains (and the one recorded)."""
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    factor = lr_lambda(scheduler.last_epoch, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["weight_decay"] = cfg.weight_decay
+        group["lr"] = cfg.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+@torch.no_grad()
+def outputs_finite(policy: InstructionPolicy, batch: dict[str, Any], device: str, autocast: bool) -> bool:
+    """Whether the current weights give finite logits and values on ``batch`` (weights can be
+    finite yet so large that every output overflows)."""
+    was_training = policy.training
+    policy.eval()  # no dropout, so no draw from the global RNG
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            output = policy(
+                batch["frames"].to(device),
+                list(batch["instruction"]),
+                times=batch["times"].to(device),
+                frame_mask=batch["mask"].to(device),
+            )
+        mask = batch["mask"].to(device)
+        return bool(torch.isfinite(output.logits[mask]).all() and torch.isfinite(output.value[mask]).all())
+    finally:
+        policy.train(was_training)
 
 
 def _accuracies(
@@ -123,7 +316,10 @@ def train_bc_policy(
     evaluate_fn: Any = None,
 ) -> tuple[InstructionPolicy, dict[str, Any]]:
     """Train; returns the policy and a summary. ``evaluate_fn(policy, step, writer) -> dict`` runs
-    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py)."""
+    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py).
+
+    SIGINT or SIGTERM finishes the step, writes the checkpoint and raises ``TrainingInterrupted``
+    (its message says how to resume)."""
     cfg = run.train
     device = resolve_device(cfg.device)
     distributed = setup_distributed(device)
@@ -132,15 +328,15 @@ def train_bc_policy(
     checkpoint_dir = out_dir / CHECKPOINT
 
     dataset_info = Dataset(data)
+    skipped = check_dataset(dataset_info, cfg.skip_bad_episodes)
     spec = dataset_info.metadata["action_space"]
     if ActionSpaceConfig.from_spec(spec) != run.policy.action_space:
         # The dataset decides the action space; the config's default is only a placeholder.
-        run = RunConfig(
-            run.policy.replace(action_space=dataclasses.asdict(ActionSpaceConfig.from_spec(spec))), run.train
-        )
+        action_space = dataclasses.asdict(ActionSpaceConfig.from_spec(spec))
+        run = dataclasses.replace(run, policy=run.policy.replace(action_space=action_space))
     image_shape = tuple(dataset_info.metadata["image_shape"][:2])
     if tuple(run.policy.vision.image_size) != image_shape:
-        run = RunConfig(run.policy.replace(**{"vision.image_size": list(image_shape)}), run.train)
+        run = dataclasses.replace(run, policy=run.policy.replace(**{"vision.image_size": list(image_shape)}))
 
     torch.manual_seed(cfg.seed)
     policy = InstructionPolicy(run.policy).to(device)
@@ -150,6 +346,7 @@ def train_bc_policy(
         optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     )
     start_step = 0
+    changed: dict[str, tuple[Any, Any]] = {}
     if resume:
         resume_dir = Path(resume)
         resume_dir = resume_dir / CHECKPOINT if (resume_dir / CHECKPOINT).is_dir() else resume_dir
@@ -158,11 +355,13 @@ def train_bc_policy(
                 f"{resume_dir} has no {TRAINER_STATE}: it is not a training checkpoint written by "
                 "`instructcraft bc`, so it cannot be resumed (start a new run instead)"
             )
+        changed = settings_changed_on_resume(resume_dir, run)
         loaded = InstructionPolicy.from_pretrained(resume_dir, map_location=device)
         policy.load_state_dict(loaded.state_dict())
         state = torch.load(resume_dir / TRAINER_STATE, map_location=device, weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        apply_resumed_settings(optimizer, scheduler, cfg)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
     model: torch.nn.Module = policy
@@ -174,6 +373,8 @@ def train_bc_policy(
         )
 
     shard = dataset_info.shard(distributed.rank, distributed.world_size)
+    if skipped:
+        shard = sorted(set(shard) - set(skipped))
     chunks = ChunkDataset(data, cfg.chunk_length, episodes=shard, gamma=cfg.gamma)
     loader = make_loader(
         chunks,
@@ -185,9 +386,20 @@ def train_bc_policy(
     )
     writer = None
     if distributed.main:
+        if skipped:
+            print(
+                f"note: skipping {len(skipped)} unreadable episode(s) of {data} "
+                f"(train.skip_bad_episodes): {skipped[:20]}{' ...' if len(skipped) > 20 else ''}",
+                file=sys.stderr,
+            )
+        if changed:
+            listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            print(f"note: resuming at step {start_step} with changed settings: {listed}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_step if resume else None)
+        # Purge only what a crashed run logged after its checkpoint: the checkpoint's own step
+        # stays, and the resumed run logs from the step after it.
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if resume else None)
     bar = None
     if progress and distributed.main:
         from tqdm import tqdm
@@ -199,78 +411,114 @@ def train_bc_policy(
     step = start_step
     last_log = time.perf_counter()
     samples_since_log = 0
-    summary: dict[str, Any] = {"evaluations": []}
-    batches = iter(loader)
+    summary: dict[str, Any] = {"evaluations": [], "skipped_episodes": skipped}
+    last_good = last_good_checkpoint(checkpoint_dir)
+    with children_ignore_interrupts():  # DataLoader workers start here
+        batches = iter(loader)
     loss_value = float("nan")
-    while step < cfg.steps:
-        batch = next(batches)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + distributed.rank)
-        frames = random_shift(batch["frames"], cfg.augment_shift, generator)
-        frames = frames.to(device, non_blocking=True)
-        actions = batch["actions"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
-        times = batch["times"].to(device, non_blocking=True)
-        returns = batch["returns"].to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            output = model(frames, list(batch["instruction"]), times=times, frame_mask=mask)
-        logits = output.logits.float()
-        log_prob = policy.distribution(logits).log_prob(actions)
-        steps_real = mask.sum().clamp_min(1)
-        policy_loss = -(log_prob * mask).sum() / steps_real
-        # The value term also keeps every output in the graph, as DDP requires.
-        value_loss = ((output.value.float() - returns).square() * mask).sum() / steps_real
-        loss = policy_loss + cfg.value_coef * value_loss
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            if bar:
-                bar.close()
-            raise TrainingDiverged(
-                f"loss is {loss_value} at step {step}: training stopped; the last good checkpoint "
-                f"({checkpoint_dir if checkpoint_dir.exists() else 'none yet'}) is intact. Lower train.lr or check the data."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in trainable if p.grad is not None])
-            )
-        )
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        samples_since_log += int(mask.sum()) * distributed.world_size
-        if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - last_log
-            writer.add_scalar("train/loss", loss_value, step)
-            writer.add_scalar("train/policy_loss", float(policy_loss.detach()), step)
-            writer.add_scalar("train/value_loss", float(value_loss.detach()), step)
-            for head, accuracy in enumerate(_accuracies(policy, logits.detach(), actions, mask)):
-                writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            writer.add_scalar("train/samples_per_s", samples_since_log / max(elapsed, 1e-9), step)
-            if bar:
-                bar.set_postfix(
-                    loss=f"{loss_value:.3f}", samples_s=f"{samples_since_log / max(elapsed, 1e-9):.0f}"
+    stop = StopRequest()
+    try:
+        with stop.catching():
+            while step < cfg.steps:
+                batch = next(batches)
+                generator = torch.Generator().manual_seed(
+                    cfg.seed * 1_000_003 + step * 7919 + distributed.rank
                 )
-            last_log, samples_since_log = time.perf_counter(), 0
+                frames = random_shift(batch["frames"], cfg.augment_shift, generator)
+                frames = frames.to(device, non_blocking=True)
+                actions = batch["actions"].to(device, non_blocking=True)
+                mask = batch["mask"].to(device, non_blocking=True)
+                times = batch["times"].to(device, non_blocking=True)
+                returns = batch["returns"].to(device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                    output = model(frames, list(batch["instruction"]), times=times, frame_mask=mask)
+                logits = output.logits.float()
+                log_prob = policy.distribution(logits).log_prob(actions)
+                steps_real = mask.sum().clamp_min(1)
+                policy_loss = -(log_prob * mask).sum() / steps_real
+                # The value term also keeps every output in the graph, as DDP requires.
+                value_loss = ((output.value.float() - returns).square() * mask).sum() / steps_real
+                loss = policy_loss + cfg.value_coef * value_loss
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss is {loss_value} at step {step}: training stopped; {last_good}. "
+                        "Lower train.lr or check the data."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    if cfg.grad_clip > 0
+                    else torch.linalg.vector_norm(
+                        torch.stack([p.grad.norm() for p in trainable if p.grad is not None])
+                    )
+                )
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                samples_since_log += int(mask.sum()) * distributed.world_size
+                if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                    elapsed = time.perf_counter() - last_log
+                    writer.add_scalar("train/loss", loss_value, step)
+                    writer.add_scalar("train/policy_loss", float(policy_loss.detach()), step)
+                    writer.add_scalar("train/value_loss", float(value_loss.detach()), step)
+                    for head, accuracy in enumerate(_accuracies(policy, logits.detach(), actions, mask)):
+                        writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                    writer.add_scalar("train/samples_per_s", samples_since_log / max(elapsed, 1e-9), step)
+                    if bar:
+                        bar.set_postfix(
+                            loss=f"{loss_value:.3f}",
+                            samples_s=f"{samples_since_log / max(elapsed, 1e-9):.0f}",
+                        )
+                    last_log, samples_since_log = time.perf_counter(), 0
+                if bar:
+                    bar.update(1)
+                stopping = stop.agreed(distributed, device) and step < cfg.steps
+                due = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
+                if distributed.main and due:
+                    if not outputs_finite(policy, batch, device, autocast):
+                        raise TrainingDiverged(
+                            f"the weights after step {step} give NaN or inf outputs: training stopped "
+                            f"without saving them; {last_good}. "
+                            "Lower train.lr or check the data."
+                        )
+                    try:
+                        save_checkpoint(checkpoint_dir, policy, optimizer, scheduler, step, run, data)
+                    except NonFiniteWeightsError as error:
+                        raise TrainingDiverged(
+                            f"step {step}: {error}; training stopped; {last_good}"
+                        ) from None
+                    last_good = last_good_checkpoint(checkpoint_dir)
+                if stopping:
+                    if distributed.world_size > 1:
+                        dist.barrier()  # every rank waits until rank 0 has written the checkpoint
+                    assert stop.signal_number is not None
+                    raise TrainingInterrupted(
+                        f"interrupted at step {step} of {cfg.steps}: checkpoint written to {checkpoint_dir}; "
+                        f"resume with `instructcraft bc --config {out_dir / 'config.resolved.yaml'} "
+                        f"--data {data} --out {out_dir} --resume {out_dir}`",
+                        stop.signal_number,
+                    )
+                periodic = cfg.eval_every and step % cfg.eval_every == 0
+                final = step == cfg.steps and cfg.eval_episodes > 0
+                if (
+                    distributed.main
+                    and evaluate_fn is not None
+                    and cfg.eval_episodes > 0
+                    and (periodic or final)
+                ):
+                    policy.eval()
+                    result = evaluate_fn(policy, step, writer)
+                    policy.train()
+                    summary["evaluations"].append({"step": step, **result})
+    finally:
         if bar:
-            bar.update(1)
-        if distributed.main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_checkpoint(checkpoint_dir, policy, optimizer, scheduler, step, run, data)
-        periodic = cfg.eval_every and step % cfg.eval_every == 0
-        final = step == cfg.steps and cfg.eval_episodes > 0
-        if distributed.main and evaluate_fn is not None and cfg.eval_episodes > 0 and (periodic or final):
-            policy.eval()
-            result = evaluate_fn(policy, step, writer)
-            policy.train()
-            summary["evaluations"].append({"step": step, **result})
-    if bar:
-        bar.close()
-    if writer is not None:
-        writer.close()
+            bar.close()
+        if writer is not None:
+            writer.close()
     if distributed.world_size > 1:
         dist.barrier()
     summary.update(
