@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_config, run_cli
+from safetensors.torch import load_file
 from signal_env import SIGNAL_ID
 
 import envs
@@ -224,10 +225,18 @@ def test_rl_cli_subproc_bc_aux_checkpoint_resume(tmp_path: Path, crafter_demos: 
 
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
     assert {"train/bc_loss", "train/value_loss", "time/fps"} <= set(tags)
+    before = torch.load(checkpoint / "trainer.pt", weights_only=True)
+    weights_before = load_file(str(checkpoint / "model.safetensors"))
     resumed = json.loads(run_cli("rl", *common, "--steps", "96", "--resume").stdout)
     assert resumed["timesteps"] == 96
+    after = torch.load(checkpoint / "trainer.pt", weights_only=True)
+    assert after["num_timesteps"] == 96 and after["n_updates"] == before["n_updates"] + 1  # one more rollout
+    assert any(
+        not torch.equal(v, weights_before[k])
+        for k, v in load_file(str(checkpoint / "model.safetensors")).items()
+    )
     run_cli("eval", "--checkpoint", str(checkpoint), "--env", envs.CRAFTER_ID, "--episodes", "1",
-            "--tasks", "collect_wood", "--workers", "0", "--json")  # fmt: skip
+            "--tasks", "collect_wood", "--workers", "1", "--json")  # fmt: skip
 
 
 def test_ablate_cli_writes_table_plot_and_json(tmp_path: Path, crafter_demos: str) -> None:
