@@ -48,6 +48,50 @@ def test_camera_bins_are_vpt_mu_law_and_invert_within_one_bin() -> None:
     np.testing.assert_allclose(linear, [[-10, -9]])
 
 
+# minerl 0.4.4's Dict action spaces, written out independently of envs.minecraft: the keys
+# besides the 8 buttons and camera, and each Enum's values (minerl prints them sorted).
+_OBTAIN_ENUMS_044 = {
+    "place": {"none", "dirt", "stone", "cobblestone", "crafting_table", "furnace", "torch"},
+    "equip": {"none", "air", "wooden_axe", "wooden_pickaxe", "stone_axe", "stone_pickaxe", "iron_axe", "iron_pickaxe"},
+    "craft": {"none", "torch", "stick", "planks", "crafting_table"},
+    "nearbyCraft": {"none", "wooden_axe", "wooden_pickaxe", "stone_axe", "stone_pickaxe", "iron_axe", "iron_pickaxe", "furnace"},
+    "nearbySmelt": {"none", "iron_ingot", "coal"},
+}  # fmt: skip
+MINERL_044_ENUMS = {
+    "MineRLTreechop-v0": {},
+    **{
+        f"MineRLNavigate{s}-v0": {"place": {"none", "dirt"}} for s in ("", "Dense", "Extreme", "ExtremeDense")
+    },
+    **{
+        f"MineRLObtain{item}{s}-v0": _OBTAIN_ENUMS_044
+        for item in ("IronPickaxe", "Diamond")
+        for s in ("", "Dense")
+    },
+}
+MINERL_044_NVEC = {
+    "MineRLTreechop-v0": [2] * 8 + [11, 11],
+    **{f"MineRLNavigate{s}-v0": [2] * 8 + [11, 11, 2] for s in ("", "Dense", "Extreme", "ExtremeDense")},
+    **{f"MineRLObtain{i}{s}-v0": [2] * 8 + [11, 11, 7, 8, 5, 8, 3] for i in ("IronPickaxe", "Diamond") for s in ("", "Dense")},
+}  # fmt: skip
+
+
+def test_every_task_pins_minerl_044_actions() -> None:
+    assert sorted(task.env_name for task in MINERL_TASKS.values()) == sorted(MINERL_044_ENUMS)
+    assert set(KEYBOARD_BUTTONS) == {"forward", "back", "left", "right", "jump", "sneak", "sprint", "attack"}
+    for task in MINERL_TASKS.values():
+        layout = ActionLayout(enums=task.enums)
+        assert {name: set(values) for name, values in task.enums} == MINERL_044_ENUMS[task.env_name], (
+            task.name
+        )
+        assert all(values[0] == "none" for _, values in task.enums), task.name  # "none" is the no-op
+        assert layout.nvec == MINERL_044_NVEC[task.env_name], task.name
+        assert set(layout.decode(layout.noop())) == {
+            *KEYBOARD_BUTTONS,
+            "camera",
+            *MINERL_044_ENUMS[task.env_name],
+        }
+
+
 @pytest.mark.parametrize("task", sorted(MINERL_TASKS))
 def test_layout_round_trip_against_the_documented_spaces(task: str) -> None:
     spec = MINERL_TASKS[task]
