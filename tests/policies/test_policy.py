@@ -373,6 +373,10 @@ def test_context_mask_changes_outputs_not_at_all_and_stops_encoder_gradients() -
     # Loss on the context steps alone reaches the encoder only through non-context frames: none.
     masked.logits[:, :3].sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in model.frame_encoder.parameters())
+    # Positive control: a loss on the later steps does reach the encoder (through frames 3-5).
+    model.zero_grad()
+    model(frames, INSTRUCTIONS[:2], context_mask=context).logits[:, 3:].sum().backward()
+    assert all(p.grad is not None and p.grad.any() for p in model.frame_encoder.parameters())
 
 
 @pytest.mark.parametrize("fusion_type", ALL)
@@ -389,6 +393,16 @@ def test_forward_and_backward_under_bf16_autocast(fusion_type: str) -> None:
     loss = out.logits.float().logsumexp(-1).mean() + out.value.float().square().mean()
     loss.backward()
     assert torch.isfinite(loss)
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert sum(p.grad is not None for _, p in trained) >= 0.8 * len(trained)
+    for name, parameter in trained:
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
+    # The same forward in float32 (autocast off) agrees within bf16 rounding.
+    with torch.no_grad():
+        full = model(
+            frames, ["collect wood", ""], frame_mask=mask, drop_instruction=torch.tensor([True, False])
+        )
+    torch.testing.assert_close(out.logits.float()[mask], full.logits[mask], atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("fusion_type", ["cross_attention", "self_attention", "gmu"])
