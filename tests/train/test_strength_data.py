@@ -1,0 +1,60 @@
+"""ChunkDataset (unpacked chunks): absolute step times, masks at episode edges, discounted
+reward-to-go for the value head, and which episodes it keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from envs.dataset import DatasetWriter, Episode
+from train.data import ChunkDataset
+
+REWARDS = {0: [0.0, 1.0, 0.0, 0.0, 2.0], 1: [1.0, 1.0, 1.0], 2: [5.0, 5.0]}
+# gamma = 0.5, worked by hand from the end of each episode.
+RETURNS = {0: [0.625, 1.25, 0.5, 1.0, 2.0], 1: [1.75, 1.5, 1.0]}
+
+
+def write(root: Path) -> str:
+    with DatasetWriter(root, env_id="test", image_shape=(8, 8, 3), action_space=spaces.Discrete(5)) as writer:
+        for number, rewards in REWARDS.items():
+            steps = len(rewards)
+            images = np.stack([np.full((8, 8, 3), 10 * t + number, np.uint8) for t in range(steps + 1)])
+            writer.add(
+                Episode(
+                    images=images,
+                    actions=(np.arange(steps) + number) % 5,
+                    rewards=np.asarray(rewards, np.float32),
+                    terminated=np.eye(steps, dtype=bool)[-1],
+                    truncated=np.zeros(steps, bool),
+                    instruction=f"task {number}",
+                    task=f"t{number}",
+                    env_id="test",
+                    success=number != 2,  # the expert failed episode 2
+                )
+            )
+    return str(root)
+
+
+def test_chunks_carry_absolute_times_edge_masks_and_returns(tmp_path: Path) -> None:
+    chunks = ChunkDataset(write(tmp_path / "data"), 4, gamma=0.5)
+    assert chunks.items == [(0, 0), (0, 4), (1, 0)]  # episode 2 failed: skipped
+    for index, (number, start) in enumerate(chunks.items):
+        item = chunks[index]
+        steps = min(4, len(REWARDS[number]) - start)
+        assert item["times"].tolist() == list(range(start, start + 4))  # absolute, not chunk-relative
+        assert item["mask"].tolist() == [True] * steps + [False] * (4 - steps)
+        frames = item["frames"][:, 0, 0, 0].tolist()
+        assert frames == [10 * t + number for t in range(start, start + steps)] + [0] * (4 - steps)
+        assert item["actions"][:steps].tolist() == [(t + number) % 5 for t in range(start, start + steps)]
+        np.testing.assert_allclose(item["returns"][:steps], RETURNS[number][start : start + steps], rtol=1e-6)
+        assert not item["returns"][steps:].any()
+        assert item["instruction"] == f"task {number}" and item["task"] == f"t{number}"
+    everything = ChunkDataset(str(tmp_path / "data"), 4, only_success=False, gamma=0.5)
+    assert everything.items[-1] == (2, 0)
+    np.testing.assert_allclose(everything[3]["returns"][:2], [7.5, 5.0])
+    assert ChunkDataset(str(tmp_path / "data"), 4, episodes=[1]).items == [(1, 0)]
+    with pytest.raises(ValueError, match="no episodes to train on"):
+        ChunkDataset(str(tmp_path / "data"), 4, episodes=[2])
