@@ -5,6 +5,7 @@ from functools import partial
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
@@ -149,12 +150,37 @@ def test_sb3_vec_envs_deliver_the_right_instruction(vec_cls) -> None:
     assert checked >= 30
 
 
+def assert_ppo_trains(model: PPO) -> None:
+    """256 steps of stock PPO: its updates ran (every parameter group moved) with finite losses."""
+    before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
+    losses: list[float] = []
+    update = model.train
+
+    def train_and_keep_losses() -> None:
+        update()
+        logged = model.logger.name_to_value
+        losses.extend(
+            float(logged[key]) for key in ("train/loss", "train/value_loss", "train/policy_gradient_loss")
+        )
+
+    model.train = train_and_keep_losses
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps >= 256
+    assert len(losses) == 4 * 3 and all(np.isfinite(losses)), losses  # 4 updates x 3 losses
+    after = dict(model.policy.named_parameters())
+    assert all(torch.isfinite(p).all() for p in after.values())
+    moved = [name for name, p in after.items() if not torch.equal(p.detach(), before[name])]
+    assert any(name.startswith("features_extractor") for name in moved), moved
+    assert any(name.startswith("action_net") for name in moved) and any(
+        name.startswith("value_net") for name in moved
+    )
+
+
 @pytest.mark.slow
 def test_sb3_stock_ppo_trains_on_wrapped_env() -> None:
     vec = DummyVecEnv([lambda: wrap_for_sb3(crafter("collect_wood", 30))])
     model = PPO("MultiInputPolicy", vec, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
-    model.learn(total_timesteps=256)
-    assert model.num_timesteps >= 256
+    assert_ppo_trains(model)
     obs = vec.reset()
     action, _ = model.predict(obs, deterministic=True)
     assert vec.action_space.contains(int(action[0]))
@@ -164,5 +190,4 @@ def test_sb3_stock_ppo_trains_on_wrapped_env() -> None:
 def test_sb3_stock_ppo_trains_on_wrapped_babyai() -> None:
     vec = DummyVecEnv([lambda: wrap_for_sb3(gym.make(envs.babyai_id("GoToRedBall")))])
     model = PPO("MultiInputPolicy", vec, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
-    model.learn(total_timesteps=256)
-    assert model.num_timesteps >= 256
+    assert_ppo_trains(model)
