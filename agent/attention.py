@@ -105,13 +105,15 @@ def record_rollout(
     max_steps: int | None = None,
     cfg_scale: float = 0.0,
     env_kwargs: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> AttentionRecording:
-    """Roll one episode with attention captured at every step."""
+    """Roll one episode with attention captured at every step (``task``: the task that judges
+    success, for envs with a task choice)."""
     if not agent.capture_attention:
         raise ValueError("the agent must be created with capture_attention=True")
     env = gym.make(env_id, **(env_kwargs or {}))
     agent.check_env(env)
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options={"task": task} if task is not None else None)
     text = instruction if instruction is not None else info["instruction"]
     agent.reset(text or None)
     recording = AttentionRecording(

@@ -64,6 +64,7 @@ class EpisodeJob:
     video: str | None
     pool: tuple[str, ...] | None = None
     deterministic: bool = False
+    instruction: str | None = None  # given to the agent instead of the env's (mode "phrasing")
 
 
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
@@ -71,7 +72,9 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
     obs, info = env.reset(seed=job.seed, options=options)
     task = info["task"]
     instruction = info["instruction"]
-    if job.mode == "swapped":
+    if job.instruction is not None:
+        instruction = job.instruction
+    elif job.mode == "swapped":
         instruction = swapped_instruction(env_id, task, job.seed, job.pool)
     elif job.mode == "blank":
         instruction = ""
@@ -229,25 +232,132 @@ def evaluate(
         )
         for i in range(episodes)
     ]
-    results: list[dict[str, Any]] = []
-    if local is None or workers <= 1:
-        env = gym.make(env_id, **env_kwargs)
-        for job in jobs:
-            results.append(run_episode(agent, env, env_id, job))
-            if progress:
-                progress(results[-1])
-    else:
-        del agent, local  # each worker loads its own copy
-        for row in ordered_map(_work, jobs, workers, _init_worker, (checkpoint, env_id, env_kwargs), "eval"):
-            results.append(row)
-            if progress:
-                progress(row)
+    results = _run_jobs(
+        jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
+    )
     summary = summarize(results)
     summary.update(
         {"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed, "deterministic": deterministic}
     )
     summary["videos"] = [r["video"] for r in results if r["video"]]
     return summary
+
+
+def _run_jobs(
+    jobs: list[EpisodeJob],
+    env_id: str,
+    agent: Agent,
+    checkpoint: str | None,
+    workers: int,
+    env_kwargs: dict[str, Any],
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
+    """Episode rows in job order: here with ``agent``, or in ``workers`` processes that each load
+    ``checkpoint`` (when given and workers > 1)."""
+    results: list[dict[str, Any]] = []
+    if checkpoint is None or workers <= 1:
+        env = gym.make(env_id, **env_kwargs)
+        for job in jobs:
+            results.append(run_episode(agent, env, env_id, job))
+            if progress:
+                progress(results[-1])
+        return results
+    for row in ordered_map(_work, jobs, workers, _init_worker, (checkpoint, env_id, env_kwargs), "eval"):
+        results.append(row)
+        if progress:
+            progress(row)
+    return results
+
+
+def read_phrasings(path: str, env_id: str) -> dict[str, list[str]]:
+    """A JSON file ``{"task": ["instruction", ...], ...}``, checked: known tasks of ``env_id``,
+    non-empty printable instructions within the env's length limit."""
+    import json
+
+    from envs.spaces import check_instruction
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read phrasings from {path}: {error}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path} must hold a JSON object mapping task names to lists of instructions")
+    phrasings: dict[str, list[str]] = {}
+    for task, texts in data.items():
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or not all(isinstance(t, str) and t.strip() for t in texts)
+        ):
+            raise ValueError(f"{path}: {task!r} must map to a non-empty list of non-empty strings")
+        phrasings[task] = [check_instruction(text) for text in texts]
+    make_env(env_id, list(phrasings)).close()  # unknown tasks (or an env without tasks) fail here
+    return phrasings
+
+
+def evaluate_phrasings(
+    env_id: str,
+    phrasings: dict[str, list[str]],
+    episodes: int,
+    *,
+    checkpoint: str,
+    seed: int = 100_000,
+    workers: int = 1,
+    cfg_scale: float = 0.0,
+    deterministic: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Each given instruction judged against its task on ``episodes`` seeds, and the env's own
+    (trained) phrasings of that task on the same seeds; reports success on the new phrasings
+    over success on the trained ones, per task and overall (mean over tasks)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env_kwargs = dict(env_kwargs or {})
+    probe = make_env(env_id, list(phrasings), **env_kwargs)
+    agent = Agent.from_pretrained(checkpoint)
+    agent.check_env(probe)
+    probe.close()
+    jobs = []
+    for task, texts in phrasings.items():
+        for i in range(episodes):
+            jobs.append(EpisodeJob(seed + i, task, "correct", cfg_scale, None, None, deterministic))
+            jobs.extend(
+                EpisodeJob(seed + i, task, "phrasing", cfg_scale, None, None, deterministic, text)
+                for text in texts
+            )
+    rows = _run_jobs(jobs, env_id, agent, checkpoint, workers, env_kwargs, progress)
+    table: dict[str, Any] = {}
+    for task, texts in phrasings.items():
+        trained = [r for r in rows if r["task"] == task and r["mode"] == "correct"]
+        entry: dict[str, Any] = {"trained": summarize(trained)["success_rate"], "phrasings": {}}
+        for text in texts:
+            picked = [
+                r for r in rows if r["task"] == task and r["mode"] == "phrasing" and r["instruction"] == text
+            ]
+            successes = sum(int(r["success"]) for r in picked)
+            entry["phrasings"][text] = {
+                "success_rate": successes / len(picked),
+                "ci95": list(wilson_interval(successes, len(picked))),
+            }
+        entry["new"] = float(np.mean([p["success_rate"] for p in entry["phrasings"].values()]))
+        entry["ratio"] = entry["new"] / entry["trained"] if entry["trained"] > 0 else None
+        table[task] = entry
+    trained_mean = float(np.mean([e["trained"] for e in table.values()]))
+    new_mean = float(np.mean([e["new"] for e in table.values()]))
+    return {
+        "env_id": env_id,
+        "episodes_per_task": episodes,
+        "seed": seed,
+        "tasks": table,
+        "trained_mean": trained_mean,
+        "new_mean": new_mean,
+        "ratio": new_mean / trained_mean if trained_mean > 0 else None,
+        "episodes": [
+            {key: row[key] for key in ("task", "seed", "mode", "instruction", "success", "length")}
+            for row in rows
+        ],
+    }
 
 
 def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:

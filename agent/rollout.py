@@ -49,6 +49,31 @@ def write_videos(frames: list[np.ndarray], stem: Path, fps: int = 10) -> dict[st
     return {"mp4": str(mp4), "gif": str(gif)}
 
 
+def judging_task(env_id: str, instruction: str | None, task: str | None) -> tuple[str | None, str]:
+    """The task that judges success for a rollout of ``env_id`` told ``instruction``, and a line
+    saying so. An explicit ``task`` wins; an instruction that is one of a task's phrasings
+    selects that task; otherwise the env draws a task per seed (and the line warns)."""
+    from envs.tasks import TASKS, task_of_phrasing
+
+    base = gym.make(env_id).unwrapped
+    has_tasks = hasattr(base, "tasks") and not getattr(base, "open_ended", False)
+    if task is not None:
+        if not has_tasks:
+            raise ValueError(f"{env_id} has no task choice: drop --task")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+        return task, f"success is judged by task {task}"
+    if instruction and has_tasks:
+        found = task_of_phrasing(instruction)
+        if found is not None:
+            return found, f"success is judged by task {found} (the instruction is one of its phrasings)"
+        return None, (
+            f"the instruction {instruction!r} is none of the known phrasings: success is judged by the task "
+            "the env draws for each seed (named per episode); pass --task to choose it"
+        )
+    return None, "success is judged by the env's own task for each seed"
+
+
 def rollout_episode(
     agent: Agent,
     env: gym.Env,
@@ -58,11 +83,13 @@ def rollout_episode(
     cfg_scale: float = 0.0,
     max_steps: int | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """One episode; ``instruction`` overrides the env's (the env still judges its own task).
+    """One episode; ``instruction`` overrides the env's; the env judges success by its task:
+    ``task`` when given (envs with a task choice), else the one it draws for ``seed``.
 
     Returns stats plus ``captioned`` frames (one per observation)."""
-    obs, info = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options={"task": task} if task is not None else None)
     text = instruction if instruction is not None else info["instruction"]
     agent.reset(text or None)
     frames = [caption(obs["image"], [text, "step 0"])]
@@ -114,14 +141,16 @@ def rollout(
     cfg_scale: float = 0.0,
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """``episodes`` episodes: ``episode_XXX.mp4``/``.gif`` and ``stats.json`` in ``out``."""
+    """``episodes`` episodes: ``episode_XXX.mp4``/``.gif`` and ``stats.json`` in ``out``.
+    ``task`` (see ``judging_task``) decides success; the stats name it per episode."""
     env = gym.make(env_id, **(env_kwargs or {}))
     agent.check_env(env)
     root = Path(out)
     rows = []
     for index in range(episodes):
-        row = rollout_episode(agent, env, seed + index, instruction, deterministic, cfg_scale)
+        row = rollout_episode(agent, env, seed + index, instruction, deterministic, cfg_scale, task=task)
         row.update(write_videos(row.pop("captioned"), root / f"episode_{index:03d}"))
         rows.append(row)
         if progress is not None:

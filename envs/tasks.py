@@ -104,3 +104,12 @@ def resolve_tasks(task: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
     if unknown:
         raise ValueError(f"unknown Crafter-Instruct task(s) {unknown}; known tasks: {sorted(TASKS)}")
     return names
+
+
+def task_of_phrasing(text: str) -> str | None:
+    """The task whose phrasings include ``text`` (case and spacing ignored), or None."""
+    wanted = " ".join(text.lower().split())
+    for task in TASKS.values():
+        if wanted in (" ".join(p.lower().split()) for p in task.phrasings):
+            return task.name
+    return None

@@ -322,7 +322,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from agent.evaluate import MODES, evaluate, sensitivity
-    from train.report import print_eval, print_sensitivity
+    from train.report import print_eval, print_phrasings, print_sensitivity
 
     common = dict(
         checkpoint=args.checkpoint,
@@ -344,6 +344,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bars[0].set_postfix(mode=row["mode"])
 
     common["progress"] = progress
+    if args.phrasings:
+        from agent.evaluate import evaluate_phrasings, read_phrasings
+
+        phrasings = read_phrasings(args.phrasings, args.env)
+        if args.sensitivity or args.tasks or args.video_dir:
+            raise ValueError(
+                "--phrasings picks its own tasks and modes: drop --sensitivity, --tasks and --video-dir"
+            )
+        per_task = 1 + max(len(texts) for texts in phrasings.values())
+        modes[:] = ["phrasing"] * per_task  # the bar's total: episodes x (trained + new phrasings)
+        result = evaluate_phrasings(
+            args.env,
+            phrasings,
+            args.episodes,
+            checkpoint=args.checkpoint,
+            seed=args.seed,
+            workers=args.workers,
+            cfg_scale=args.cfg_scale,
+            deterministic=args.greedy,
+            progress=progress,
+        )
+        for bar in bars:
+            bar.close()
+        if args.json:
+            _print_json(result)
+        else:
+            print_phrasings(result)
+        return 0
     if args.sensitivity:
         result = sensitivity(args.env, args.episodes, **common)
     else:
@@ -363,8 +391,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from agent import Agent
-    from agent.rollout import rollout
+    from agent.rollout import judging_task, rollout
 
+    task, judged = judging_task(args.env, args.instruction, args.task)
+    print(judged)
     agent = Agent.from_pretrained(args.checkpoint, device=args.device, seed=args.seed)
     bar = tqdm(total=args.episodes, unit="ep", desc="rollout", dynamic_ncols=True)
     stats = rollout(
@@ -374,6 +404,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         seed=args.seed,
         instruction=args.instruction,
+        task=task,
         deterministic=not args.sample,
         cfg_scale=args.cfg_scale,
         progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
@@ -413,8 +444,12 @@ def cmd_attention(args: argparse.Namespace) -> int:
     else:
         if not args.env:
             raise ValueError("--env is required unless --from-dataset is given")
+        from agent.rollout import judging_task
+
+        task, judged = judging_task(args.env, args.instruction, args.task)
+        print(judged)
         recording = record_rollout(
-            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps
+            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps, task=task
         )
     out = Path(args.out)
     last = len(recording) - 1
@@ -581,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
     )
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
+    p.add_argument(
+        "--phrasings",
+        default=None,
+        help="JSON {task: [instruction, ...]}: judge each instruction against its task on the same "
+        "--episodes seeds per task as the trained phrasings, and report new / trained success",
+    )
     p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i uses seed + i")
     p.add_argument("--workers", type=positive_int, default=2, help="episode worker processes")
     p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
@@ -597,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--instruction", default=None, help="override the env's instruction")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="the task that judges success (default: the task of a known --instruction phrasing, "
+        "else the env's draw per seed)",
+    )
     p.add_argument("--episodes", type=positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=non_negative_int, default=0, help="first episode seed")
@@ -612,6 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory")
     p.add_argument("--env", default=None, help="env id (for a rollout)")
     p.add_argument("--instruction", default=None, help="instruction (default: the env's)")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="the task that judges success (as for rollout; default from --instruction)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=non_negative_int, default=0, help="episode seed")
     p.add_argument(

@@ -35,3 +35,20 @@ def print_sensitivity(result: dict[str, Any]) -> None:
             f"{row['correct_minus_swapped']:8.3f}"
         )
     print(f"mean success(correct) - success(swapped): {result['mean_correct_minus_swapped']:.3f}")
+
+
+def print_phrasings(result: dict[str, Any]) -> None:
+    episodes = result["episodes_per_task"]
+    print(f"{episodes} episodes per phrasing, the same seeds for trained and new phrasings of a task")
+    print(f"{'task':18s} {'instruction':42s} {'success':>8s} {'95% CI':>14s}")
+    for task, entry in result["tasks"].items():
+        print(f"{task:18s} {'(trained phrasings)':42s} {entry['trained']:8.3f}")
+        for text, row in entry["phrasings"].items():
+            low, high = row["ci95"]
+            print(f"{'':18s} {text[:42]:42s} {row['success_rate']:8.3f} {f'[{low:.2f}, {high:.2f}]':>14s}")
+    ratio = result["ratio"]
+    shown = f"{ratio:.2f}" if ratio is not None else "n/a (no success on trained phrasings)"
+    print(
+        f"mean success: trained phrasings {result['trained_mean']:.3f}, new phrasings {result['new_mean']:.3f}; "
+        f"new / trained = {shown}"
+    )
