@@ -37,12 +37,14 @@ def run_episode(
     expert.reset(env, obs, info)
     rng = np.random.default_rng([seed, 104_729])
     images, actions, rewards, terminated, truncated = [obs["image"]], [], [], [], []
+    executed_actions: list[int] = []
     success = False
     while True:
         action = expert.act(obs, info)
         executed = action
         if noise > 0 and rng.random() < noise:
             executed = int(rng.integers(env.action_space.n))
+        executed_actions.append(int(executed))
         obs, reward, term, trunc, info = env.step(executed)
         images.append(obs["image"])
         actions.append(action)
@@ -64,7 +66,8 @@ def run_episode(
         expert=expert.name,
         seed=seed,
         success=success,
-        extra={"label_noise": noise} if noise > 0 else {},
+        # With noise the labels differ from what ran; what ran is kept so the episode can be replayed.
+        extra={"label_noise": noise, "executed_actions": executed_actions} if noise > 0 else {},
     )
 
 

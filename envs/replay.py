@@ -64,13 +64,17 @@ def replay_episode(
     steps = episode.length
     if episode.seed is None:
         return ReplayResult(number, steps, skipped="the episode records no seed")
-    if episode.extra.get("label_noise"):
+    # Label noise and DAgger store the expert's labels as actions and what ran beside them.
+    executed = episode.extra.get("executed_actions")
+    if executed is None and (episode.extra.get("label_noise") or "dagger_round" in episode.extra):
         return ReplayResult(
             number,
             steps,
-            skipped="collected with label noise: the stored actions are the expert's labels, "
-            "not the executed ones",
+            skipped="the stored actions are the expert's labels and the executed ones were not recorded",
         )
+    if executed is not None and len(executed) != steps:
+        return ReplayResult(number, steps, 0, "executed_actions", f"{len(executed)} for {steps} steps")
+    actions = episode.actions if executed is None else np.asarray(executed)
 
     def mismatch(step: int, field: str, detail: str) -> ReplayResult:
         return ReplayResult(number, steps, step, field, detail)
@@ -82,7 +86,7 @@ def replay_episode(
     if not np.array_equal(obs["image"], episode.images[0]):
         return mismatch(0, "frame", _frame_difference(episode.images[0], obs["image"]))
     for t in range(steps):
-        action = episode.actions[t]
+        action = actions[t]
         action = int(action) if np.ndim(action) == 0 else np.asarray(action)
         obs, reward, terminated, truncated, info = env.step(action)
         if not np.array_equal(obs["image"], episode.images[t + 1]):

@@ -167,6 +167,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1
     print(f"ok: {len(dataset)} episodes, {dataset.num_steps} steps verified in {args.path}")
+    if args.replay:
+        from envs.replay import replay_dataset
+
+        results = replay_dataset(args.path)
+        differ = [r for r in results if not r.ok and not r.skipped]
+        for result in results:
+            if not result.ok:
+                print(result)
+        replayed = sum(1 for r in results if not r.skipped)
+        print(f"replay: {replayed - len(differ)} of {replayed} replayed episodes identical", end="")
+        print(f" ({len(results) - replayed} not replayable)" if replayed < len(results) else "")
+        return 1 if differ else 0
     return 0
 
 
@@ -524,6 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "check"])
     p.add_argument("path", help="dataset directory")
     p.add_argument("--json", action="store_true", help="print JSON (info)")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="check: also re-run every episode from its seed and executed actions and report the first "
+        "step whose frame, reward or flags differ",
+    )
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("import", help="convert MineRL v0.4, VPT or Minari demonstrations to a native dataset")
