@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -40,17 +41,26 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import explained_variance, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch.utils.tensorboard import SummaryWriter
 
 from envs.dataset import action_space_spec
 from envs.wrappers import ByteTokenizer, make_tokenized_env
 from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
-from policies.persist import atomic_directory
-from policies.policy import PolicyState
-from train.bc import resolve_device
+from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
+from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError, PolicyState
+from train.bc import (
+    StopRequest,
+    TrainingDiverged,
+    TrainingInterrupted,
+    children_ignore_interrupts,
+    resolve_device,
+)
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader
 
@@ -534,7 +544,7 @@ class SequencePPO(PPO):
                     continue_training = False
                     break
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(
+                    raise TrainingDiverged(
                         f"PPO loss is {float(loss.detach())} at update {self._n_updates}: lower rl.lr; "
                         "the last checkpoint is intact"
                     )
@@ -613,23 +623,87 @@ def build_ppo(
 def save_rl_checkpoint(
     directory: Path, algo: SequencePPO, run: RunConfig, env_id: str, init: str | None
 ) -> None:
-    """config.json + model.safetensors (what eval/rollout/attention load) + trainer state."""
-    with atomic_directory(directory) as staging:
-        algo.model.write_files(
-            staging,
-            extra={"rl_timesteps": algo.num_timesteps, "env_id": env_id, "init": init, "algorithm": "ppo"},
+    """config.json + model.safetensors (what eval/rollout/attention load) + trainer state.
+
+    Diverged (NaN or inf) weights raise ``TrainingDiverged`` and a failed write (a full disk)
+    ``CheckpointWriteError``; either way the previous checkpoint is left as it was."""
+    intact = "the previous checkpoint is intact" if directory.exists() else "no checkpoint was written"
+    writing = directory / WEIGHTS_NAME
+    try:
+        with atomic_directory(directory) as staging:
+            algo.model.write_files(
+                staging,
+                extra={
+                    "rl_timesteps": algo.num_timesteps,
+                    "env_id": env_id,
+                    "init": init,
+                    "algorithm": "ppo",
+                },
+            )
+            writing = directory / TRAINER_STATE
+            torch.save(
+                {
+                    "num_timesteps": algo.num_timesteps,
+                    "n_updates": algo._n_updates,
+                    "kl_coef": algo.kl_coef,
+                    "optimizer": algo.policy.optimizer.state_dict(),
+                },
+                staging / TRAINER_STATE,
+            )
+            writing = directory / RUN_CONFIG
+            (staging / RUN_CONFIG).write_text(
+                json.dumps({**run.to_dict(), "env_id": env_id, "init": init}, indent=2)
+            )
+            writing = directory
+    except NonFiniteWeightsError as error:
+        raise TrainingDiverged(
+            f"after {algo.num_timesteps} env steps: {error} (rl.lr); training stopped; {intact}"
+        ) from None
+    except (OSError, RuntimeError) as error:
+        raise CheckpointWriteError(describe_write_failure(error, writing, intact)) from None
+
+
+class _ResumableTensorBoard(TensorBoardOutputFormat):
+    """SB3's TensorBoard output written straight into ``folder``; ``purge_step`` drops what an
+    interrupted run logged after its checkpoint, so a resumed run continues the same curves."""
+
+    def __init__(self, folder: str, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+        self._is_closed = False
+
+
+class _StopWhenRequested(BaseCallback):
+    """Ends ``learn`` at the next env step once SIGINT or SIGTERM arrived."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return not self.stop
+
+
+def check_init_matches_env(checkpoint: str, env: VecEnv, env_id: str, flag: str) -> None:
+    """Refuse a checkpoint built for another action space or frame size, before any rollout."""
+    path = Path(checkpoint) / CONFIG_NAME
+    try:
+        config = PolicyConfig.from_dict(json.loads(path.read_text())["policy"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{flag} {checkpoint}: {path} is not a policy checkpoint's config ({error})"
+        ) from None
+    expected, actual = config.action_space.to_spec(), action_space_spec(env.action_space)
+    if ActionSpaceConfig.from_spec(actual) != config.action_space:
+        raise ValueError(
+            f"{flag} {checkpoint}: the checkpoint acts in {expected} but {env_id} has {actual}; "
+            f"use a checkpoint trained on {env_id} (or train from scratch without {flag})"
         )
-        torch.save(
-            {
-                "num_timesteps": algo.num_timesteps,
-                "n_updates": algo._n_updates,
-                "kl_coef": algo.kl_coef,
-                "optimizer": algo.policy.optimizer.state_dict(),
-            },
-            staging / TRAINER_STATE,
-        )
-        (staging / RUN_CONFIG).write_text(
-            json.dumps({**run.to_dict(), "env_id": env_id, "init": init}, indent=2)
+    image = env.observation_space["image"].shape
+    size = tuple(image[1:]) if image[0] == 3 and image[-1] != 3 else tuple(image[:2])
+    if tuple(config.vision.image_size) != size:
+        raise ValueError(
+            f"{flag} {checkpoint}: the checkpoint reads {tuple(config.vision.image_size)} frames but "
+            f"{env_id} gives {size}; use a checkpoint trained on {env_id}"
         )
 
 
@@ -646,32 +720,47 @@ def train_rl(
 ) -> dict[str, Any]:
     """PPO for ``steps`` env steps; writes ``out/checkpoint`` (the final policy), ``out/tb``
     (SB3's scalars + per-task success) and ``out/summary.json``. ``resume`` continues from
-    ``out/checkpoint`` (weights, optimizer, step count; envs restart with fresh episodes)."""
+    ``out/checkpoint`` (weights, optimizer, step count; envs restart with fresh episodes).
+
+    SIGINT or SIGTERM ends the run at the next env step with a checkpoint of the last update
+    and raises ``TrainingInterrupted`` (its message says how to resume)."""
     cfg = run.rl
     out_dir = Path(out)
     checkpoint = out_dir / CHECKPOINT
     start_from = init
     if resume:
         if not (checkpoint / TRAINER_STATE).exists():
-            raise FileNotFoundError(
-                f"--resume: {checkpoint / TRAINER_STATE} does not exist; start without --resume"
+            raise ValueError(
+                f"--resume: {out_dir} holds no RL checkpoint ({checkpoint / TRAINER_STATE} does not exist), "
+                "so there is nothing to continue: run without --resume to start it"
             )
         start_from = str(checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_id, cfg.n_envs, cfg.vec_env, cfg.seed, cfg.max_tokens, **(env_kwargs or {}))
+    with children_ignore_interrupts():  # subprocess envs start here and leave Ctrl-C to us
+        env = make_env(env_id, cfg.n_envs, cfg.vec_env, cfg.seed, cfg.max_tokens, **(env_kwargs or {}))
+    stop = StopRequest()
+    logger: Logger | None = None
     try:
-        algo = build_ppo(
-            run, env, init=start_from, reference=init, tensorboard=str(out_dir / "tb"), verbose=verbose
-        )
+        if start_from:
+            check_init_matches_env(start_from, env, env_id, "--resume" if resume else "--init")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        algo = build_ppo(run, env, init=start_from, reference=init, verbose=verbose)
         if resume:
             state = torch.load(checkpoint / TRAINER_STATE, map_location=algo.device, weights_only=True)
             algo.policy.optimizer.load_state_dict(state["optimizer"])
             algo.num_timesteps = int(state["num_timesteps"])
             algo._n_updates = int(state["n_updates"])
             algo.kl_coef = float(state["kl_coef"])
+        # SB3 logs at step = num_timesteps; a resumed run keeps the checkpoint's own point.
+        formats = [_ResumableTensorBoard(str(out_dir / "tb"), algo.num_timesteps + 1 if resume else None)]
+        if verbose:
+            formats.append(HumanOutputFormat(sys.stdout))
+        logger = Logger(str(out_dir / "tb"), formats)
+        algo.set_logger(logger)
         last_saved = [algo.num_timesteps]
+        trained = [algo.num_timesteps]
 
         def after_update(current: SequencePPO) -> None:
+            trained[0] = current.num_timesteps
             if current.num_timesteps - last_saved[0] >= cfg.checkpoint_every:
                 save_rl_checkpoint(checkpoint, current, run, env_id, init)
                 last_saved[0] = current.num_timesteps
@@ -679,17 +768,31 @@ def train_rl(
         algo.after_update = after_update
         started = time.perf_counter()
         start_steps = algo.num_timesteps
-        # SB3 counts ``total_timesteps`` from where a continued run stands.
-        algo.learn(
-            total_timesteps=max(steps - algo.num_timesteps, 0) if resume else steps,
-            reset_num_timesteps=not resume,
-            tb_log_name="ppo",
-            progress_bar=progress,
-        )
+        with stop.catching():
+            # SB3 counts ``total_timesteps`` from where a continued run stands.
+            algo.learn(
+                total_timesteps=max(steps - algo.num_timesteps, 0) if resume else steps,
+                reset_num_timesteps=not resume,
+                callback=_StopWhenRequested(stop),
+                progress_bar=progress,
+            )
         wall = time.perf_counter() - started
+        if stop:
+            algo.num_timesteps = trained[0]  # the steps of an unfinished rollout trained nothing
         save_rl_checkpoint(checkpoint, algo, run, env_id, init)
     finally:
         env.close()
+        if logger is not None:
+            logger.close()
+    if stop:
+        assert stop.signal_number is not None
+        command = f"instructcraft rl --env {env_id} --steps {steps} --out {out_dir} --resume"
+        raise TrainingInterrupted(
+            f"interrupted after {algo.num_timesteps} of {steps} env steps: checkpoint written to "
+            f"{checkpoint}; resume with `{command}` (and the same --config/--set/--tasks"
+            f"{f', --init {init}' if init else ''})",
+            stop.signal_number,
+        )
     summary = {
         "env_id": env_id,
         "init": init,
