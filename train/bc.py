@@ -31,6 +31,7 @@ from policies.persist import CheckpointWriteError, atomic_directory, describe_wr
 from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
+from train.validation import action_names, log_validation, split_episodes, validate
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer.pt"
@@ -314,9 +315,12 @@ def train_bc_policy(
     resume: str | None = None,
     progress: bool = True,
     evaluate_fn: Any = None,
+    init: str | None = None,
 ) -> tuple[InstructionPolicy, dict[str, Any]]:
     """Train; returns the policy and a summary. ``evaluate_fn(policy, step, writer) -> dict`` runs
-    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py).
+    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py). ``init``
+    starts from a checkpoint's weights and architecture (fine-tuning, DAgger rounds) with a
+    fresh optimizer and schedule.
 
     SIGINT or SIGTERM finishes the step, writes the checkpoint and raises ``TrainingInterrupted``
     (its message says how to resume)."""
@@ -339,7 +343,21 @@ def train_bc_policy(
         run = dataclasses.replace(run, policy=run.policy.replace(**{"vision.image_size": list(image_shape)}))
 
     torch.manual_seed(cfg.seed)
-    policy = InstructionPolicy(run.policy).to(device)
+    if init is not None:
+        if resume:
+            raise ValueError("pass --init (start from weights) or --resume (continue a run), not both")
+        policy = InstructionPolicy.from_pretrained(init, map_location=device)
+        policy.check_action_space(spec)
+        if tuple(policy.config.vision.image_size) != image_shape:
+            raise ValueError(
+                f"{init} was trained on {tuple(policy.config.vision.image_size)} frames but {data} holds "
+                f"{image_shape}: fine-tune on data of the same frame size"
+            )
+        kept = {"instruction_dropout": run.policy.instruction_dropout}
+        run = dataclasses.replace(run, policy=policy.config.replace(**kept))
+        policy.config = run.policy
+    else:
+        policy = InstructionPolicy(run.policy).to(device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -372,10 +390,18 @@ def train_bc_policy(
             find_unused_parameters=True,
         )
 
+    _, validation_episodes = split_episodes(dataset_info, cfg.val_fraction, cfg.seed)
     shard = dataset_info.shard(distributed.rank, distributed.world_size)
-    if skipped:
-        shard = sorted(set(shard) - set(skipped))
-    chunks = ChunkDataset(data, cfg.chunk_length, episodes=shard, gamma=cfg.gamma)
+    shard = sorted(set(shard) - set(skipped) - set(validation_episodes))
+    chunks = ChunkDataset(
+        data, cfg.chunk_length, episodes=shard, gamma=cfg.gamma, pack=cfg.pack, seed=cfg.seed
+    )
+    held_out, names = None, None
+    if validation_episodes and distributed.main:
+        held_out = ChunkDataset(
+            data, cfg.chunk_length, episodes=sorted(set(validation_episodes) - set(skipped)), pack=cfg.pack
+        )
+        names = action_names(dataset_info.metadata.get("env_id", ""))
     loader = make_loader(
         chunks,
         cfg.batch_size,
@@ -411,7 +437,13 @@ def train_bc_policy(
     step = start_step
     last_log = time.perf_counter()
     samples_since_log = 0
-    summary: dict[str, Any] = {"evaluations": [], "skipped_episodes": skipped}
+    summary: dict[str, Any] = {
+        "evaluations": [],
+        "skipped_episodes": skipped,
+        "validation_episodes": len(validation_episodes),
+        "real_fraction": chunks.real_fraction,
+    }
+    real_steps, train_seconds = 0, 0.0
     last_good = last_good_checkpoint(checkpoint_dir)
     with children_ignore_interrupts():  # DataLoader workers start here
         batches = iter(loader)
@@ -420,6 +452,7 @@ def train_bc_policy(
     try:
         with stop.catching():
             while step < cfg.steps:
+                began = time.perf_counter()
                 batch = next(batches)
                 generator = torch.Generator().manual_seed(
                     cfg.seed * 1_000_003 + step * 7919 + distributed.rank
@@ -430,8 +463,11 @@ def train_bc_policy(
                 mask = batch["mask"].to(device, non_blocking=True)
                 times = batch["times"].to(device, non_blocking=True)
                 returns = batch["returns"].to(device, non_blocking=True)
+                segments = batch["segments"].to(device, non_blocking=True) if cfg.pack else None
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    output = model(frames, list(batch["instruction"]), times=times, frame_mask=mask)
+                    output = model(
+                        frames, list(batch["instruction"]), times=times, frame_mask=mask, segments=segments
+                    )
                 logits = output.logits.float()
                 log_prob = policy.distribution(logits).log_prob(actions)
                 steps_real = mask.sum().clamp_min(1)
@@ -458,6 +494,8 @@ def train_bc_policy(
                 scheduler.step()
                 step += 1
                 samples_since_log += int(mask.sum()) * distributed.world_size
+                real_steps += int(mask.sum()) * distributed.world_size
+                train_seconds += time.perf_counter() - began
                 if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
                     elapsed = time.perf_counter() - last_log
                     writer.add_scalar("train/loss", loss_value, step)
@@ -492,6 +530,12 @@ def train_bc_policy(
                             f"step {step}: {error}; training stopped; {last_good}"
                         ) from None
                     last_good = last_good_checkpoint(checkpoint_dir)
+                validation_due = (step % cfg.val_every == 0) if cfg.val_every else due
+                if held_out is not None and (validation_due or step == cfg.steps):
+                    result = validate(policy, held_out, cfg.batch_size, device, names)
+                    summary["validation"] = {"step": step, **result}
+                    if writer is not None:
+                        log_validation(writer, result, step)
                 if stopping:
                     if distributed.world_size > 1:
                         dist.barrier()  # every rank waits until rank 0 has written the checkpoint
@@ -522,8 +566,17 @@ def train_bc_policy(
     if distributed.world_size > 1:
         dist.barrier()
     summary.update(
-        {"steps": step, "final_loss": loss_value, "checkpoint": str(checkpoint_dir), "out": str(out_dir)}
+        {
+            "steps": step,
+            "final_loss": loss_value,
+            "checkpoint": str(checkpoint_dir),
+            "out": str(out_dir),
+            # Real (unpadded) steps per second of training, loading included.
+            "real_steps_per_s": real_steps / max(train_seconds, 1e-9),
+        }
     )
+    if distributed.main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return policy, summary
 
 
@@ -534,6 +587,7 @@ def train_bc(
     resume: str | None = None,
     progress: bool = True,
     evaluate_fn: Any = None,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Train; returns a JSON-able summary (``train_bc_policy`` also returns the policy)."""
-    return train_bc_policy(run, data, out, resume, progress, evaluate_fn)[1]
+    return train_bc_policy(run, data, out, resume, progress, evaluate_fn, init)[1]

@@ -62,9 +62,19 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)"""
     skip_bad_episodes: bool = False
     """train on the readable episodes when some are missing or corrupt (default: refuse to start)"""
+    pack: bool = False
+    """pack several short episodes of one instruction into each chunk (a block-causal mask keeps
+    them apart), so batches hold real steps instead of padding"""
+    val_fraction: float = 0.05
+    """episodes held out for validation loss and accuracy (0 = none); chosen by train.seed"""
+    val_every: int = 0
+    """validate every N steps (0 = at each checkpoint and at the end)"""
 
     def __post_init__(self) -> None:
         _check_numbers(self, "train")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _at_least(self, "train", 0, "val_every")
         _at_least(self, "train", 1, "steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
         _at_least(self, "train", 0, "workers", "augment_shift", "warmup_steps", "eval_every", "eval_episodes")
         _at_least(self, "train", 0, "seed", "weight_decay", "value_coef", "grad_clip")

@@ -1,0 +1,125 @@
+"""Held-out validation for behavioral cloning: loss and accuracy on episodes never trained on.
+
+It tells underfitting (validation loss high, accuracy low) apart from compounding error (the
+policy predicts the expert well on the expert's own states, yet fails in rollouts, where its
+own mistakes lead to states the data never shows).
+
+Shape legend: B rows, L steps per row, A action components.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.dataset import Dataset
+from policies import InstructionPolicy
+from train.data import ChunkDataset, trainable
+
+
+def split_episodes(dataset: Dataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) episode indices: whole episodes, never steps, so no validation step
+    has a training step of its own episode beside it. Only trainable episodes are held out."""
+    usable = [i for i, entry in enumerate(dataset.episodes) if trainable(entry, only_success=True)]
+    # At least one episode when asked for any, and never all of them.
+    count = min(max(round(fraction * len(usable)), 1), len(usable) - 1) if fraction > 0 else 0
+    held = set(np.random.default_rng([seed, 4_242]).permutation(usable)[:count].tolist())
+    return [i for i in range(len(dataset)) if i not in held], sorted(held)
+
+
+def action_names(env_id: str) -> list[str] | None:
+    """The env's action names when it has them (Crafter-Instruct does), else None."""
+    try:
+        import gymnasium as gym
+
+        import envs  # noqa: F401  (registers the ids)
+
+        names = getattr(gym.make(env_id).unwrapped, "action_names", None)
+    except Exception:  # an id from another machine's registry: plain indices are fine
+        return None
+    return list(names) if names is not None else None
+
+
+@torch.no_grad()
+def validate(
+    policy: InstructionPolicy,
+    rows: ChunkDataset,
+    batch_size: int,
+    device: str,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Loss (nats per step), accuracy of the most likely action per head, per expert action
+    (recall: how often the label is predicted when it is the label) and per task, over every
+    step of ``rows``, with the instruction always given."""
+    was_training = policy.training
+    policy.eval()
+    total_log_prob, steps = 0.0, 0
+    head_hits: np.ndarray | None = None
+    per_action: dict[int, list[int]] = {}
+    per_task: dict[str, list[int]] = {}
+    try:
+        for start in range(0, len(rows), batch_size):
+            items = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+            batch = {
+                key: torch.stack([item[key] for item in items])
+                for key in items[0]
+                if key not in ("instruction", "task")
+            }
+            mask = batch["mask"].to(device)
+            output = policy(
+                batch["frames"].to(device),
+                [item["instruction"] for item in items],
+                times=batch["times"].to(device),
+                frame_mask=mask,
+                segments=batch["segments"].to(device),
+                drop_instruction=torch.zeros(len(items), dtype=torch.bool),
+            )
+            distribution = policy.distribution(output.logits.float())
+            actions = batch["actions"].to(device)
+            total_log_prob += float((distribution.log_prob(actions) * mask).sum())
+            steps += int(mask.sum())
+            mode = distribution.mode()
+            if mode.dim() == mask.dim():  # one component: (B, L) -> (B, L, 1)
+                mode, actions = mode[..., None], actions[..., None]
+            hits = (mode == actions) & mask[..., None]  # (B, L, A)
+            counts = hits.sum((0, 1)).cpu().numpy()
+            head_hits = counts if head_hits is None else head_hits + counts
+            first_hit = hits[..., 0][mask].cpu().numpy()
+            first_label = actions[..., 0][mask].cpu().numpy()
+            for label, hit in zip(first_label.tolist(), first_hit.tolist(), strict=True):
+                per_action.setdefault(label, [0, 0])[0] += int(hit)
+                per_action[label][1] += 1
+            all_hit = hits.all(-1)
+            for row, item in enumerate(items):
+                entry = per_task.setdefault(item["task"], [0, 0])
+                entry[0] += int(all_hit[row][mask[row]].sum())
+                entry[1] += int(mask[row].sum())
+    finally:
+        policy.train(was_training)
+
+    def label(action: int) -> str:
+        return names[action] if names is not None and action < len(names) else str(action)
+
+    return {
+        "steps": steps,
+        "episodes": len({number for row in rows.rows for number, _, _ in row}),
+        "loss": -total_log_prob / max(steps, 1),
+        "accuracy_heads": [float(h) / max(steps, 1) for h in (head_hits if head_hits is not None else [])],
+        "accuracy_actions": {
+            label(action): {"accuracy": hit / count, "steps": count}
+            for action, (hit, count) in sorted(per_action.items())
+        },
+        "accuracy_tasks": {task: hit / count for task, (hit, count) in sorted(per_task.items())},
+    }
+
+
+def log_validation(writer: Any, result: dict[str, Any], step: int) -> None:
+    writer.add_scalar("val/loss", result["loss"], step)
+    for head, accuracy in enumerate(result["accuracy_heads"]):
+        writer.add_scalar(f"val/accuracy_head{head}", accuracy, step)
+    for name, entry in result["accuracy_actions"].items():
+        writer.add_scalar(f"val/accuracy_action/{name}", entry["accuracy"], step)
+    for task, accuracy in result["accuracy_tasks"].items():
+        writer.add_scalar(f"val/accuracy_task/{task}", accuracy, step)
