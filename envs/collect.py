@@ -45,6 +45,7 @@ def run_episode(
         if noise > 0 and rng.random() < noise:
             executed = int(rng.integers(env.action_space.n))
         executed_actions.append(int(executed))
+        expert.executed(executed)
         obs, reward, term, trunc, info = env.step(executed)
         images.append(obs["image"])
         actions.append(action)

@@ -256,9 +256,15 @@ def cmd_bc(args: argparse.Namespace) -> int:
     from train.config import load_run_config
     from train.evaluation import periodic_evaluator
 
-    run = load_run_config(args.config, args.set)
+    skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
+    run = load_run_config(args.config, [*args.set, *skip])
     summary = train_bc(
-        run, args.data, args.out, resume=args.resume, evaluate_fn=periodic_evaluator(run, args.data)
+        run,
+        args.data,
+        args.out,
+        resume=args.resume,
+        evaluate_fn=periodic_evaluator(run, args.data),
+        init=args.init,
     )
     if summary is None:
         return 0
@@ -270,6 +276,42 @@ def cmd_bc(args: argparse.Namespace) -> int:
         )
         for row in summary["evaluations"]:
             print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
+    return 0
+
+
+def cmd_dagger(args: argparse.Namespace) -> int:
+    from envs.experts import default_expert_for
+    from train.config import load_run_config
+    from train.dagger import DaggerConfig, run_dagger
+
+    run = load_run_config(args.config, args.set)
+    dagger = DaggerConfig(
+        rounds=args.rounds,
+        episodes=args.episodes,
+        beta=args.beta,
+        beta_decay=args.beta_decay,
+        steps=args.steps_per_round,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+    )
+    state = run_dagger(
+        run,
+        dagger,
+        args.data,
+        args.out,
+        args.env,
+        args.expert or default_expert_for(args.env),
+        tasks=args.tasks,
+        init=args.init,
+        resume=args.resume,
+    )
+    if args.json:
+        _print_json(state)
+    else:
+        for entry in state["rounds"]:
+            shown = f"success {entry['success']:.3f}" if "success" in entry else "not evaluated"
+            print(f"round {entry['round']}: {shown}, dataset {entry['dataset_episodes']} episodes")
+        print(f"checkpoint {state['checkpoint']}")
     return 0
 
 
@@ -584,8 +626,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
     p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
+    p.add_argument(
+        "--init", default=None, help="start from a checkpoint's weights (fresh optimizer): fine-tuning"
+    )
+    p.add_argument(
+        "--skip-bad-episodes",
+        action="store_true",
+        help="train on the readable episodes when some are missing or corrupt (train.skip_bad_episodes)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_bc)
+
+    p = sub.add_parser(
+        "dagger",
+        help="DAgger: roll the policy out, the expert labels every visited state, aggregate, retrain",
+    )
+    add_config_arguments(
+        p, "YAML or JSON run config ({policy: ..., train: ...}) for round 0", "train.steps=700"
+    )
+    p.add_argument("--data", required=True, help="demonstrations to start from (copied into OUT/data)")
+    p.add_argument("--env", required=True, help="env id the rollouts run in")
+    p.add_argument(
+        "--out", required=True, help="output directory (data/, round_NN/, checkpoint/, tb/, dagger.json)"
+    )
+    p.add_argument("--expert", default=None, help="expert that labels (default: the env's default expert)")
+    p.add_argument("--tasks", nargs="+", default=None, help="Crafter-Instruct tasks to cycle through")
+    p.add_argument("--init", default=None, help="round-0 policy: a checkpoint instead of BC on --data")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds after round 0")
+    p.add_argument("--episodes", type=positive_int, default=200, help="labelled rollouts per round")
+    p.add_argument("--beta", type=float, default=0.5, help="P(execute the expert's action) in round 1")
+    p.add_argument("--beta-decay", type=float, default=0.5, help="beta is multiplied by this every round")
+    p.add_argument("--steps-per-round", type=positive_int, default=400, help="BC fine-tuning steps per round")
+    p.add_argument(
+        "--eval-episodes", type=non_negative_int, default=40, help="learner-only evaluation per round"
+    )
+    p.add_argument("--workers", type=positive_int, default=2, help="rollout and evaluation processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_dagger)
 
     p = sub.add_parser("rl", help="PPO (stable-baselines3) on the fusion policy, from scratch or from BC")
     add_config_arguments(p, "YAML or JSON run config ({policy: ..., rl: ...})", "rl.n_envs=4")
@@ -717,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, RuntimeError, LookupError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)  # an interrupted run: 128 + the signal
     except Exception as error:
         if type(error).__module__.startswith("gymnasium"):  # unknown env ids and the like
             print(f"error: {error}", file=sys.stderr)

@@ -32,3 +32,7 @@ class BabyAIExpert(Expert):
         action = self._bot.replan(self._last_action)
         self._last_action = action
         return int(action)
+
+    def executed(self, action: Any) -> None:
+        # The bot updates its plan from the action taken: the executed one, not its own label.
+        self._last_action = action

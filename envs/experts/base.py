@@ -20,3 +20,8 @@ class Expert(ABC):
     @abstractmethod
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> Any:
         """The action for the current step."""
+
+    def executed(self, action: Any) -> None:  # noqa: B027  (optional hook, no-op by default)
+        """Told the action the env actually ran this step when it was not necessarily this
+        expert's (label noise, DAgger). Experts that plan from the true state each step ignore
+        it; one that keeps a plan (the BabyAI bot) must update it from what really happened."""

@@ -70,7 +70,7 @@ def test_dart_noise_records_expert_labels(tmp_path) -> None:
     clean = run_episode(env, make_expert("crafter_planner"), 7, None, envs.CRAFTER_ID)
     noisy = run_episode(env, make_expert("crafter_planner"), 7, None, envs.CRAFTER_ID, noise=0.5)
     executed = list(env.executed)
-    assert noisy.extra == {"label_noise": 0.5} and clean.extra == {}
+    assert noisy.extra == {"label_noise": 0.5, "executed_actions": executed} and clean.extra == {}
     assert not (len(clean.actions) == len(noisy.actions) and (clean.actions == noisy.actions).all())
     assert executed != noisy.actions.tolist(), "some executed actions must be noise"
     # Replay what ran; at each state a fresh expert (fed the same history) names the label.
