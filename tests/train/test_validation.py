@@ -55,7 +55,7 @@ def test_bc_reports_validation_and_never_trains_on_it(demos: str, tmp_path: Path
     result = summary["validation"]
     assert result["step"] == 6 and result["episodes"] == 3
     assert result["steps"] == sum(Dataset(demos).episodes[i]["length"] for i in held)
-    assert 0.0 < result["loss"] and 0.0 <= result["accuracy_heads"][0] <= 1.0
+    assert result["loss"] > 0.0 and 0.0 <= result["accuracy_heads"][0] <= 1.0
     actions = result["accuracy_actions"]
     assert sum(entry["steps"] for entry in actions.values()) == result["steps"]
     assert set(actions) <= set(envs.crafter_instruct.ACTION_NAMES)
