@@ -647,6 +647,9 @@ def save_rl_checkpoint(
                     "n_updates": algo._n_updates,
                     "kl_coef": algo.kl_coef,
                     "optimizer": algo.policy.optimizer.state_dict(),
+                    # A resumed run samples the same actions an uninterrupted one would.
+                    "rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                 },
                 staging / TRAINER_STATE,
             )
@@ -750,6 +753,10 @@ def train_rl(
             algo.num_timesteps = int(state["num_timesteps"])
             algo._n_updates = int(state["n_updates"])
             algo.kl_coef = float(state["kl_coef"])
+            if "rng" in state:  # building the PPO above reseeded torch
+                torch.set_rng_state(state["rng"])
+                if "cuda_rng" in state and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
         # SB3 logs at step = num_timesteps; a resumed run keeps the checkpoint's own point.
         formats = [_ResumableTensorBoard(str(out_dir / "tb"), algo.num_timesteps + 1 if resume else None)]
         if verbose:

@@ -87,13 +87,6 @@ def test_resume_restores_weights_optimizer_and_kl_coefficient(tmp_path: Path, bc
             assert torch.equal(moments[index][name], moments_again[index][name]), (index, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train/rl.py: trainer.pt holds no RNG state and SB3 reseeds torch when the resumed PPO is "
-    "built, so the resumed rollouts sample other actions than the uninterrupted run; saving "
-    "torch.get_rng_state() in save_rl_checkpoint and restoring it after build_ppo on resume makes "
-    "this pass",
-)
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path, bc_init: str) -> None:
     """64 steps, then resume to 96, on a deterministic env whose episodes end with each rollout:
     the same weights as 96 steps straight."""
