@@ -46,13 +46,34 @@ def write_frames(path: str | Path, frames: np.ndarray, fps: int = 20, lossless: 
             writer.append_data(np.asarray(frame, dtype=np.uint8))
 
 
+def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``target`` outputs along one axis: the two source indices and the weight of
+    the second, with cv2's half-pixel centres (src = (dst + 0.5) * source / target - 0.5)
+    clamped to the edge pixels. Two taps whatever the scale: no antialiasing, like cv2."""
+    position = (np.arange(target, dtype=np.float64) + 0.5) * (source / target) - 0.5
+    position = np.clip(position, 0.0, source - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, source - 1)
+    return low, high, position - low
+
+
 def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize to (H, W), as VPT's loader does (cv2 INTER_LINEAR)."""
+    """Bilinear resize of a uint8 (H, W[, C]) frame to (H', W'), as VPT's loader does with
+    ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)``: half-pixel centres, two taps per axis
+    (no antialiasing when shrinking, unlike PIL's BILINEAR), rounded to nearest. cv2 uses
+    11-bit fixed-point weights, so its pixels can differ from these by 1."""
+    frame = np.asarray(frame)
     if frame.shape[:2] == tuple(size):
         return frame
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
+    rows_low, rows_high, row_weight = _linear_taps(frame.shape[0], size[0])
+    cols_low, cols_high, col_weight = _linear_taps(frame.shape[1], size[1])
+    extra = (1,) * (frame.ndim - 2)
+    source = frame.astype(np.float64)
+    row_weight = row_weight.reshape(-1, 1, *extra)
+    rows = source[rows_low] * (1.0 - row_weight) + source[rows_high] * row_weight
+    col_weight = col_weight.reshape(1, -1, *extra)
+    out = rows[:, cols_low] * (1.0 - col_weight) + rows[:, cols_high] * col_weight
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
 def count_frames(path: str | Path) -> int:

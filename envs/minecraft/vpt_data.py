@@ -15,8 +15,9 @@ openai/Video-Pre-Training (``data_loader.py``, ``run_inverse_dynamics_model.py``
   the VPT paper.
 
 Not reproduced: the mouse cursor VPT draws onto frames while a GUI is open (its image is not
-shipped here). Frames are resized bilinearly to ``size``. The native format keeps T+1
-observations for T actions, so the last kept tick's action is dropped.
+shipped here). Frames are resized to ``size`` as VPT's cv2 ``INTER_LINEAR`` does it
+(``video.resize``). The native format keeps T+1 observations for T actions, so the last kept
+tick's action is dropped.
 """
 
 from __future__ import annotations
