@@ -11,8 +11,10 @@ As in minerl's ``DataPipeline._load_data_pyfunc``: T = len(reward) + 1 states; t
 ``true_video_frame_count - T`` frames of the video precede the experiment and are skipped; the
 final state's frame is the previous frame repeated (the pipeline does the same). Actions are
 factorized with ``ActionLayout`` (buttons, mu-law camera bins, Enum actions of the env).
-Enum columns may hold strings or indices. Object arrays need ``allow_pickle=True``, which
-runs code from the file: only for files you trust.
+Enum columns may hold strings or indices; an index means what it means to minerl's ``Enum``
+space, which sorts its values (``np.array(sorted(values))``): i stands for ``sorted(values)[i]``,
+not for the layout's order ("none" first). Object arrays need ``allow_pickle=True``, which runs
+code from the file: only for files you trust.
 """
 
 from __future__ import annotations
@@ -68,6 +70,21 @@ def _load_npz(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path} is not a readable npz: {error}") from None
 
 
+def _enum_strings(path: Path, name: str, values: tuple[str, ...], column: np.ndarray) -> np.ndarray:
+    """An ``action$<name>`` column as value strings: integers index minerl's sorted values."""
+    array = np.asarray(column)
+    if array.dtype.kind not in "iu":
+        return array
+    ordered = np.array(sorted(values))
+    outside = array[(array < 0) | (array >= len(ordered))]
+    if outside.size:
+        raise DatasetError(
+            f"{path}: 'action${name}' holds index {int(outside[0])}, outside [0, {len(ordered)}) "
+            f"(minerl indexes the sorted values {ordered.tolist()})"
+        )
+    return ordered[array]
+
+
 def read_stream(stream: Path, task: MineRLTask, layout: ActionLayout, allow_pickle: bool = False) -> Episode:
     """One stream directory -> a native Episode (T-1 steps, T images)."""
     for name in STREAM_FILES:
@@ -99,6 +116,8 @@ def read_stream(stream: Path, task: MineRLTask, layout: ActionLayout, allow_pick
                 "(actions and rewards have T-1 entries)"
             )
         actions[key] = column
+    for name, values in layout.enums:
+        actions[name] = _enum_strings(stream / "rendered.npz", name, values, actions[name])
     for key, value in arrays.items():
         if key.startswith("observation$") and len(value) != states:
             raise DatasetError(

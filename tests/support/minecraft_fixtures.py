@@ -35,8 +35,9 @@ def write_minerl_stream(
         arrays[f"action${name}"] = rng.integers(0, 2, steps).astype(np.int64)
     arrays["action$camera"] = rng.uniform(-15, 15, (steps, 2)).astype(np.float32)
     for name, values in task.enums:
-        picks = rng.integers(0, len(values), steps)
-        arrays[f"action${name}"] = np.array(values)[picks] if enums_as == "str" else picks
+        chosen = np.array(values)[rng.integers(0, len(values), steps)]
+        # minerl's Enum space sorts its values: index i stands for sorted(values)[i]
+        arrays[f"action${name}"] = chosen if enums_as == "str" else np.searchsorted(sorted(values), chosen)
     for item in task.inventory:
         arrays[f"observation$inventory${item}"] = rng.integers(0, 5, states)
     np.savez_compressed(directory / "rendered.npz", **arrays)
