@@ -16,6 +16,10 @@ from typing import Any
 
 POOLINGS = ("last", "mean", "cls")
 TEXT_ENCODERS = ("minilm", "hf", "word")
+# The fusion registry's keys (policies.fusion.FUSIONS), named here: the fusions import config.
+FUSION_TYPES = (
+    "cross_attention", "self_attention", "pooling", "gmu", "concat", "add", "mul", "bilinear", "film", "late",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -177,11 +181,9 @@ class FusionConfig:
     late_combine: str = "weighted"
 
     def __post_init__(self) -> None:
-        from policies.fusion import FUSIONS
-
         _require(
-            self.fusion_type in FUSIONS,
-            f"fusion_kwargs.fusion_type must be one of {sorted(FUSIONS)}, got {self.fusion_type!r}",
+            self.fusion_type in FUSION_TYPES,
+            f"fusion_kwargs.fusion_type must be one of {sorted(FUSION_TYPES)}, got {self.fusion_type!r}",
         )
         _require(
             self.projection_dim >= 1, f"fusion_kwargs.projection_dim must be >= 1, got {self.projection_dim}"

@@ -1,4 +1,6 @@
-"""Fusion registry: ``fusion_type`` -> class. Adding a fusion is one file and one line here."""
+"""Fusion registry: ``fusion_type`` -> class. Adding a fusion is one file, one line here and its
+name in ``policies.config.FUSION_TYPES`` (config checks names without importing the fusions,
+which import config)."""
 
 from __future__ import annotations
 
