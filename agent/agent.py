@@ -61,6 +61,7 @@ class Agent:
         self._unconditional: PolicyState | None = None
         self._last_extras: dict[str, torch.Tensor] = {}
         self._last_probs: torch.Tensor | None = None
+        self._last_logits: torch.Tensor | None = None
         self._started = False
         self._truncate = False
         # Instructions cut to the text encoder's limit (only with reset(..., truncate=True)).
@@ -194,6 +195,14 @@ class Agent:
         self._last_logits = logits
         self._last_value = output.value
         return self._to_env_action(action)
+
+    @property
+    def last_logits(self) -> torch.Tensor:
+        """The logits the last ``act`` chose from, (1, sum of action sizes), guided when it was
+        given a ``cfg_scale``; ``policy.distribution(agent.last_logits)`` scores other actions."""
+        if self._last_logits is None:
+            raise RuntimeError("no step taken yet: call act() first")
+        return self._last_logits
 
     def last_action_probability(self) -> float:
         return float(self._last_probs.reshape(-1)[0]) if self._last_probs is not None else float("nan")

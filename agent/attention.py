@@ -160,7 +160,7 @@ def record_dataset_episode(
         agent.act({"image": item.images[t]}, deterministic=True)
         expert = torch.as_tensor(item.actions[t]).to(agent.device)[None]
         recording.probabilities.append(
-            float(agent.policy.distribution(agent._last_logits).probs_of(expert)[0])
+            float(agent.policy.distribution(agent.last_logits).probs_of(expert)[0])
         )
         recording.frames.append(item.images[t])
         recording.steps.append(capture_step(agent))

@@ -789,10 +789,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or stdout is no file
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # a worker's pipe, say: a real failure
+            raise
+        # e.g. `instructcraft envs | head -1`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except (ValueError, RuntimeError, LookupError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)  # an interrupted run: 128 + the signal
@@ -801,8 +823,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         raise
-    except BrokenPipeError:  # e.g. `instructcraft envs | head`
-        return 0
 
 
 if __name__ == "__main__":
