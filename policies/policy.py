@@ -142,15 +142,21 @@ class InstructionPolicy(nn.Module):
         times: torch.Tensor,
         frame_mask: torch.Tensor,
         context_mask: torch.Tensor | None = None,
+        context_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """frames uint8 (B, T, H, W, 3) -> tokens (B, T, P, D); only real frames are encoded.
         Frames where ``context_mask`` (bool (B, T)) is True go through the frame encoder without
-        gradient (history that is read but not trained on, as in truncated BPTT)."""
+        gradient (history that is read but not trained on, as in truncated BPTT);
+        ``context_features`` (B, T, P, C), when given, holds their frame-encoder outputs already
+        (computed once and reused, e.g. across the epochs of a PPO update)."""
         batch, steps = frames.shape[:2]
         if context_mask is not None and bool((context_mask & frame_mask).any()):
             trained, context = frame_mask & ~context_mask, frame_mask & context_mask
-            with torch.no_grad():
-                encoded_context = self.frame_encoder(frames[context])
+            if context_features is not None:
+                encoded_context = context_features[context]
+            else:
+                with torch.no_grad():
+                    encoded_context = self.frame_encoder(frames[context])
             encoded = self.frame_encoder(frames[trained])
             tokens = encoded.new_zeros(batch, steps, *encoded.shape[1:])
             tokens[trained] = encoded
@@ -191,10 +197,12 @@ class InstructionPolicy(nn.Module):
         return_attention: bool = False,
         context_mask: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        context_features: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """frames uint8 (B, T, H, W, 3); instructions (B strings) or text (B, D) already encoded;
         times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real;
-        context_mask bool (B, T): frames encoded without gradient (see ``encode_frames``);
+        context_mask bool (B, T): frames encoded without gradient, or read from
+        ``context_features`` (B, T, P, C) when given (see ``encode_frames``);
         segments long (B, T), non-decreasing along T: a row packed with several episodes (of one
         instruction), each step seeing only the earlier frames of its own segment.
 
@@ -219,7 +227,11 @@ class InstructionPolicy(nn.Module):
                 drop_instruction = torch.rand(batch, device=device) < self.config.instruction_dropout
             text = self.encode_instructions(instructions, drop_instruction)
         tokens = self.encode_frames(
-            frames, times, frame_mask, None if context_mask is None else context_mask.to(device)
+            frames,
+            times,
+            frame_mask,
+            None if context_mask is None else context_mask.to(device),
+            None if context_features is None else context_features.to(device),
         )
         query_time = self.query_time(sinusoid(times, self._dim))
         visible_times = times

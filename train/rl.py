@@ -416,8 +416,11 @@ class SequencePPO(PPO):
         super().dump_logs(iteration)
 
     # -- the update -----------------------------------------------------------------------
-    def _minibatch(self, segments: list[Segment]) -> dict[str, Any]:
-        """Pad the segments (context + rollout steps) into (S, L) tensors."""
+    def _minibatch(
+        self, segments: list[Segment], context_features: dict[int, torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        """Pad the segments (context + rollout steps) into (S, L) tensors; with
+        ``context_features`` ({env: (C_env, P, C)}), also the context frames' encodings."""
         buffer: SequenceRolloutBuffer = self.rollout_buffer
         images = buffer.observations["image"]
         length = max(s.context + s.steps for s in segments)
@@ -431,12 +434,18 @@ class SequencePPO(PPO):
         actions = torch.zeros(count, length, *action_shape, dtype=torch.long)
         fields = {name: torch.zeros(count, length) for name in ("log_prob", "advantages", "returns")}
         texts = []
+        features = None
+        if context_features:
+            shape = next(iter(context_features.values())).shape[1:]
+            features = torch.zeros(count, length, *shape, device=self.device)
         for row, seg in enumerate(segments):
             ctx = seg.context  # all the context frames of that env, or none
             if ctx:
                 context = buffer.context[seg.env]
                 frames[row, :ctx] = torch.from_numpy(np.stack(context["frames"]))
                 times[row, :ctx] = torch.tensor(context["times"])
+                if features is not None:
+                    features[row, :ctx] = context_features[seg.env]
             span = slice(ctx, ctx + seg.steps)
             frames[row, span] = self.policy.frames(images[seg.start : seg.stop, seg.env])
             times[row, span] = torch.from_numpy(buffer.times[seg.start : seg.stop, seg.env])
@@ -461,6 +470,7 @@ class SequencePPO(PPO):
             "loss_mask": loss_mask.to(device),
             "actions": actions.to(device),
             "texts": texts,
+            "context_features": features,
             **{name: value.to(device) for name, value in fields.items()},
         }
 
@@ -477,6 +487,26 @@ class SequencePPO(PPO):
         log_prob = self.model.distribution(output.logits).log_prob(batch["actions"].to(self.device))
         return -(log_prob * mask).sum() / mask.sum().clamp_min(1)
 
+    def _reference_logits(
+        self, batch: dict[str, Any], segments: list[Segment], cache: dict[tuple[int, int], torch.Tensor]
+    ) -> torch.Tensor:
+        """The reference policy's logits at the minibatch's rollout steps, in ``logits[mask]``
+        order (row by row), from ``cache`` for segments seen in an earlier epoch."""
+        missing = [row for row, seg in enumerate(segments) if (seg.env, seg.start) not in cache]
+        if missing:
+            with torch.no_grad():
+                logits = self.reference(
+                    batch["frames"][missing],
+                    [batch["texts"][row] for row in missing],
+                    times=batch["times"][missing],
+                    frame_mask=batch["frame_mask"][missing],
+                ).logits
+            mask = batch["loss_mask"][missing]
+            for index, row in enumerate(missing):
+                seg = segments[row]
+                cache[(seg.env, seg.start)] = logits[index][mask[index]]
+        return torch.cat([cache[(seg.env, seg.start)] for seg in segments])
+
     def train(self) -> None:
         began = time.perf_counter()
         self.policy.set_training_mode(True)
@@ -487,12 +517,23 @@ class SequencePPO(PPO):
         segments = split_segments(buffer.episode_starts.astype(bool), contexts)
         rng = np.random.default_rng([self.seed or 0, self._n_updates])
         model = self.model
+        # The frames from before the rollout are read, never trained on: encode them once per
+        # update, with the weights the rollout used, instead of once per epoch.
+        with torch.no_grad():
+            context_features = {
+                env: model.frame_encoder(torch.from_numpy(np.stack(context["frames"])).to(self.device))
+                for env, context in enumerate(buffer.context)
+                if context["frames"]
+            }
+        # The reference policy is frozen: its logits at each rollout step are computed in the first
+        # epoch and reused by the later ones ({(env, start): (steps, logits)}).
+        reference_logits: dict[tuple[int, int], torch.Tensor] = {}
         logs: dict[str, list[float]] = defaultdict(list)
         continue_training = True
         for _epoch in range(self.n_epochs):
             approx_kls = []
             for batch_segments in pack_minibatches(segments, self.batch_size, rng):
-                batch = self._minibatch(batch_segments)
+                batch = self._minibatch(batch_segments, context_features)
                 mask = batch["loss_mask"]
                 output = model(
                     batch["frames"],
@@ -501,6 +542,7 @@ class SequencePPO(PPO):
                     frame_mask=batch["frame_mask"],
                     drop_instruction=torch.zeros(len(batch["texts"]), dtype=torch.bool),
                     context_mask=~mask,  # earlier frames: keys/values only, no encoder gradient
+                    context_features=batch["context_features"],
                 )
                 logits = output.logits[mask]
                 distribution = model.distribution(logits)
@@ -519,13 +561,7 @@ class SequencePPO(PPO):
                 entropy_loss = -entropy.mean()
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 if self.reference is not None and self.kl_coef > 0:
-                    with torch.no_grad():
-                        reference = self.reference(
-                            batch["frames"],
-                            batch["texts"],
-                            times=batch["times"],
-                            frame_mask=batch["frame_mask"],
-                        ).logits[mask]
+                    reference = self._reference_logits(batch, batch_segments, reference_logits)
                     kl = kl_divergence(logits, reference, model.action_heads.sizes).mean()
                     loss = loss + self.kl_coef * kl
                     logs["kl_to_reference"].append(float(kl.detach()))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,6 +84,81 @@ def test_rollout_log_probs_equal_the_update_forward() -> None:
     recomputed = algo.model.distribution(out.logits[mask]).log_prob(batch["actions"][mask])
     torch.testing.assert_close(recomputed, batch["log_prob"][mask], atol=1e-5, rtol=0)
     env.close()
+
+
+def _bc_reference(tmp_path: Path) -> tuple[RunConfig, str]:
+    torch.manual_seed(3)
+    config = make_tiny_config().replace(
+        action_space={"type": "Discrete", "sizes": [4]}, **{"fusion_kwargs.max_history": 4}
+    )
+    InstructionPolicy(config).save_pretrained(tmp_path / "bc")
+    return RunConfig(policy=config, rl=tiny_run(n_envs=3, n_steps=4, batch_size=6, kl_coef=1.0).rl), str(
+        tmp_path / "bc"
+    )
+
+
+def _weights_after(run: RunConfig, init: str, updates: int = 3) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    algo, env = signal_ppo(run, length=7, init=init)
+    algo.learn(updates * run.rl.n_envs * run.rl.n_steps)
+    env.close()
+    return {k: v.clone() for k, v in algo.model.state_dict().items()}
+
+
+def test_reference_logits_are_computed_once_per_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frozen reference's logits are computed in the first epoch and read in the later ones:
+    the weights after three updates of three epochs equal those of recomputing them every time."""
+    from train.rl import SequencePPO
+
+    run, init = _bc_reference(tmp_path)
+    run = RunConfig(policy=run.policy, rl=dataclasses.replace(run.rl, n_epochs=3))
+    original = SequencePPO._reference_logits
+    seen = {"computed": 0, "read": 0}
+
+    def counting(self, batch, segments, cache):
+        seen["computed"] += sum((s.env, s.start) not in cache for s in segments)
+        seen["read"] += len(segments)
+        return original(self, batch, segments, cache)
+
+    monkeypatch.setattr(SequencePPO, "_reference_logits", counting)
+    cached = _weights_after(run, init)
+    assert seen["computed"] > 0 and seen["read"] == 3 * seen["computed"]
+    monkeypatch.setattr(
+        SequencePPO, "_reference_logits", lambda self, batch, segs, cache: original(self, batch, segs, {})
+    )
+    recomputed = _weights_after(run, init)
+    initial = InstructionPolicy.from_pretrained(init).state_dict()
+    assert any(not torch.equal(initial[name], value) for name, value in cached.items())
+    for name, value in cached.items():
+        torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_context_frames_are_encoded_once_with_the_rollout_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames from before the rollout are encoded once per update, under the weights the rollout
+    used (what the rollout's log-probs were computed with): with one epoch of one minibatch,
+    where those are still the current weights, the update equals encoding them in the forward."""
+    from train.rl import SequencePPO
+
+    run, init = _bc_reference(tmp_path)
+    run = RunConfig(policy=run.policy, rl=dataclasses.replace(run.rl, n_epochs=1, batch_size=64, kl_coef=0.0))
+    original = SequencePPO._minibatch
+    seen = {"context": 0}
+
+    def counting(self, segments, context_features=None):
+        seen["context"] += sum(s.context > 0 for s in segments) if context_features else 0
+        return original(self, segments, context_features)
+
+    monkeypatch.setattr(SequencePPO, "_minibatch", counting)
+    cached = _weights_after(run, init)
+    assert seen["context"] > 0, "the test must exercise context frames from an earlier rollout"
+    monkeypatch.setattr(SequencePPO, "_minibatch", lambda self, segs, features=None: original(self, segs))
+    recomputed = _weights_after(run, init)
+    for name, value in cached.items():
+        torch.testing.assert_close(value, recomputed[name], atol=1e-5, rtol=0, msg=name)
 
 
 def test_segments_split_at_episode_starts_and_pack() -> None:
