@@ -72,6 +72,11 @@ class PretrainedTextEncoder(nn.Module):
             self.backbone.eval()  # no dropout in a frozen encoder
         return self
 
+    def token_count(self, text: str) -> int:
+        """Tokens ``text`` makes before the ``max_tokens`` cut (special tokens included): more
+        than ``config.max_tokens`` means its end would be ignored."""
+        return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])
+
     def _encode(self, texts: list[str]) -> torch.Tensor:
         device = next(self.backbone.parameters()).device
         batch = self.tokenizer(
@@ -114,6 +119,10 @@ class WordTextEncoder(nn.Module):
         self.embedding = nn.Embedding(config.word_buckets + 1, config.word_dim, padding_idx=0)
         self.gru = nn.GRU(config.word_dim, config.word_dim, batch_first=True)
         self.output_dim = config.word_dim
+
+    def token_count(self, text: str) -> int:
+        """Words ``text`` makes before the ``max_tokens`` cut."""
+        return len(_WORD.findall(text.lower()))
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [
