@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import tempfile
 import time
 from collections.abc import Callable
@@ -289,15 +290,47 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
 BENCHES["policy"] = bench_policy
 
 
+# The frame encoder and batching that were the default before `vision.encoder` and `train.pack`
+# existed: `bench bc` measures the current default against it.
+PREVIOUS_BC_DEFAULT = {"vision": {"encoder": "impala", "position_embedding": False}, "pack": False}
+
+
+def _bc_step(policy: Any, optimizer: Any, batch: dict[str, Any], packed: bool) -> None:
+    out = policy(
+        batch["frames"],
+        list(batch["instruction"]),
+        times=batch["times"],
+        frame_mask=batch["mask"],
+        segments=batch["segments"] if packed else None,
+    )
+    log_prob = policy.distribution(out.logits).log_prob(batch["actions"])
+    loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
-    """One BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
-    same batches already in memory; same model, same run, interleaved blocks."""
+    """Two measurements on `make demo`-like data (4 tasks, DART noise 0.25):
+
+    - one BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
+      same batches already in memory; same model, same run, interleaved blocks;
+    - real (unpadded) training steps per second of the current default (frame encoder + packed
+      rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
+      from memory, interleaved blocks.
+    """
+    import dataclasses
+
     import torch
 
-    from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
+    from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig, VisionConfig
+    from train.config import TrainConfig
     from train.data import ChunkDataset, make_loader
 
     steps = 10 if quick else 30
+    tasks = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
+    action_space = ActionSpaceConfig("Discrete", (17,))
+    pack_now = TrainConfig().pack
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/data"
         collect(
@@ -305,48 +338,87 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
             envs.CRAFTER_ID,
             default_expert_for(envs.CRAFTER_ID),
             40 if quick else 200,
+            tasks=tasks,
             workers=2,
             seed=0,
+            noise=0.25,
         )
         torch.manual_seed(0)
-        config = PolicyConfig(action_space=ActionSpaceConfig("Discrete", (17,)))
+        config = PolicyConfig(action_space=action_space)
         policy = InstructionPolicy(config).train()
         optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
-        chunks = ChunkDataset(path, 32)
+        chunks = ChunkDataset(path, 32, pack=pack_now)
         loader = make_loader(chunks, 16, workers=workers, seed=0, start_sample=0, pin_memory=False)
 
-        def train_step(batch: dict[str, Any]) -> None:
-            out = policy(
-                batch["frames"], list(batch["instruction"]), times=batch["times"], frame_mask=batch["mask"]
-            )
-            log_prob = policy.distribution(out.logits).log_prob(batch["actions"])
-            loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
         batches = iter(loader)
-        train_step(next(batches))  # warm-up (workers started, text cached)
+        _bc_step(policy, optimizer, next(batches), pack_now)  # warm-up (workers started, text cached)
         loader_time = memory_time = 0.0
         for _ in range(2):
             held = []
             start = time.perf_counter()
             for _ in range(steps // 2):
                 batch = next(batches)
-                train_step(batch)
+                _bc_step(policy, optimizer, batch, pack_now)
                 held.append(batch)
             loader_time += time.perf_counter() - start
             start = time.perf_counter()
             for batch in held:
-                train_step(batch)
+                _bc_step(policy, optimizer, batch, pack_now)
             memory_time += time.perf_counter() - start
         del batches
+
+        # Previous default vs current default: real steps per second of training.
+        previous_vision = dataclasses.replace(VisionConfig(), **PREVIOUS_BC_DEFAULT["vision"])
+        setups = {
+            "previous": (
+                PolicyConfig(action_space=action_space, vision=previous_vision),
+                PREVIOUS_BC_DEFAULT["pack"],
+            ),
+            "default": (config, pack_now),
+        }
+        runs = {}
+        for name, (policy_config, packed) in setups.items():
+            torch.manual_seed(0)
+            model = InstructionPolicy(policy_config).train()
+            model_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            rows = make_loader(
+                ChunkDataset(path, 32, pack=packed), 16, workers=0, seed=0, start_sample=0, pin_memory=False
+            )
+            held = list(itertools.islice(rows, steps // 2 + 1))
+            _bc_step(model, model_optimizer, held[0], packed)  # warm-up
+            runs[name] = {
+                "model": model,
+                "optimizer": model_optimizer,
+                "batches": held[1:],
+                "packed": packed,
+                "seconds": 0.0,
+                "real": 0,
+                "padded": 0,
+            }
+        for _ in range(2):
+            for run in runs.values():
+                start = time.perf_counter()
+                for batch in run["batches"]:
+                    _bc_step(run["model"], run["optimizer"], batch, run["packed"])
+                run["seconds"] += time.perf_counter() - start
+                run["real"] += int(sum(batch["mask"].sum() for batch in run["batches"]))
+                run["padded"] += sum(batch["mask"].numel() for batch in run["batches"])
+    real_sps = {name: run["real"] / run["seconds"] for name, run in runs.items()}
     return {
         "loader_step_ms": 1000 * loader_time / steps,
         "inmemory_step_ms": 1000 * memory_time / steps,
         "loader_over_inmemory_step_time": loader_time / memory_time,
-        "batch": f"16 chunks x 32 steps, default model, {workers} loader workers",
-        "goals": {"loader_over_inmemory_step_time": "<= 1.1"},
+        "previous_default_real_steps_per_s": real_sps["previous"],
+        "default_real_steps_per_s": real_sps["default"],
+        "previous_default_real_fraction": runs["previous"]["real"] / runs["previous"]["padded"],
+        "default_real_fraction": runs["default"]["real"] / runs["default"]["padded"],
+        "real_steps_per_s_default_over_previous": real_sps["default"] / real_sps["previous"],
+        "batch": f"16 rows x 32 steps, {workers} loader workers; default: {config.vision.encoder} encoder, "
+        f"{config.vision.frame_tokens} tokens, pack={pack_now}; previous: {PREVIOUS_BC_DEFAULT}",
+        "goals": {
+            "loader_over_inmemory_step_time": "<= 1.1",
+            "real_steps_per_s_default_over_previous": ">= 2.0",
+        },
     }
 
 

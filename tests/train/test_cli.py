@@ -128,3 +128,26 @@ def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
     assert summary["bc"]["steps"] == 3 and set(summary["eval"]) == {"correct", "swapped"}
     assert (out / "bc" / "checkpoint" / "model.safetensors").exists()
     assert Path(summary["video"][0]).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
+    """`bench bc` reports real (unpadded) steps/s of the current default and of the previous one,
+    their ratio, and the share of real steps in each one's rows."""
+    results = json.loads(run_cli("bench", "bc", "--quick", "--json").stdout)
+    for key in (
+        "previous_default_real_steps_per_s",
+        "default_real_steps_per_s",
+        "loader_step_ms",
+        "inmemory_step_ms",
+    ):
+        assert 0 < results[key] < 1e7, (key, results[key])
+    assert results["real_steps_per_s_default_over_previous"] == pytest.approx(
+        results["default_real_steps_per_s"] / results["previous_default_real_steps_per_s"]
+    )
+    for key in ("previous_default_real_fraction", "default_real_fraction"):
+        assert 0 < results[key] <= 1
+    assert set(results["goals"]) == {
+        "loader_over_inmemory_step_time",
+        "real_steps_per_s_default_over_previous",
+    }
