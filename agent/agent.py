@@ -93,7 +93,7 @@ class Agent:
 
     def check_env(self, env: Any) -> None:
         """Raise a clear error if ``env``'s action space is not the policy's."""
-        from envs.dataset import action_space_spec
+        from envs.data.store import action_space_spec
 
         self.policy.check_action_space(action_space_spec(env.action_space))
 

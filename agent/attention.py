@@ -141,7 +141,7 @@ def record_dataset_episode(
     expert's, with the probability the policy gives them."""
     import torch
 
-    from envs.dataset import Dataset
+    from envs.data.store import Dataset
 
     if not agent.capture_attention:
         raise ValueError("the agent must be created with capture_attention=True")

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the ids an episode names)
-from envs.dataset import Dataset, Episode
+from envs.data.store import Dataset, Episode
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     graph = import_graph()
     assert "policies.config" in graph["policies.fusion.base"]  # module level
     assert "policies.fusion.cross_attention" in graph["policies.fusion"]  # a package re-export
-    assert {"envs.minecraft.video"} <= graph["envs.minecraft.vpt_data"]
+    assert {"envs.data.video"} <= graph["envs.data.vpt"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b", "c"}, "b": {"a"}, "c": {"d"}, "d": {"a"}}) == [["a", "b", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

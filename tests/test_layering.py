@@ -46,6 +46,6 @@ def test_import_direction(package: str) -> None:
 
 
 def test_importing_envs_loads_no_torch() -> None:
-    code = "import sys, envs, envs.wrappers, envs.collect, envs.dataset; print('torch' in sys.modules)"
+    code = "import sys, envs, envs.wrappers, envs.data.collect, envs.data.store; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from agent import Agent
 from agent.evaluate import sensitivity
-from envs.dataset import Dataset, action_space_spec
+from envs.data.store import Dataset, action_space_spec
 from envs.workers import make_env
 from train.bc import train_bc
 from train.config import load_run_config

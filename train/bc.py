@@ -25,7 +25,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.dataset import Dataset, DatasetError
+from envs.data.store import Dataset, DatasetError
 from policies import ActionSpaceConfig, InstructionPolicy
 from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
 from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError

@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from envs.collect import collect
-from envs.dataset import Dataset
+from envs.data.collect import collect
+from envs.data.store import Dataset
 from envs.experts import default_expert_for
 
 

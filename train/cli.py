@@ -74,7 +74,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from envs.collect import collect, next_seed, recorded_seeds
+    from envs.data.collect import collect, next_seed, recorded_seeds
     from envs.experts import default_expert_for
     from envs.workers import check_env_id
 
@@ -142,7 +142,7 @@ def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from envs.dataset import Dataset, DatasetError
+    from envs.data.store import Dataset, DatasetError
 
     try:
         dataset = Dataset(args.path)
@@ -192,7 +192,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         bar.set_postfix(task=episode.task, steps=episode.length)
 
     if args.source == "minerl":
-        from envs.minecraft.importers import import_minerl
+        from envs.data.importers import import_minerl
 
         summary = import_minerl(
             args.path,
@@ -203,7 +203,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             progress=progress,
         )
     elif args.source == "vpt":
-        from envs.minecraft.importers import import_vpt
+        from envs.data.importers import import_vpt
 
         summary = import_vpt(
             args.path,
@@ -214,7 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             progress=progress,
         )
     else:
-        from envs.minari_io import import_minari
+        from envs.data.minari import import_minari
 
         summary = import_minari(args.path, args.out, instruction=args.instruction)
     bar.close()
@@ -226,7 +226,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from envs.minari_io import export_minari
+    from envs.data.minari import export_minari
 
     summary = export_minari(args.data, args.id)
     if args.json:

@@ -32,8 +32,8 @@ import numpy as np
 import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent import Agent
 from agent.evaluate import evaluate
-from envs.collect import next_seed
-from envs.dataset import Dataset, DatasetWriter, Episode, action_space_spec
+from envs.data.collect import next_seed
+from envs.data.store import Dataset, DatasetWriter, Episode, action_space_spec
 from envs.experts import Expert, make_expert
 from envs.workers import check_env_id, make_env, ordered_map
 from policies import InstructionPolicy

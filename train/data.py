@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from envs.dataset import Dataset
+from envs.data.store import Dataset
 
 
 def trainable(entry: dict[str, Any], only_success: bool) -> bool:

@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 import envs
 from agent.evaluate import evaluate
-from envs.collect import collect
-from envs.dataset import Dataset
+from envs.data.collect import collect
+from envs.data.store import Dataset
 from envs.experts import default_expert_for
 from train.bc import train_bc
 from train.config import load_run_config

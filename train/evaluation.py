@@ -6,7 +6,7 @@ from typing import Any
 
 from agent import Agent
 from agent.evaluate import evaluate
-from envs.dataset import Dataset
+from envs.data.store import Dataset
 from train.config import RunConfig
 
 

@@ -49,7 +49,7 @@ from stable_baselines3.common.utils import explained_variance, safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.dataset import action_space_spec
+from envs.data.store import action_space_spec
 from envs.wrappers import ByteTokenizer, make_tokenized_env
 from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
 from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.dataset import Dataset
+from envs.data.store import Dataset
 from policies import InstructionPolicy
 from train.data import ChunkDataset, trainable
 

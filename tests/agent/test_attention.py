@@ -20,7 +20,7 @@ from agent.attention import (
     timeline_png,
     viewer_html,
 )
-from envs.collect import collect
+from envs.data.collect import collect
 from policies import InstructionPolicy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -126,7 +126,7 @@ def test_replay_of_a_recorded_demonstration(tmp_path: Path) -> None:
     collect(str(data), envs.CRAFTER_ID, "crafter_planner", 2, tasks=["collect_wood"], seed=3)
     agent = Agent.from_pretrained(tiny_checkpoint(tmp_path), capture_attention=True)
     from envs.crafter_instruct import ACTION_NAMES
-    from envs.dataset import Dataset
+    from envs.data.store import Dataset
 
     recording = record_dataset_episode(agent, str(data), 1, list(ACTION_NAMES))
     episode = Dataset(data).episode(1)

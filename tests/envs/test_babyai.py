@@ -5,7 +5,7 @@ import pytest
 
 import envs
 from envs.babyai import LEVELS
-from envs.collect import run_episode
+from envs.data.collect import run_episode
 from envs.experts import make_expert
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.dataset import Dataset, DatasetError, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
 
 SPACE = {"type": "Discrete", "n": 17}
 
@@ -114,7 +114,7 @@ WRITER = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_dataset import fake_episode
-from envs.dataset import DatasetWriter
+from envs.data.store import DatasetWriter
 rng = np.random.default_rng(0)
 with DatasetWriter({root!r}, env_id="test-env", image_shape=(8, 8, 3),
                    action_space={{"type": "Discrete", "n": 17}}, frames_per_block=4) as writer:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import envs
-from envs.collect import collect
-from envs.dataset import Dataset, DatasetWriter
+from envs.data.collect import collect
+from envs.data.store import Dataset, DatasetWriter
 from envs.replay import replay_dataset, step_digests
 from envs.tasks import TASKS
 

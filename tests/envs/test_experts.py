@@ -4,8 +4,8 @@ import gymnasium as gym
 import pytest
 
 import envs
-from envs.collect import collect, make_jobs, run_episode
-from envs.dataset import Dataset
+from envs.data.collect import collect, make_jobs, run_episode
+from envs.data.store import Dataset
 from envs.experts import default_expert_for, make_expert
 from envs.tasks import TASKS
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import envs
-from envs.collect import collect
-from envs.dataset import Dataset, DatasetError
+from envs.data.collect import collect
+from envs.data.store import Dataset, DatasetError
 
 pytest.importorskip("minari")
-from envs.minari_io import export_minari, import_minari
+from envs.data.minari import export_minari, import_minari
 
 
 @pytest.fixture(autouse=True)

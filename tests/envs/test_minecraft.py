@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from minecraft_fixtures import vpt_tick, write_minerl_stream, write_vpt_recording
 
-from envs.dataset import Dataset, DatasetError
+from envs.data.store import Dataset, DatasetError
 from envs.minecraft import (
     KEYBOARD_BUTTONS,
     MINERL_TASKS,
@@ -17,8 +17,8 @@ from envs.minecraft import (
     camera_to_bins,
 )
 from envs.minecraft.actions import VPT_LAYOUT, ActionError
-from envs.minecraft.importers import import_minerl, import_vpt
-from envs.minecraft.vpt_data import CAMERA_SCALER
+from envs.data.importers import import_minerl, import_vpt
+from envs.data.vpt import CAMERA_SCALER
 
 # MineRLObtainDiamond-v0's documented action space (minerl v0.4 docs, environments page).
 OBTAIN_DIAMOND_KEYS = {
@@ -285,7 +285,7 @@ def test_import_vpt_follows_the_vpt_loader(tmp_path: Path) -> None:
     assert pressed(rows[3]) == {"forward", "hotbar.3"}
     assert pressed(rows[4]) == set()  # ESC
     assert episode.instruction == "obtain a diamond pickaxe" and episode.truncated[-1]
-    from envs.minecraft.video import resize
+    from envs.data.video import resize
 
     np.testing.assert_array_equal(episode.images[0], resize(frames[1], (64, 64)))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import envs
-from envs.collect import run_episode
+from envs.data.collect import run_episode
 from envs.experts import CrafterViewExpert, crafter_view_expert, make_expert
 from envs.tasks import TASKS
 

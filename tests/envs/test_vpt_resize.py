@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from envs.minecraft.video import resize
+from envs.data.video import resize
 
 
 def cv2_inter_linear(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from helpers import make_tiny_config
 
 import envs
-from envs.collect import collect
+from envs.data.collect import collect
 from policies import InstructionPolicy
 
 

@@ -11,8 +11,8 @@ import pytest
 from helpers import run_cli
 
 import envs
-import envs.dataset
-from envs.dataset import Dataset
+import envs.data.store
+from envs.data.store import Dataset
 from train.cli import main
 
 COLLECT = ["collect", "--env", envs.CRAFTER_ID, "--tasks", "collect_wood", "--workers", "1"]
@@ -85,7 +85,7 @@ def test_a_full_disk_ends_collect_cleanly(
                 return FullDisk(handle)
         return handle
 
-    monkeypatch.setattr(envs.dataset, "open", full_after_two, raising=False)
+    monkeypatch.setattr(envs.data.store, "open", full_after_two, raising=False)
     code = main([*COLLECT, "--episodes", "4", "--out", str(out)])
     error = capsys.readouterr().err
     assert code != 0

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from envs.dataset import Dataset
+from envs.data.store import Dataset
 
 pytest.importorskip("minari")
-from envs.minari_io import export_minari, import_minari
+from envs.data.minari import export_minari, import_minari
 
 
 @pytest.fixture(autouse=True)

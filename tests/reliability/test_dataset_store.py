@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from envs.dataset import Dataset, DatasetError
+from envs.data.store import Dataset, DatasetError
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from helpers import run_cli
 
 import envs
 import train.bc as bc
-from envs.collect import collect
-from envs.dataset import Dataset
+from envs.data.collect import collect
+from envs.data.store import Dataset
 from policies import InstructionPolicy
 from train.cli import main as cli_main
 

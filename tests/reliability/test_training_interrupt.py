@@ -17,7 +17,7 @@ import pytest
 from helpers import SCRIPT, run_cli
 
 import envs
-from envs.collect import collect
+from envs.data.collect import collect
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")

@@ -12,8 +12,8 @@ from helpers import run_cli
 from safetensors.torch import load_file
 
 import envs
-from envs.collect import collect
-from envs.dataset import Dataset
+from envs.data.collect import collect
+from envs.data.store import Dataset
 from policies import InstructionPolicy
 from train.bc import TrainingDiverged, train_bc, train_bc_policy
 from train.config import load_run_config

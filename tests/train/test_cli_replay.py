@@ -8,7 +8,7 @@ from pathlib import Path
 from helpers import run_cli
 
 import envs
-from envs.collect import collect
+from envs.data.collect import collect
 
 
 def test_data_check_replay_through_the_cli(tmp_path: Path) -> None:

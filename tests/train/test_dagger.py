@@ -11,8 +11,8 @@ import gymnasium as gym
 import pytest
 from slip_env import SLIP_ID, UP, CorridorExpert
 
-from envs.collect import run_episode
-from envs.dataset import Dataset, DatasetWriter
+from envs.data.collect import run_episode
+from envs.data.store import Dataset, DatasetWriter
 from train.config import load_run_config
 from train.dagger import DaggerConfig, run_dagger
 

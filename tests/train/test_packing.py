@@ -11,7 +11,7 @@ import torch
 from helpers import make_tiny_config, random_frames
 
 import envs
-from envs.collect import collect
+from envs.data.collect import collect
 from policies import InstructionPolicy
 from policies.fusion import FUSIONS
 from train.data import ChunkDataset

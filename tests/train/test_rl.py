@@ -269,7 +269,7 @@ def test_rl_config_errors() -> None:
 
 @pytest.fixture(scope="module")
 def crafter_demos(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from envs.collect import collect
+    from envs.data.collect import collect
 
     path = tmp_path_factory.mktemp("rl") / "demos"
     collect(str(path), envs.CRAFTER_ID, "crafter_planner", 4, tasks=["collect_wood"], seed=2)

@@ -18,7 +18,7 @@ from helpers import make_tiny_config, run_cli
 import envs
 import train.cli as cli
 from agent import Agent
-from envs.collect import collect
+from envs.data.collect import collect
 from policies import InstructionPolicy
 from train.config import RLConfig
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from envs.dataset import DatasetWriter, Episode
+from envs.data.store import DatasetWriter, Episode
 from train.data import ChunkDataset
 
 REWARDS = {0: [0.0, 1.0, 0.0, 0.0, 2.0], 1: [1.0, 1.0, 1.0], 2: [5.0, 5.0]}

@@ -9,8 +9,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs
-from envs.collect import collect
-from envs.dataset import Dataset
+from envs.data.collect import collect
+from envs.data.store import Dataset
 from train.bc import train_bc
 from train.config import load_run_config
 from train.validation import split_episodes

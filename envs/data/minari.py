@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envs.dataset import Dataset, DatasetError, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
 from envs.spaces import instruction_space
 
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.dataset import DatasetError, Episode
+from envs.data.store import DatasetError, Episode
 from envs.minecraft.actions import VPT_LAYOUT, ActionLayout
-from envs.minecraft.video import read_frames, resize
+from envs.data.video import read_frames, resize
 
 KEYBOARD_BUTTON_MAPPING = {
     "key.keyboard.escape": "ESC",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.dataset import DatasetError
+from envs.data.store import DatasetError
 
 
 def read_frames(path: str | Path, start: int = 0, count: int | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the ids in spawned workers)
-from envs.dataset import Dataset, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetWriter, Episode
 from envs.experts import Expert, make_expert
 from envs.workers import make_env, ordered_map
 

@@ -1,0 +1,9 @@
+"""Datasets in and out: the native dataset store, collection with experts, and the readers and
+writers of other formats.
+
+- ``store``: the native trajectory dataset (``Dataset``, ``DatasetWriter``, ``Episode``)
+- ``collect``: run experts in worker processes and write their episodes
+- ``minari``: export to and import from Minari
+- ``minerl``, ``vpt``: read MineRL v0.4 and OpenAI VPT demonstrations; ``importers`` writes
+  them as native datasets; ``video`` reads and writes their mp4 frames
+"""
