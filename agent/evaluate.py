@@ -20,7 +20,7 @@ import numpy as np
 
 import envs
 from agent.agent import Agent
-from envs.tasks import TASKS
+from envs.crafter_tasks import TASKS
 from envs.workers import make_env, ordered_map
 
 MODES = ("correct", "swapped", "blank")

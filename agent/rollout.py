@@ -53,7 +53,7 @@ def judging_task(env_id: str, instruction: str | None, task: str | None) -> tupl
     """The task that judges success for a rollout of ``env_id`` told ``instruction``, and a line
     saying so. An explicit ``task`` wins; an instruction that is one of a task's phrasings
     selects that task; otherwise the env draws a task per seed (and the line warns)."""
-    from envs.tasks import TASKS, task_of_phrasing
+    from envs.crafter_tasks import TASKS, task_of_phrasing
 
     base = gym.make(env_id).unwrapped
     has_tasks = hasattr(base, "tasks") and not getattr(base, "open_ended", False)

@@ -11,7 +11,7 @@ import importlib.util
 import gymnasium as gym
 
 from envs.babyai import LEVELS as BABYAI_LEVELS
-from envs.tasks import TASKS
+from envs.crafter_tasks import TASKS
 
 CRAFTER_ID = "instructcraft/Crafter-Instruct-v0"
 CRAFTER_OPEN_ID = "instructcraft/Crafter-OpenEnded-v0"

@@ -17,7 +17,7 @@ from gymnasium import spaces
 
 from envs.crafter_determinism import DeterministicCrafterEnv
 from envs.spaces import check_instruction, observation_space
-from envs.tasks import TASKS, resolve_tasks
+from envs.crafter_tasks import TASKS, resolve_tasks
 
 ACTION_NAMES: tuple[str, ...] = tuple(crafter.constants.actions)
 

@@ -43,7 +43,7 @@ def babyai_step_limit(env_id: str) -> int:
 
 def cmd_envs(args: argparse.Namespace) -> int:
     import envs
-    from envs.tasks import TASKS
+    from envs.crafter_tasks import TASKS
 
     rows = []
     for env_id in envs.registered_ids():

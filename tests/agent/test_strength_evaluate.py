@@ -14,7 +14,7 @@ from helpers import make_tiny_config, run_cli
 import envs
 from agent import Agent
 from agent.evaluate import evaluate, sensitivity, swapped_instruction, wilson_interval
-from envs.tasks import TASKS
+from envs.crafter_tasks import TASKS
 from policies import InstructionPolicy
 
 

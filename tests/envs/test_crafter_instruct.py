@@ -7,7 +7,7 @@ import pytest
 import envs
 from envs.data.collect import run_episode
 from envs.experts import make_expert
-from envs.tasks import TASKS
+from envs.crafter_tasks import TASKS
 
 
 def make(**kwargs) -> gym.Env:

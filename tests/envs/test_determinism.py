@@ -18,7 +18,7 @@ import envs
 from envs.data.collect import collect
 from envs.data.store import Dataset, DatasetWriter
 from envs.replay import replay_dataset, step_digests
-from envs.tasks import TASKS
+from envs.crafter_tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 500
