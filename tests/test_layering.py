@@ -1,4 +1,7 @@
-"""Imports go one way: envs and policies are leaves, then agent, then train (DESIGN.md)."""
+"""Imports go one way: envs and policies are leaves, then agent, then train.
+
+The README's Layout section states the rule and what each package holds.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ def test_import_direction(package: str) -> None:
 
 
 def test_importing_envs_loads_no_torch() -> None:
-    code = "import sys, envs, envs.wrappers, envs.data.collect, envs.data.store; print('torch' in sys.modules)"
+    code = (
+        "import sys, envs, envs.wrappers, envs.data.collect, envs.data.store; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

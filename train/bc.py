@@ -318,7 +318,7 @@ def train_bc_policy(
     init: str | None = None,
 ) -> tuple[InstructionPolicy, dict[str, Any]]:
     """Train; returns the policy and a summary. ``evaluate_fn(policy, step, writer) -> dict`` runs
-    periodic evaluation on rank 0 (the CLI passes it down from train/evaluation.py). ``init``
+    periodic evaluation on rank 0 (the CLI passes it down from train/periodic_eval.py). ``init``
     starts from a checkpoint's weights and architecture (fine-tuning, DAgger rounds) with a
     fresh optimizer and schedule.
 

@@ -254,7 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bc(args: argparse.Namespace) -> int:
     from train.bc import train_bc
     from train.config import load_run_config
-    from train.evaluation import periodic_evaluator
+    from train.periodic_eval import periodic_evaluator
 
     skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
     run = load_run_config(args.config, [*args.set, *skip])

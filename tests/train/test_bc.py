@@ -371,7 +371,7 @@ def test_bc_and_eval_cli(demos: str, tmp_path: Path) -> None:
 def test_periodic_eval_logs_success_attention_and_video(demos: str, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from train.evaluation import periodic_evaluator
+    from train.periodic_eval import periodic_evaluator
 
     run = load_run_config(TINY, ["train.steps=2", "train.eval_every=2", "train.eval_episodes=2"])
     train_bc(run, demos, str(tmp_path / "e"), progress=False, evaluate_fn=periodic_evaluator(run, demos))
