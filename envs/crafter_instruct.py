@@ -16,8 +16,8 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.crafter_determinism import DeterministicCrafterEnv
-from envs.spaces import check_instruction, observation_space
 from envs.crafter_tasks import TASKS, resolve_tasks
+from envs.spaces import check_instruction, observation_space
 
 ACTION_NAMES: tuple[str, ...] = tuple(crafter.constants.actions)
 

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from envs.data.minerl import find_streams, read_stream
 from envs.data.store import DatasetError, DatasetWriter, Episode
+from envs.data.vpt import VPT_ENV_ID, find_recordings, read_recording
 from envs.minecraft.actions import VPT_LAYOUT, ActionLayout
 from envs.minecraft.env import minerl_id
-from envs.data.minerl import find_streams, read_stream
-from envs.data.vpt import VPT_ENV_ID, find_recordings, read_recording
 
 Progress = Callable[[Episode], None] | None
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from envs.data.store import DatasetError, Episode
+from envs.data.video import count_frames, read_frames
 from envs.minecraft.actions import ActionError, ActionLayout
 from envs.minecraft.env import minerl_id
 from envs.minecraft.tasks import BY_ENV_NAME, MineRLTask, task_for_env_name
-from envs.data.video import count_frames, read_frames
 
 STREAM_FILES = ("recording.mp4", "rendered.npz", "metadata.json")
 

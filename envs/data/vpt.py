@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from envs.data.store import DatasetError, Episode
-from envs.minecraft.actions import VPT_LAYOUT, ActionLayout
 from envs.data.video import read_frames, resize
+from envs.minecraft.actions import VPT_LAYOUT, ActionLayout
 
 KEYBOARD_BUTTON_MAPPING = {
     "key.keyboard.escape": "ESC",

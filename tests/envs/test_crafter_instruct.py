@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import envs
+from envs.crafter_tasks import TASKS
 from envs.data.collect import run_episode
 from envs.experts import make_expert
-from envs.crafter_tasks import TASKS
 
 
 def make(**kwargs) -> gym.Env:

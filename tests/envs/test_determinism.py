@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import envs
+from envs.crafter_tasks import TASKS
 from envs.data.collect import collect
 from envs.data.store import Dataset, DatasetWriter
 from envs.replay import replay_dataset, step_digests
-from envs.crafter_tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 500

@@ -4,10 +4,10 @@ import gymnasium as gym
 import pytest
 
 import envs
+from envs.crafter_tasks import TASKS
 from envs.data.collect import collect, make_jobs, run_episode
 from envs.data.store import Dataset
 from envs.experts import default_expert_for, make_expert
-from envs.crafter_tasks import TASKS
 
 SEEDS = range(100, 112)  # CI-sized; the README's table uses 50 seeds a task
 

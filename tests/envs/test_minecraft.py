@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from minecraft_fixtures import vpt_tick, write_minerl_stream, write_vpt_recording
 
+from envs.data.importers import import_minerl, import_vpt
 from envs.data.store import Dataset, DatasetError
+from envs.data.vpt import CAMERA_SCALER
 from envs.minecraft import (
     KEYBOARD_BUTTONS,
     MINERL_TASKS,
@@ -17,8 +19,6 @@ from envs.minecraft import (
     camera_to_bins,
 )
 from envs.minecraft.actions import VPT_LAYOUT, ActionError
-from envs.data.importers import import_minerl, import_vpt
-from envs.data.vpt import CAMERA_SCALER
 
 # MineRLObtainDiamond-v0's documented action space (minerl v0.4 docs, environments page).
 OBTAIN_DIAMOND_KEYS = {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from minecraft_fixtures import write_minerl_stream
 
+from envs.data.importers import import_minerl
 from envs.data.store import Dataset, DatasetError
 from envs.minecraft import MINERL_TASKS
-from envs.data.importers import import_minerl
 
 # minerl 0.4.4 ``Enum.__init__``: ``self.values = np.array(sorted(values))``; an integer action
 # i is ``self.values[i]``. ObtainDiamond's place Enum, sorted, written out by hand:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import envs
+from envs.crafter_tasks import TASKS
 from envs.data.collect import run_episode
 from envs.experts import CrafterViewExpert, crafter_view_expert, make_expert
-from envs.crafter_tasks import TASKS
 
 VIEW_GRID, VIEW_OFFSET = (9, 7), (4, 3)  # cells drawn around the player, player's place in them
 

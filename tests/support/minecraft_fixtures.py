@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.data.video import write_frames
 from envs.minecraft.actions import KEYBOARD_BUTTONS
 from envs.minecraft.tasks import task_for_env_name
-from envs.data.video import write_frames
 
 
 def write_minerl_stream(
