@@ -824,6 +824,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         raise
 
-
-if __name__ == "__main__":
-    sys.exit(main())
