@@ -151,3 +151,30 @@ def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
         "loader_over_inmemory_step_time",
         "real_steps_per_s_default_over_previous",
     }
+
+
+def test_bench_choices_are_the_registered_benchmarks() -> None:
+    """The parser names the benchmarks without importing them; the registry is the truth."""
+    import argparse
+
+    from train.bench import BENCHES
+    from train.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    what = next(a for a in commands.choices["bench"]._actions if a.dest == "what")
+    assert list(what.choices) == list(BENCHES)
+
+
+def test_every_command_runs_the_handler_beside_its_parser() -> None:
+    """Each command's parser and handler live in one module of train/cli/."""
+    import argparse
+
+    from train.cli import COMMANDS, build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    adders = {add.__name__: add for add in COMMANDS}
+    assert len(commands.choices) == len(adders) == len(COMMANDS)
+    for name, parser in commands.choices.items():
+        handler = parser.get_default("func")
+        assert handler.__name__ == f"run_{name}", name
+        assert handler.__module__ == adders[f"add_{name}_parser"].__module__, name

@@ -1,0 +1,108 @@
+"""What every command shares: argparse types, the flags several commands take, JSON output, and
+how a command's failure becomes an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], "int | None"]
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (episodes, steps, workers, sizes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds, indices and optional counts (0 = none)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+# Flags that mean the same in every command that takes them; the help text may say more.
+
+
+def add_json_flag(parser: argparse.ArgumentParser, help: str = "print the summary as JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_tasks_flag(
+    parser: argparse.ArgumentParser, help: str = "Crafter-Instruct tasks to cycle through"
+) -> None:
+    parser.add_argument("--tasks", nargs="+", default=None, help=help)
+
+
+def add_workers_flag(
+    parser: argparse.ArgumentParser, default: int = 2, help: str = "worker processes"
+) -> None:
+    parser.add_argument("--workers", type=positive_int, default=default, help=help)
+
+
+def add_seed_flag(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    parser.add_argument("--seed", type=non_negative_int, default=default, help=help)
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, example: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` overrides (train.config.load_run_config)."""
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. {example}",
+    )
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or stdout is no file
+        return False
+
+
+def run_command(handler: Handler, args: argparse.Namespace) -> int:
+    """Run a command's handler; the errors a user can act on print one line and exit 2 (or the
+    error's own ``exit_code``), anything else is a bug and keeps its traceback."""
+    try:
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # a worker's pipe, say: a real failure
+            raise
+        # e.g. `instructcraft envs | head -1`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
+    except (ValueError, RuntimeError, LookupError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)  # an interrupted run: 128 + the signal
+    except Exception as error:
+        if type(error).__module__.startswith("gymnasium"):  # unknown env ids and the like
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,256 @@
+"""Datasets in and out: ``collect``, ``data info|check``, ``import minerl|vpt|minari``, ``export minari``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from train.cli import common
+
+
+def add_collect_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("collect", help="collect expert demonstrations into a dataset")
+    p.add_argument("--env", required=True, help="env id, e.g. instructcraft/Crafter-Instruct-v0")
+    p.add_argument("--expert", default=None, help="expert name (default: the env's own expert)")
+    p.add_argument("--episodes", type=common.positive_int, required=True, help="number of episodes")
+    p.add_argument("--out", required=True, help="dataset directory (appended to if it exists)")
+    common.add_tasks_flag(p)
+    common.add_workers_flag(p)
+    common.add_seed_flag(
+        p, None, "episode i uses seed + i (default: after the highest seed already in --out, else 0)"
+    )
+    p.add_argument("--only-success", action="store_true", help="drop episodes the expert failed")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="DART: execute a random action with this probability, record the expert's",
+    )
+    common.add_json_flag(p, "print statistics as JSON")
+    p.set_defaults(func=run_collect)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from envs.data.collect import collect, next_seed, recorded_seeds
+    from envs.experts import default_expert_for
+    from envs.workers import check_env_id
+
+    check_env_id(args.env)
+    expert = args.expert or default_expert_for(args.env)
+    seed = next_seed(args.out) if args.seed is None else args.seed
+    last = seed + args.episodes - 1
+    recorded = recorded_seeds(args.out)
+    if args.seed is None and recorded:
+        note = f" (continuing after the highest recorded seed {recorded[-1]}; --seed sets the first)"
+    elif repeated := [s for s in recorded if seed <= s <= last]:
+        note = f" (note: {len(repeated)} of them are already recorded in {args.out}: those episodes repeat)"
+    else:
+        note = ""
+    print(f"collecting {args.episodes} episodes with seeds {seed}..{last}{note}", file=sys.stderr)
+    bar = tqdm(total=args.episodes, unit="ep", desc=f"collect {args.env}", dynamic_ncols=True)
+
+    def progress(episode: Any, running: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(success=f"{running['success_rate']:.2f}", task=episode.task)
+
+    stats = collect(
+        args.out,
+        args.env,
+        expert,
+        args.episodes,
+        tasks=args.tasks,
+        workers=args.workers,
+        seed=seed,
+        only_success=args.only_success,
+        noise=args.noise,
+        progress=progress,
+    )
+    bar.close()
+    if args.json:
+        common.print_json(stats)
+    else:
+        print(
+            f"wrote {stats['kept']} episodes ({stats['steps']} steps, seeds {seed}..{last}) to {stats['out']}: "
+            f"expert success {stats['success_rate']:.3f}, {stats['episodes_per_s']:.1f} episodes/s"
+        )
+    return 0
+
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="inspect or verify a dataset")
+    p.add_argument("action", choices=["info", "check"])
+    p.add_argument("path", help="dataset directory")
+    common.add_json_flag(p, "print JSON (info)")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="check: also re-run every episode from its seed and executed actions and report the first "
+        "step whose frame, reward or flags differ",
+    )
+    p.set_defaults(func=run_data)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"dataset      {summary['path']}  (format v{summary['format_version']})")
+    print(f"env          {summary['env_id']}")
+    print(f"episodes     {summary['episodes']}   steps {summary['steps']}   bytes {summary['bytes']:,}")
+    print(f"images       {tuple(summary['image_shape'])}   actions {summary['action_space']}")
+    print(f"instructions {summary['instructions']} distinct")
+    print(f"{'task':22s} {'episodes':>8s} {'success':>8s} {'mean len':>9s}")
+    for task, row in sorted(summary["tasks"].items()):
+        print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {row['mean_length']:9.1f}")
+
+
+def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    for kind, numbers in summary["unreadable"].items():
+        if numbers:
+            shown = ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else "")
+            lines.append(f"{len(numbers)} episode(s) with {kind} files (counted above): {shown}")
+    if lines:
+        lines.append(f"run `instructcraft data check {summary['path']}` for details")
+    return lines
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from envs.data.store import Dataset, DatasetError
+
+    try:
+        dataset = Dataset(args.path)
+        if args.action == "info":
+            summary = dataset.summary()
+            common.print_json(summary) if args.json else _print_summary(summary)
+            warnings = _unreadable_lines(summary)
+            for line in warnings:
+                print(f"warning: {line}", file=sys.stderr)
+            return 1 if warnings else 0
+        problems = dataset.check()
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in dataset.orphans():
+        print(f"note: {path} is not in index.jsonl (left by an interrupted write; safe to delete)")
+    for path in dataset.foreign():
+        print(f"note: {path} was not written by instructcraft (not part of the dataset; left alone)")
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(dataset)} episodes, {dataset.num_steps} steps verified in {args.path}")
+    return _replay(args.path) if args.replay else 0
+
+
+def _replay(path: str) -> int:
+    """``data check --replay``: re-run every recorded episode; 1 when any differs."""
+    from envs.replay import replay_dataset
+
+    results = replay_dataset(path)
+    differ = [r for r in results if not r.ok and not r.skipped]
+    for result in results:
+        if not result.ok:
+            print(result)
+    replayed = sum(1 for r in results if not r.skipped)
+    print(f"replay: {replayed - len(differ)} of {replayed} replayed episodes identical", end="")
+    print(f" ({len(results) - replayed} not replayable)" if replayed < len(results) else "")
+    return 1 if differ else 0
+
+
+def add_import_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "import", help="convert MineRL v0.4, VPT or Minari demonstrations to a native dataset"
+    )
+    p.add_argument("source", choices=["minerl", "vpt", "minari"])
+    p.add_argument(
+        "path", help="minerl: ROOT/<EnvName>/<stream>/; vpt: a directory of .mp4 + .jsonl; minari: dataset id"
+    )
+    p.add_argument("--out", required=True, help="native dataset directory to write")
+    p.add_argument(
+        "--env", nargs="+", default=None, help="minerl: only these env names (e.g. MineRLTreechop-v0)"
+    )
+    p.add_argument(
+        "--camera-bins", type=common.positive_int, default=11, help="camera bins per axis (odd; VPT uses 11)"
+    )
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="minerl: load object arrays (trusted files only)"
+    )
+    p.add_argument("--instruction", default=None, help="vpt/minari: the episodes' instruction")
+    p.add_argument(
+        "--size",
+        type=common.positive_int,
+        nargs=2,
+        default=[64, 64],
+        metavar=("H", "W"),
+        help="vpt: frame size",
+    )
+    common.add_json_flag(p)
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(unit="ep", desc=f"import {args.source}", dynamic_ncols=True, disable=args.json)
+
+    def progress(episode: Any) -> None:
+        bar.update(1)
+        bar.set_postfix(task=episode.task, steps=episode.length)
+
+    if args.source == "minerl":
+        from envs.data.importers import import_minerl
+
+        summary = import_minerl(
+            args.path,
+            args.out,
+            env_names=args.env,
+            camera_bins=args.camera_bins,
+            allow_pickle=args.allow_pickle,
+            progress=progress,
+        )
+    elif args.source == "vpt":
+        from envs.data.importers import import_vpt
+
+        summary = import_vpt(
+            args.path,
+            args.out,
+            instruction=args.instruction or "play minecraft",
+            size=tuple(args.size),
+            camera_bins=args.camera_bins,
+            progress=progress,
+        )
+    else:
+        from envs.data.minari import import_minari
+
+        summary = import_minari(args.path, args.out, instruction=args.instruction)
+    bar.close()
+    if args.json:
+        common.print_json(summary)
+    else:
+        print(f"imported {summary['episodes']} episodes, {summary['steps']} steps into {args.out}")
+    return 0
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export", help="write a native dataset in another format (Minari)")
+    p.add_argument("target", choices=["minari"])
+    p.add_argument("data", help="native dataset directory")
+    p.add_argument("--id", required=True, help="Minari dataset id, e.g. instructcraft/crafter-v0")
+    common.add_json_flag(p)
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from envs.data.minari import export_minari
+
+    summary = export_minari(args.data, args.id)
+    if args.json:
+        common.print_json(summary)
+    else:
+        print(
+            f"exported {summary['episodes']} episodes, {summary['steps']} steps as Minari dataset {args.id} "
+            f"in {summary['path']}"
+        )
+    return 0

@@ -1,0 +1,246 @@
+"""Looking at a trained checkpoint: ``eval`` (success rates), ``rollout`` (videos and stats) and
+``attention`` (what the policy looked at)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from train.cli import common
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint in an env")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)"
+    )
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--episodes", type=common.positive_int, default=50, help="episodes per instruction mode")
+    common.add_tasks_flag(p)
+    p.add_argument("--instruction-mode", choices=["correct", "swapped", "blank"], default="correct")
+    p.add_argument(
+        "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
+    )
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
+    p.add_argument(
+        "--phrasings",
+        default=None,
+        help="JSON {task: [instruction, ...]}: judge each instruction against its task on the same "
+        "--episodes seeds per task as the trained phrasings, and report new / trained success",
+    )
+    common.add_seed_flag(p, 100_000, "episode i uses seed + i")
+    common.add_workers_flag(p, help="episode worker processes")
+    p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
+    p.add_argument("--videos", type=common.non_negative_int, default=1, help="how many episodes to record")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="take the most likely action (default: sample, seeded per episode)",
+    )
+    common.add_json_flag(p, "print JSON")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent.evaluate import MODES, evaluate, sensitivity
+    from train.report import print_eval, print_phrasings, print_sensitivity
+
+    modes = list(MODES) if args.sensitivity else [args.instruction_mode]
+    bars: list[Any] = []  # the bar starts with the first episode, after every check passed
+
+    def progress(row: dict[str, Any]) -> None:
+        if not bars:
+            bars.append(tqdm(total=args.episodes * len(modes), unit="ep", desc="eval", dynamic_ncols=True))
+        bars[0].update(1)
+        bars[0].set_postfix(mode=row["mode"])
+
+    if args.phrasings:
+        result = _evaluate_phrasings(args, modes, progress)
+    else:
+        common = dict(
+            checkpoint=args.checkpoint,
+            tasks=args.tasks,
+            cfg_scale=args.cfg_scale,
+            seed=args.seed,
+            workers=args.workers,
+            video_dir=args.video_dir,
+            videos=args.videos,
+            deterministic=args.greedy,
+            progress=progress,
+        )
+        if args.sensitivity:
+            result = sensitivity(args.env, args.episodes, **common)
+        else:
+            result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **common)
+    for bar in bars:
+        bar.close()
+    if args.json:
+        common.print_json(result)
+    elif args.phrasings:
+        print_phrasings(result)
+    elif args.sensitivity:
+        print_sensitivity(result)
+    else:
+        print_eval(result)
+    return 0
+
+
+def _evaluate_phrasings(
+    args: argparse.Namespace, modes: list[str], progress: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """``eval --phrasings``: new instructions against the trained ones, task by task."""
+    from agent.evaluate import evaluate_phrasings, read_phrasings
+
+    phrasings = read_phrasings(args.phrasings, args.env)
+    if args.sensitivity or args.tasks or args.video_dir:
+        raise ValueError(
+            "--phrasings picks its own tasks and modes: drop --sensitivity, --tasks and --video-dir"
+        )
+    per_task = 1 + max(len(texts) for texts in phrasings.values())
+    modes[:] = ["phrasing"] * per_task  # the bar's total: episodes x (trained + new phrasings)
+    return evaluate_phrasings(
+        args.env,
+        phrasings,
+        args.episodes,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        workers=args.workers,
+        cfg_scale=args.cfg_scale,
+        deterministic=args.greedy,
+        progress=progress,
+    )
+
+
+def _add_agent_flags(
+    parser: argparse.ArgumentParser, env: dict[str, Any], instruction_help: str, task_default: str
+) -> None:
+    """Which checkpoint acts, in which env, asked what, and which task judges its success."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--env", **env)
+    parser.add_argument("--instruction", default=None, help=instruction_help)
+    parser.add_argument("--task", default=None, help=f"the task that judges success ({task_default})")
+
+
+def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "rollout", help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats"
+    )
+    _add_agent_flags(
+        p,
+        {"required": True, "help": "env id"},
+        "override the env's instruction",
+        "default: the task of a known --instruction phrasing, else the env's draw per seed",
+    )
+    p.add_argument("--episodes", type=common.positive_int, default=1, help="episodes (seed, seed + 1, ...)")
+    p.add_argument("--out", required=True, help="output directory")
+    common.add_seed_flag(p, 0, "first episode seed")
+    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    common.add_device_flag(p)
+    common.add_json_flag(p, "print JSON")
+    p.set_defaults(func=run_rollout)
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent import Agent
+    from agent.rollout import judging_task, rollout
+
+    task, judged = judging_task(args.env, args.instruction, args.task)
+    print(judged)
+    agent = Agent.from_pretrained(args.checkpoint, device=args.device, seed=args.seed)
+    bar = tqdm(total=args.episodes, unit="ep", desc="rollout", dynamic_ncols=True)
+    stats = rollout(
+        agent,
+        args.env,
+        args.out,
+        episodes=args.episodes,
+        seed=args.seed,
+        instruction=args.instruction,
+        task=task,
+        deterministic=not args.sample,
+        cfg_scale=args.cfg_scale,
+        progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
+    )
+    bar.close()
+    if args.json:
+        common.print_json(stats)
+    else:
+        for row in stats["episodes"]:
+            print(
+                f"seed {row['seed']}: success={row['success']} length={row['length']} return={row['return']:.2f}  {row['mp4']}"
+            )
+        print(
+            f"success {stats['success_rate']:.3f}, mean length {stats['mean_length']:.1f}; stats in {args.out}/stats.json"
+        )
+    return 0
+
+
+def add_attention_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "attention", help="record attention over frames: timeline PNG, overlays PNG, HTML viewer"
+    )
+    _add_agent_flags(
+        p,
+        {"default": None, "help": "env id (for a rollout)"},
+        "instruction (default: the env's)",
+        "as for rollout; default from --instruction",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    common.add_seed_flag(p, 0, "episode seed")
+    p.add_argument(
+        "--max-steps", type=common.positive_int, default=None, help="stop the rollout after this many steps"
+    )
+    p.add_argument(
+        "--from-dataset", default=None, help="replay a recorded demonstration instead of rolling out"
+    )
+    p.add_argument(
+        "--episode", type=common.non_negative_int, default=0, help="episode index in --from-dataset"
+    )
+    common.add_device_flag(p)
+    p.set_defaults(func=run_attention)
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent import Agent
+    from agent.attention import (
+        overlays_png,
+        record_dataset_episode,
+        record_rollout,
+        timeline_png,
+        viewer_html,
+    )
+
+    agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
+    if args.from_dataset:
+        from envs.crafter_instruct import ACTION_NAMES
+
+        names = list(ACTION_NAMES) if "Crafter" in (args.env or "Crafter") else None
+        recording = record_dataset_episode(agent, args.from_dataset, args.episode, names)
+    else:
+        if not args.env:
+            raise ValueError("--env is required unless --from-dataset is given")
+        from agent.rollout import judging_task
+
+        task, judged = judging_task(args.env, args.instruction, args.task)
+        print(judged)
+        recording = record_rollout(
+            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps, task=task
+        )
+    out = Path(args.out)
+    last = len(recording) - 1
+    written = {
+        "timeline": timeline_png(recording, out / "timeline.png"),
+        "overlays": overlays_png(recording, last, out / "overlays.png"),
+        "viewer": viewer_html(recording, out / "viewer.html"),
+    }
+    print(f"{len(recording)} steps of {recording.fusion_type} attention for {recording.instruction!r}")
+    for name, path in written.items():
+        print(f"  {name:9s} {path}  ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0

@@ -1,0 +1,256 @@
+"""Training: ``bc``, ``dagger``, ``rl``, ``ablate`` and ``demo`` (the whole pipeline in one go)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from train.cli import common
+
+
+def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bc", help="behavioral cloning on a dataset (works under torchrun)")
+    common.add_config_arguments(p, "YAML or JSON run config ({policy: ..., train: ...})", "train.lr=3e-4")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
+    p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
+    p.add_argument(
+        "--init", default=None, help="start from a checkpoint's weights (fresh optimizer): fine-tuning"
+    )
+    p.add_argument(
+        "--skip-bad-episodes",
+        action="store_true",
+        help="train on the readable episodes when some are missing or corrupt (train.skip_bad_episodes)",
+    )
+    common.add_json_flag(p)
+    p.set_defaults(func=run_bc)
+
+
+def run_bc(args: argparse.Namespace) -> int:
+    from train.bc import train_bc
+    from train.config import load_run_config
+    from train.periodic_eval import periodic_evaluator
+
+    skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
+    run = load_run_config(args.config, [*args.set, *skip])
+    summary = train_bc(
+        run,
+        args.data,
+        args.out,
+        resume=args.resume,
+        evaluate_fn=periodic_evaluator(run, args.data),
+        init=args.init,
+    )
+    if summary is None:
+        return 0
+    if args.json:
+        common.print_json(summary)
+    else:
+        print(
+            f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}"
+        )
+        for row in summary["evaluations"]:
+            print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
+    return 0
+
+
+def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "dagger",
+        help="DAgger: roll the policy out, the expert labels every visited state, aggregate, retrain",
+    )
+    common.add_config_arguments(
+        p, "YAML or JSON run config ({policy: ..., train: ...}) for round 0", "train.steps=700"
+    )
+    p.add_argument("--data", required=True, help="demonstrations to start from (copied into OUT/data)")
+    p.add_argument("--env", required=True, help="env id the rollouts run in")
+    p.add_argument(
+        "--out", required=True, help="output directory (data/, round_NN/, checkpoint/, tb/, dagger.json)"
+    )
+    p.add_argument("--expert", default=None, help="expert that labels (default: the env's default expert)")
+    common.add_tasks_flag(p)
+    p.add_argument("--init", default=None, help="round-0 policy: a checkpoint instead of BC on --data")
+    p.add_argument("--rounds", type=common.positive_int, default=3, help="rounds after round 0")
+    p.add_argument("--episodes", type=common.positive_int, default=200, help="labelled rollouts per round")
+    p.add_argument("--beta", type=float, default=0.5, help="P(execute the expert's action) in round 1")
+    p.add_argument("--beta-decay", type=float, default=0.5, help="beta is multiplied by this every round")
+    p.add_argument(
+        "--steps-per-round", type=common.positive_int, default=400, help="BC fine-tuning steps per round"
+    )
+    p.add_argument(
+        "--eval-episodes", type=common.non_negative_int, default=40, help="learner-only evaluation per round"
+    )
+    common.add_workers_flag(p, help="rollout and evaluation processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    common.add_json_flag(p)
+    p.set_defaults(func=run_dagger)
+
+
+def run_dagger(args: argparse.Namespace) -> int:
+    from envs.experts import default_expert_for
+    from train import dagger
+    from train.config import load_run_config
+
+    run = load_run_config(args.config, args.set)
+    rounds = dagger.DaggerConfig(
+        rounds=args.rounds,
+        episodes=args.episodes,
+        beta=args.beta,
+        beta_decay=args.beta_decay,
+        steps=args.steps_per_round,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+    )
+    state = dagger.run_dagger(
+        run,
+        rounds,
+        args.data,
+        args.out,
+        args.env,
+        args.expert or default_expert_for(args.env),
+        tasks=args.tasks,
+        init=args.init,
+        resume=args.resume,
+    )
+    if args.json:
+        common.print_json(state)
+    else:
+        for entry in state["rounds"]:
+            shown = f"success {entry['success']:.3f}" if "success" in entry else "not evaluated"
+            print(f"round {entry['round']}: {shown}, dataset {entry['dataset_episodes']} episodes")
+        print(f"checkpoint {state['checkpoint']}")
+    return 0
+
+
+def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "rl", help="PPO (stable-baselines3) on the fusion policy, from scratch or from BC"
+    )
+    common.add_config_arguments(p, "YAML or JSON run config ({policy: ..., rl: ...})", "rl.n_envs=4")
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--steps", type=common.positive_int, required=True, help="total env steps")
+    p.add_argument("--init", default=None, help="BC checkpoint to start from (its policy config is used)")
+    p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, summary.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    common.add_tasks_flag(p, "Crafter-Instruct tasks to train on")
+    common.add_json_flag(p)
+    p.set_defaults(func=run_rl)
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    from train.config import load_run_config
+    from train.rl import train_rl
+
+    run = load_run_config(args.config, args.set)
+    env_kwargs = {"task": args.tasks} if args.tasks else {}
+    summary = train_rl(
+        run,
+        args.env,
+        args.steps,
+        args.out,
+        init=args.init,
+        resume=args.resume,
+        env_kwargs=env_kwargs,
+        progress=not args.json,
+    )
+    if args.json:
+        common.print_json(summary)
+    else:
+        print(
+            f"PPO {summary['timesteps']} env steps at {summary['steps_per_s']:.1f} steps/s; "
+            f"checkpoint {summary['checkpoint']}"
+        )
+        for task, rate in summary["success_rate_per_task"].items():
+            print(f"  {task:24s} success {rate:.3f} (last episodes)")
+    return 0
+
+
+def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ablate", help="train and compare fusion types on the same data, budget and seeds"
+    )
+    p.add_argument(
+        "--fusion", required=True, help="comma-separated fusion types, e.g. cross_attention,gmu,film"
+    )
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument(
+        "--out", required=True, help="output directory (ablation.md, ablation.json, ablation.png, runs)"
+    )
+    common.add_config_arguments(p, "run config shared by every fusion type", "train.steps=500")
+    p.add_argument(
+        "--seeds", type=common.non_negative_int, nargs="+", default=[0], help="training seeds per fusion type"
+    )
+    p.add_argument(
+        "--episodes", type=common.positive_int, default=20, help="eval episodes per instruction mode"
+    )
+    p.add_argument("--env", default=None, help="eval env id (default: the dataset's)")
+    common.add_tasks_flag(p, "Crafter-Instruct tasks to evaluate (and train RL) on")
+    p.add_argument(
+        "--rl-steps", type=common.non_negative_int, default=0, help="PPO env steps after BC (0 = BC only)"
+    )
+    common.add_workers_flag(p, default=1, help="eval worker processes")
+    common.add_json_flag(p)
+    p.set_defaults(func=run_ablate)
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from policies import FUSIONS
+    from train.ablate import ablate
+
+    fusions = [name.strip() for name in args.fusion.split(",") if name.strip()]
+    unknown = [name for name in fusions if name not in FUSIONS]
+    if unknown:
+        raise ValueError(f"unknown fusion type(s) {unknown}; known: {sorted(FUSIONS)}")
+    summary = ablate(
+        fusions,
+        args.data,
+        args.out,
+        config=args.config,
+        overrides=args.set,
+        seeds=args.seeds,
+        episodes=args.episodes,
+        eval_env=args.env,
+        tasks=args.tasks,
+        rl_steps=args.rl_steps,
+        workers=args.workers,
+        log=(lambda _: None) if args.json else print,
+    )
+    if args.json:
+        common.print_json(summary)
+    else:
+        print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
+    )
+    p.add_argument("--out", default="outputs/demo", help="output directory")
+    p.add_argument("--episodes", type=common.positive_int, default=600, help="expert episodes to collect")
+    p.add_argument("--bc-steps", type=common.positive_int, default=700, help="behavioral-cloning steps")
+    p.add_argument(
+        "--eval-episodes",
+        type=common.positive_int,
+        default=40,
+        help="evaluation episodes per instruction mode",
+    )
+    common.add_tasks_flag(p, "Crafter-Instruct tasks (default: four)")
+    common.add_workers_flag(p)
+    common.add_seed_flag(p, 0, "base seed")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from train import demo
+
+    return demo.run_demo(
+        args.out,
+        episodes=args.episodes,
+        workers=args.workers,
+        seed=args.seed,
+        bc_steps=args.bc_steps,
+        eval_episodes=args.eval_episodes,
+        tasks=args.tasks,
+    )
