@@ -5,17 +5,13 @@ Shape legend: B chunks, L steps per chunk, K sum of action sizes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,89 +23,21 @@ from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import Dataset, DatasetError
 from policies import ActionSpaceConfig, InstructionPolicy
-from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
-from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
+from policies.policy import CONFIG_NAME, NonFiniteWeightsError
+from train.common import (
+    CHECKPOINT,
+    RUN_CONFIG,
+    TRAINER_STATE,
+    StopRequest,
+    TrainingDiverged,
+    TrainingInterrupted,
+    children_ignore_interrupts,
+    resolve_device,
+    write_checkpoint,
+)
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
 from train.validation import action_names, log_validation, split_episodes, validate
-
-CHECKPOINT = "checkpoint"
-TRAINER_STATE = "trainer.pt"
-RUN_CONFIG = "run.json"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, the outputs or the weights became NaN or inf; the last good checkpoint is left
-    as it was."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped training after a finished step and a resumable checkpoint.
-    ``exit_code`` is the shell's convention for the signal: 130 for Ctrl-C, 143 for SIGTERM."""
-
-    def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(signal_number)
-
-
-class StopRequest:
-    """Set by SIGINT or SIGTERM while ``catching()``: the training loop finishes its step, saves
-    a checkpoint and stops. A second Ctrl-C stops at once, without saving."""
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-
-    def __bool__(self) -> bool:
-        return self.signal_number is not None
-
-    def _handle(self, signal_number: int, _frame: Any) -> None:
-        if self.signal_number is not None and signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = signal_number
-        # os.write, not print: the handler may run while stderr is in the middle of a write.
-        os.write(
-            2,
-            f"\n{signal.Signals(signal_number).name}: finishing this step, then writing a checkpoint "
-            "(Ctrl-C again to quit without saving)\n".encode(),
-        )
-
-    @contextlib.contextmanager
-    def catching(self) -> Iterator[StopRequest]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signals reach the main thread only; nothing to install
-            return
-        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-        for number in previous:
-            signal.signal(number, self._handle)
-        try:
-            yield self
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    def agreed(self, distributed: Distributed, device: str) -> bool:
-        """Whether any process was asked to stop (all ranks must stop at the same step)."""
-        if distributed.world_size == 1:
-            return bool(self)
-        flag = torch.tensor([self.signal_number or 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if not self and int(flag):
-            self.signal_number = int(flag)
-        return bool(int(flag))
-
-
-@contextlib.contextmanager
-def children_ignore_interrupts() -> Iterator[None]:
-    """Worker processes started inside ignore SIGINT (the disposition survives their start), so
-    a Ctrl-C sent to the whole process group stops only the trainer, which then stops them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -132,14 +60,6 @@ def setup_distributed(device: str) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> str:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    return name
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -166,33 +86,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     directory: Path, policy: InstructionPolicy, optimizer, scheduler, step: int, run: RunConfig, data: str
 ) -> None:
-    """config.json + model.safetensors (what the agent loads) + trainer state, written atomically.
-
-    Weights with NaN or inf raise ``NonFiniteWeightsError``; a failed write (a full disk) raises
-    ``CheckpointWriteError`` naming the file. Either way the previous checkpoint is left as it was.
-    """
-    intact = "the previous checkpoint is intact" if directory.exists() else "no checkpoint was written"
-    writing = directory / WEIGHTS_NAME
-    try:
-        with atomic_directory(directory) as staging:
-            policy.write_files(staging, extra={"trained_steps": step, "data": data})
-            writing = directory / TRAINER_STATE
-            torch.save(
-                {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
-                },
-                staging / TRAINER_STATE,
-            )
-            writing = directory / RUN_CONFIG
-            (staging / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
-            writing = directory
-    except NonFiniteWeightsError:
-        raise
-    except (OSError, RuntimeError) as error:
-        raise CheckpointWriteError(describe_write_failure(error, writing, intact)) from None
+    """config.json + model.safetensors (what the agent loads) + trainer state, written atomically
+    (``write_checkpoint``: NaN or inf weights and failed writes leave the previous one as it was)."""
+    write_checkpoint(
+        directory,
+        policy,
+        extra={"trained_steps": step, "data": data},
+        trainer_state={
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+        },
+        run_record=run.to_dict(),
+    )
 
 
 def last_good_checkpoint(directory: Path) -> str:
@@ -514,7 +421,7 @@ def train_bc_policy(
                     last_log, samples_since_log = time.perf_counter(), 0
                 if bar:
                     bar.update(1)
-                stopping = stop.agreed(distributed, device) and step < cfg.steps
+                stopping = stop.agreed(distributed.world_size, device) and step < cfg.steps
                 due = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
                 if distributed.main and due:
                     if not outputs_finite(policy, batch, device, autocast):

@@ -15,7 +15,8 @@ import envs
 from envs.data.collect import collect
 from envs.data.store import Dataset
 from policies import InstructionPolicy
-from train.bc import TrainingDiverged, train_bc, train_bc_policy
+from train.bc import train_bc, train_bc_policy
+from train.common import TrainingDiverged
 from train.config import load_run_config
 from train.data import ChunkDataset
 
