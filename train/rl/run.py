@@ -1,0 +1,298 @@
+"""Running PPO: the vector env, the ``SequencePPO`` built from a run config, the checkpoint
+(config.json + model.safetensors, what eval/rollout/attention load, plus the trainer's state),
+TensorBoard logs that continue across a resume, and ``train_rl``, the driver behind
+``instructcraft rl``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch.utils.tensorboard import SummaryWriter
+
+from envs.data.store import action_space_spec
+from envs.wrappers import make_tokenized_env
+from policies import ActionSpaceConfig, PolicyConfig
+from policies.policy import CONFIG_NAME, NonFiniteWeightsError
+from train.common import (
+    CHECKPOINT,
+    TRAINER_STATE,
+    StopRequest,
+    TrainingDiverged,
+    TrainingInterrupted,
+    children_ignore_interrupts,
+    intact_phrase,
+    resolve_device,
+    write_checkpoint,
+)
+from train.config import RunConfig
+from train.rl.ppo import SequencePPO
+
+
+def make_env(env_id: str, n_envs: int, vec_env: str, seed: int, max_tokens: int, **env_kwargs: Any) -> VecEnv:
+    """A Monitor-wrapped SB3 vector env of ``make_tokenized_env(env_id)``."""
+    gym.spec(env_id)  # a clear error for an unknown id, before any subprocess starts
+    factory = partial(make_tokenized_env, env_id, max_tokens=max_tokens, **env_kwargs)
+    cls = SubprocVecEnv if vec_env == "subproc" and n_envs > 1 else DummyVecEnv
+    kwargs = {"start_method": "spawn"} if cls is SubprocVecEnv else None
+    return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=cls, vec_env_kwargs=kwargs)
+
+
+def build_ppo(
+    run: RunConfig,
+    env: VecEnv,
+    init: str | None = None,
+    reference: str | None = None,
+    tensorboard: str | None = None,
+    verbose: int = 0,
+) -> SequencePPO:
+    """``init``: weights to start from (else ``run.policy`` from scratch); ``reference``: the
+    KL target (default ``init``)."""
+    cfg = run.rl
+    return SequencePPO(
+        env,
+        policy_config=run.policy.to_dict(),
+        init=init,
+        reference=reference,
+        kl_coef=cfg.kl_coef,
+        kl_decay=cfg.kl_decay,
+        bc_coef=cfg.bc_coef,
+        bc_data=cfg.bc_data,
+        bc_batch_size=cfg.bc_batch_size,
+        learning_rate=cfg.lr,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        target_kl=cfg.target_kl or None,
+        tensorboard_log=tensorboard,
+        seed=cfg.seed,
+        device=resolve_device(cfg.device),
+        verbose=verbose,
+    )
+
+
+def save_rl_checkpoint(
+    directory: Path, algo: SequencePPO, run: RunConfig, env_id: str, init: str | None
+) -> None:
+    """config.json + model.safetensors (what eval/rollout/attention load) + trainer state.
+
+    Diverged (NaN or inf) weights raise ``TrainingDiverged`` and a failed write (a full disk)
+    ``CheckpointWriteError``; either way the previous checkpoint is left as it was."""
+    intact = intact_phrase(directory)
+    try:
+        write_checkpoint(
+            directory,
+            algo.model,
+            extra={"rl_timesteps": algo.num_timesteps, "env_id": env_id, "init": init, "algorithm": "ppo"},
+            trainer_state={
+                "num_timesteps": algo.num_timesteps,
+                "n_updates": algo._n_updates,
+                "kl_coef": algo.kl_coef,
+                "optimizer": algo.policy.optimizer.state_dict(),
+                # A resumed run samples the same actions an uninterrupted one would.
+                "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            },
+            run_record={**run.to_dict(), "env_id": env_id, "init": init},
+        )
+    except NonFiniteWeightsError as error:
+        raise TrainingDiverged(
+            f"after {algo.num_timesteps} env steps: {error} (rl.lr); training stopped; {intact}"
+        ) from None
+
+
+def load_trainer_state(algo: SequencePPO, checkpoint: Path) -> None:
+    """Continue from ``checkpoint``'s optimizer, step counts, KL coefficient and RNG."""
+    state = torch.load(checkpoint / TRAINER_STATE, map_location=algo.device, weights_only=True)
+    algo.policy.optimizer.load_state_dict(state["optimizer"])
+    algo.num_timesteps = int(state["num_timesteps"])
+    algo._n_updates = int(state["n_updates"])
+    algo.kl_coef = float(state["kl_coef"])
+    if "rng" in state:  # building the PPO reseeded torch
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+class _ResumableTensorBoard(TensorBoardOutputFormat):
+    """SB3's TensorBoard output written straight into ``folder``; ``purge_step`` drops what an
+    interrupted run logged after its checkpoint, so a resumed run continues the same curves."""
+
+    def __init__(self, folder: str, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
+        self._is_closed = False
+
+
+def attach_logger(algo: SequencePPO, folder: Path, resume: bool, verbose: int) -> Logger:
+    """SB3's logger writing TensorBoard scalars into ``folder`` (and to stdout with ``verbose``)."""
+    # SB3 logs at step = num_timesteps; a resumed run keeps the checkpoint's own point.
+    formats = [_ResumableTensorBoard(str(folder), algo.num_timesteps + 1 if resume else None)]
+    if verbose:
+        formats.append(HumanOutputFormat(sys.stdout))
+    logger = Logger(str(folder), formats)
+    algo.set_logger(logger)
+    return logger
+
+
+class _StopWhenRequested(BaseCallback):
+    """Ends ``learn`` at the next env step once SIGINT or SIGTERM arrived."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return not self.stop
+
+
+def check_init_matches_env(checkpoint: str, env: VecEnv, env_id: str, flag: str) -> None:
+    """Refuse a checkpoint built for another action space or frame size, before any rollout."""
+    path = Path(checkpoint) / CONFIG_NAME
+    try:
+        config = PolicyConfig.from_dict(json.loads(path.read_text())["policy"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{flag} {checkpoint}: {path} is not a policy checkpoint's config ({error})"
+        ) from None
+    expected, actual = config.action_space.to_spec(), action_space_spec(env.action_space)
+    if ActionSpaceConfig.from_spec(actual) != config.action_space:
+        raise ValueError(
+            f"{flag} {checkpoint}: the checkpoint acts in {expected} but {env_id} has {actual}; "
+            f"use a checkpoint trained on {env_id} (or train from scratch without {flag})"
+        )
+    image = env.observation_space["image"].shape
+    size = tuple(image[1:]) if image[0] == 3 and image[-1] != 3 else tuple(image[:2])
+    if tuple(config.vision.image_size) != size:
+        raise ValueError(
+            f"{flag} {checkpoint}: the checkpoint reads {tuple(config.vision.image_size)} frames but "
+            f"{env_id} gives {size}; use a checkpoint trained on {env_id}"
+        )
+
+
+def _learn(
+    algo: SequencePPO,
+    stop: StopRequest,
+    steps: int,
+    resume: bool,
+    progress: bool,
+    checkpoint_every: int,
+    save: Callable[[], None],
+) -> float:
+    """``algo.learn`` up to ``steps`` env steps in all, calling ``save`` every
+    ``checkpoint_every`` steps, until done or ``stop``; returns the seconds it took. A stopped
+    run's step count is that of its last update (the steps of an unfinished rollout trained
+    nothing)."""
+    last_saved = [algo.num_timesteps]
+    trained = [algo.num_timesteps]
+
+    def after_update(current: SequencePPO) -> None:
+        trained[0] = current.num_timesteps
+        if current.num_timesteps - last_saved[0] >= checkpoint_every:
+            save()
+            last_saved[0] = current.num_timesteps
+
+    algo.after_update = after_update
+    started = time.perf_counter()
+    with stop.catching():
+        # SB3 counts ``total_timesteps`` from where a continued run stands.
+        algo.learn(
+            total_timesteps=max(steps - algo.num_timesteps, 0) if resume else steps,
+            reset_num_timesteps=not resume,
+            callback=_StopWhenRequested(stop),
+            progress_bar=progress,
+        )
+    wall = time.perf_counter() - started
+    if stop:
+        algo.num_timesteps = trained[0]
+    return wall
+
+
+def train_rl(
+    run: RunConfig,
+    env_id: str,
+    steps: int,
+    out: str,
+    init: str | None = None,
+    resume: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """PPO for ``steps`` env steps; writes ``out/checkpoint`` (the final policy), ``out/tb``
+    (SB3's scalars + per-task success) and ``out/summary.json``. ``resume`` continues from
+    ``out/checkpoint`` (weights, optimizer, step count; envs restart with fresh episodes).
+
+    SIGINT or SIGTERM ends the run at the next env step with a checkpoint of the last update
+    and raises ``TrainingInterrupted`` (its message says how to resume)."""
+    cfg = run.rl
+    out_dir = Path(out)
+    checkpoint = out_dir / CHECKPOINT
+    start_from = init
+    if resume:
+        if not (checkpoint / TRAINER_STATE).exists():
+            raise ValueError(
+                f"--resume: {out_dir} holds no RL checkpoint ({checkpoint / TRAINER_STATE} does not exist), "
+                "so there is nothing to continue: run without --resume to start it"
+            )
+        start_from = str(checkpoint)
+    with children_ignore_interrupts():  # subprocess envs start here and leave Ctrl-C to us
+        env = make_env(env_id, cfg.n_envs, cfg.vec_env, cfg.seed, cfg.max_tokens, **(env_kwargs or {}))
+    stop = StopRequest()
+    logger: Logger | None = None
+    try:
+        if start_from:
+            check_init_matches_env(start_from, env, env_id, "--resume" if resume else "--init")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        algo = build_ppo(run, env, init=start_from, reference=init, verbose=verbose)
+        if resume:
+            load_trainer_state(algo, checkpoint)
+        logger = attach_logger(algo, out_dir / "tb", resume, verbose)
+        save = partial(save_rl_checkpoint, checkpoint, algo, run, env_id, init)
+        start_steps = algo.num_timesteps
+        wall = _learn(algo, stop, steps, resume, progress, cfg.checkpoint_every, save)
+        save()
+    finally:
+        env.close()
+        if logger is not None:
+            logger.close()
+    if stop:
+        assert stop.signal_number is not None
+        command = f"instructcraft rl --env {env_id} --steps {steps} --out {out_dir} --resume"
+        raise TrainingInterrupted(
+            f"interrupted after {algo.num_timesteps} of {steps} env steps: checkpoint written to "
+            f"{checkpoint}; resume with `{command}` (and the same --config/--set/--tasks"
+            f"{f', --init {init}' if init else ''})",
+            stop.signal_number,
+        )
+    summary = {
+        "env_id": env_id,
+        "init": init,
+        "timesteps": algo.num_timesteps,
+        "steps_per_s": (algo.num_timesteps - start_steps) / max(wall, 1e-9),
+        "success_rate_per_task": algo.task_success(),
+        "episode_return_mean": safe_mean([e["r"] for e in algo.ep_info_buffer])
+        if algo.ep_info_buffer
+        else None,
+        "timings_s": dict(algo.timings),
+        "checkpoint": str(checkpoint),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
