@@ -1,0 +1,170 @@
+"""``bench bc``: the data loader against batches already in memory, and the current default model
+and batching against the previous default, on `make demo`-like data."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from functools import partial
+from typing import Any
+
+import envs
+from envs.data.collect import collect
+from envs.experts import default_expert_for
+from train.bench.timing import interleaved, timed
+
+# The frame encoder and batching that were the default before `vision.encoder` and `train.pack`
+# existed: `bench bc` measures the current default against it.
+PREVIOUS_BC_DEFAULT = {"vision": {"encoder": "impala", "position_embedding": False}, "pack": False}
+
+TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
+
+
+def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
+    """Two measurements on `make demo`-like data (4 tasks, DART noise 0.25):
+
+    - one BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
+      same batches already in memory; same model, same run, interleaved blocks;
+    - real (unpadded) training steps per second of the current default (frame encoder + packed
+      rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
+      from memory, interleaved blocks.
+    """
+    import torch
+
+    from policies import ActionSpaceConfig, PolicyConfig
+    from train.config import TrainConfig
+
+    steps = 10 if quick else 30
+    action_space = ActionSpaceConfig("Discrete", (17,))
+    pack_now = TrainConfig().pack
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/data"
+        collect(
+            path,
+            envs.CRAFTER_ID,
+            default_expert_for(envs.CRAFTER_ID),
+            40 if quick else 200,
+            tasks=TASKS,
+            workers=2,
+            seed=0,
+            noise=0.25,
+        )
+        torch.manual_seed(0)
+        config = PolicyConfig(action_space=action_space)
+        seconds = _loader_over_memory(path, config, pack_now, steps, workers)
+        runs = _previous_and_default(path, action_space, config, pack_now, steps)
+    real_sps = {name: run["real"] / run["seconds"] for name, run in runs.items()}
+    return {
+        "loader_step_ms": 1000 * seconds["loader"] / steps,
+        "inmemory_step_ms": 1000 * seconds["memory"] / steps,
+        "loader_over_inmemory_step_time": seconds["loader"] / seconds["memory"],
+        "previous_default_real_steps_per_s": real_sps["previous"],
+        "default_real_steps_per_s": real_sps["default"],
+        "previous_default_real_fraction": runs["previous"]["real"] / runs["previous"]["padded"],
+        "default_real_fraction": runs["default"]["real"] / runs["default"]["padded"],
+        "real_steps_per_s_default_over_previous": real_sps["default"] / real_sps["previous"],
+        "batch": f"16 rows x 32 steps, {workers} loader workers; default: {config.vision.encoder} encoder, "
+        f"{config.vision.frame_tokens} tokens, pack={pack_now}; previous: {PREVIOUS_BC_DEFAULT}",
+        "goals": {
+            "loader_over_inmemory_step_time": "<= 1.1",
+            "real_steps_per_s_default_over_previous": ">= 2.0",
+        },
+    }
+
+
+def _bc_step(policy: Any, optimizer: Any, batch: dict[str, Any], packed: bool) -> None:
+    out = policy(
+        batch["frames"],
+        list(batch["instruction"]),
+        times=batch["times"],
+        frame_mask=batch["mask"],
+        segments=batch["segments"] if packed else None,
+    )
+    log_prob = policy.distribution(out.logits).log_prob(batch["actions"])
+    loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def _model(policy_config: Any) -> tuple[Any, Any]:
+    """A fresh policy in training mode and its AdamW optimizer."""
+    import torch
+
+    from policies import InstructionPolicy
+
+    policy = InstructionPolicy(policy_config).train()
+    return policy, torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+
+
+def _loader_over_memory(path: str, config: Any, pack: bool, steps: int, workers: int) -> dict[str, float]:
+    """Seconds of ``steps`` BC steps fed by the loader and of the same batches again from memory:
+    in each of two rounds, half the steps from the loader, then those batches once more."""
+    from train.data import ChunkDataset, make_loader
+
+    policy, optimizer = _model(config)
+    chunks = ChunkDataset(path, 32, pack=pack)
+    loader = make_loader(chunks, 16, workers=workers, seed=0, start_sample=0, pin_memory=False)
+    batches = iter(loader)
+    _bc_step(policy, optimizer, next(batches), pack)  # warm-up (workers started, text cached)
+    held: list[dict[str, Any]] = []
+
+    def from_loader() -> float:
+        held.clear()  # the last round's batches are let go before the clock starts
+        start = time.perf_counter()
+        for _ in range(steps // 2):
+            batch = next(batches)
+            _bc_step(policy, optimizer, batch, pack)
+            held.append(batch)
+        return time.perf_counter() - start
+
+    def from_memory() -> None:
+        for batch in held:
+            _bc_step(policy, optimizer, batch, pack)
+
+    return interleaved({"loader": from_loader, "memory": timed(from_memory)}, 2)
+
+
+def _previous_and_default(
+    path: str, action_space: Any, config: Any, pack: bool, steps: int
+) -> dict[str, dict[str, Any]]:
+    """Previous default vs current default, both from memory: each run's seconds over two rounds
+    and its real (unpadded) and padded step counts."""
+    import dataclasses
+
+    import torch
+
+    from policies import PolicyConfig, VisionConfig
+    from train.data import ChunkDataset, make_loader
+
+    previous_vision = dataclasses.replace(VisionConfig(), **PREVIOUS_BC_DEFAULT["vision"])
+    setups = {
+        "previous": (
+            PolicyConfig(action_space=action_space, vision=previous_vision),
+            PREVIOUS_BC_DEFAULT["pack"],
+        ),
+        "default": (config, pack),
+    }
+    runs = {}
+    for name, (policy_config, packed) in setups.items():
+        torch.manual_seed(0)
+        model, optimizer = _model(policy_config)
+        rows = make_loader(
+            ChunkDataset(path, 32, pack=packed), 16, workers=0, seed=0, start_sample=0, pin_memory=False
+        )
+        held = list(itertools.islice(rows, steps // 2 + 1))
+        _bc_step(model, optimizer, held[0], packed)  # warm-up
+        runs[name] = {"model": model, "optimizer": optimizer, "batches": held[1:], "packed": packed}
+
+    def train_on(run: dict[str, Any]) -> None:
+        for batch in run["batches"]:
+            _bc_step(run["model"], run["optimizer"], batch, run["packed"])
+
+    rounds = 2
+    seconds = interleaved({name: timed(partial(train_on, run)) for name, run in runs.items()}, rounds)
+    for name, run in runs.items():
+        run["seconds"] = seconds[name]
+        run["real"] = rounds * int(sum(batch["mask"].sum() for batch in run["batches"]))
+        run["padded"] = rounds * sum(batch["mask"].numel() for batch in run["batches"])
+    return runs
