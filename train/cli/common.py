@@ -32,6 +32,12 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def same_named(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags ``names`` as keyword arguments of the same names: a flag maps to one argument of
+    the function it runs (one named otherwise is passed by hand)."""
+    return {name: getattr(args, name) for name in names}
+
+
 # Flags that mean the same in every command that takes them; the help text may say more.
 
 

@@ -61,12 +61,9 @@ def run_collect(args: argparse.Namespace) -> int:
         args.env,
         expert,
         args.episodes,
-        tasks=args.tasks,
-        workers=args.workers,
         seed=seed,
-        only_success=args.only_success,
-        noise=args.noise,
         progress=progress,
+        **common.same_named(args, "tasks", "workers", "only_success", "noise"),
     )
     bar.close()
     if args.json:

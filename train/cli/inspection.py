@@ -60,21 +60,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.phrasings:
         result = _evaluate_phrasings(args, modes, progress)
     else:
-        common = dict(
-            checkpoint=args.checkpoint,
-            tasks=args.tasks,
-            cfg_scale=args.cfg_scale,
-            seed=args.seed,
-            workers=args.workers,
-            video_dir=args.video_dir,
-            videos=args.videos,
-            deterministic=args.greedy,
-            progress=progress,
+        shared = common.same_named(
+            args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
         )
+        shared.update(deterministic=args.greedy, progress=progress)
         if args.sensitivity:
-            result = sensitivity(args.env, args.episodes, **common)
+            result = sensitivity(args.env, args.episodes, **shared)
         else:
-            result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **common)
+            result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **shared)
     for bar in bars:
         bar.close()
     if args.json:
@@ -105,19 +98,30 @@ def _evaluate_phrasings(
         args.env,
         phrasings,
         args.episodes,
-        checkpoint=args.checkpoint,
-        seed=args.seed,
-        workers=args.workers,
-        cfg_scale=args.cfg_scale,
         deterministic=args.greedy,
         progress=progress,
+        **common.same_named(args, "checkpoint", "seed", "workers", "cfg_scale"),
     )
 
 
-def _add_agent_flags(
-    parser: argparse.ArgumentParser, env: dict[str, Any], instruction_help: str, task_default: str
-) -> None:
+# What --env, --instruction and --task say in the commands that run a checkpoint in an env.
+AGENT_FLAGS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "rollout": (
+        {"required": True, "help": "env id"},
+        "override the env's instruction",
+        "default: the task of a known --instruction phrasing, else the env's draw per seed",
+    ),
+    "attention": (
+        {"default": None, "help": "env id (for a rollout)"},
+        "instruction (default: the env's)",
+        "as for rollout; default from --instruction",
+    ),
+}
+
+
+def _add_agent_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """Which checkpoint acts, in which env, asked what, and which task judges its success."""
+    env, instruction_help, task_default = AGENT_FLAGS[command]
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
     parser.add_argument("--env", **env)
     parser.add_argument("--instruction", default=None, help=instruction_help)
@@ -128,12 +132,7 @@ def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rollout", help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats"
     )
-    _add_agent_flags(
-        p,
-        {"required": True, "help": "env id"},
-        "override the env's instruction",
-        "default: the task of a known --instruction phrasing, else the env's draw per seed",
-    )
+    _add_agent_flags(p, "rollout")
     p.add_argument("--episodes", type=common.positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
     common.add_seed_flag(p, 0, "first episode seed")
@@ -158,13 +157,10 @@ def run_rollout(args: argparse.Namespace) -> int:
         agent,
         args.env,
         args.out,
-        episodes=args.episodes,
-        seed=args.seed,
-        instruction=args.instruction,
         task=task,
         deterministic=not args.sample,
-        cfg_scale=args.cfg_scale,
         progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
+        **common.same_named(args, "episodes", "seed", "instruction", "cfg_scale"),
     )
     bar.close()
     if args.json:
@@ -184,12 +180,7 @@ def add_attention_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "attention", help="record attention over frames: timeline PNG, overlays PNG, HTML viewer"
     )
-    _add_agent_flags(
-        p,
-        {"default": None, "help": "env id (for a rollout)"},
-        "instruction (default: the env's)",
-        "as for rollout; default from --instruction",
-    )
+    _add_agent_flags(p, "attention")
     p.add_argument("--out", required=True, help="output directory")
     common.add_seed_flag(p, 0, "episode seed")
     p.add_argument(

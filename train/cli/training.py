@@ -93,13 +93,8 @@ def run_dagger(args: argparse.Namespace) -> int:
 
     run = load_run_config(args.config, args.set)
     rounds = dagger.DaggerConfig(
-        rounds=args.rounds,
-        episodes=args.episodes,
-        beta=args.beta,
-        beta_decay=args.beta_decay,
         steps=args.steps_per_round,
-        eval_episodes=args.eval_episodes,
-        workers=args.workers,
+        **common.same_named(args, "rounds", "episodes", "beta", "beta_decay", "eval_episodes", "workers"),
     )
     state = dagger.run_dagger(
         run,
@@ -205,14 +200,9 @@ def run_ablate(args: argparse.Namespace) -> int:
         fusions,
         args.data,
         args.out,
-        config=args.config,
         overrides=args.set,
-        seeds=args.seeds,
-        episodes=args.episodes,
         eval_env=args.env,
-        tasks=args.tasks,
-        rl_steps=args.rl_steps,
-        workers=args.workers,
+        **common.same_named(args, "config", "seeds", "episodes", "tasks", "rl_steps", "workers"),
         log=(lambda _: None) if args.json else print,
     )
     if args.json:
@@ -245,12 +235,5 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from train import demo
 
-    return demo.run_demo(
-        args.out,
-        episodes=args.episodes,
-        workers=args.workers,
-        seed=args.seed,
-        bc_steps=args.bc_steps,
-        eval_episodes=args.eval_episodes,
-        tasks=args.tasks,
-    )
+    flags = common.same_named(args, "episodes", "workers", "seed", "bc_steps", "eval_episodes", "tasks")
+    return demo.run_demo(args.out, **flags)
