@@ -112,12 +112,16 @@ class VisionConfig:
     position_embedding: a learned vector per token position added to the frame tokens, so the
         fusion knows where in the frame each token lies (attention over a set of tokens is blind
         to their order). Checkpoints written before this field existed load without it.
+
+    The default (cells of 7 pixels, 81 tokens: Crafter's 9x9 view drawn at 64x64) trains at about
+    a fifth of the IMPALA stack's cost per frame and reached higher BC success on the same data and
+    steps (README, "Frame encoders"). Checkpoints written before ``encoder`` existed load as IMPALA.
     """
 
     image_size: tuple[int, int] = (64, 64)
-    channels: tuple[int, ...] = (16, 32, 32)
-    frame_tokens: int = 16
-    encoder: str = "impala"
+    channels: tuple[int, ...] = (32,)
+    frame_tokens: int = 81
+    encoder: str = "cells"
     cell_size: int = 7
     cell_blocks: int = 2
     position_embedding: bool = True

@@ -65,9 +65,10 @@ def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _legacy_defaults(policy: Any) -> Any:
     """Checkpoints written before a config field existed were built without it: a missing
-    ``vision.position_embedding`` means none (today's default is on)."""
+    ``vision.position_embedding`` means none and a missing ``vision.encoder`` means the IMPALA
+    stack (today's defaults are position embeddings and the cell encoder)."""
     if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
-        policy = {**policy, "vision": {"position_embedding": False, **policy["vision"]}}
+        policy = {**policy, "vision": {"position_embedding": False, "encoder": "impala", **policy["vision"]}}
     return policy
 
 

@@ -62,7 +62,7 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)"""
     skip_bad_episodes: bool = False
     """train on the readable episodes when some are missing or corrupt (default: refuse to start)"""
-    pack: bool = False
+    pack: bool = True
     """pack several short episodes of one instruction into each chunk (a block-causal mask keeps
     them apart), so batches hold real steps instead of padding"""
     val_fraction: float = 0.05

@@ -424,3 +424,24 @@ def test_prefill_equals_stepping(fusion_type: str) -> None:
         torch.testing.assert_close(
             model.step(filled, last).logits, model.step(stepped, last).logits, atol=1e-5, rtol=0
         )
+
+
+def test_checkpoints_from_before_the_encoder_choice_load_as_impala_without_positions(tmp_path: Path) -> None:
+    """A checkpoint written before ``vision.encoder`` and ``vision.position_embedding`` existed
+    holds neither field: it was an IMPALA stack without token positions, whatever today's
+    defaults are, and it loads with the same outputs."""
+    torch.manual_seed(0)
+    old = make_tiny_config().replace(**{"vision.encoder": "impala", "vision.position_embedding": False})
+    model = InstructionPolicy(old).eval()
+    model.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    payload = json.loads(config_path.read_text())
+    vision = payload["policy"]["vision"]
+    del vision["encoder"], vision["position_embedding"]
+    config_path.write_text(json.dumps(payload))
+    loaded = InstructionPolicy.from_pretrained(tmp_path / "old").eval()
+    assert loaded.config.vision.encoder == "impala" and not loaded.config.vision.position_embedding
+    assert PolicyConfig().vision.encoder == "cells" and PolicyConfig().vision.position_embedding
+    frames = random_frames(1, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames, ["go"]).logits, model(frames, ["go"]).logits)
