@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -195,6 +196,19 @@ class Agent:
         self._last_logits = logits
         self._last_value = output.value
         return self._to_env_action(action)
+
+    def acting(
+        self, deterministic: bool = False, cfg_scale: float = 0.0
+    ) -> Callable[[dict[str, Any], dict[str, Any]], int | np.ndarray]:
+        """``act`` as the ``act(observation, info)`` callable of ``envs.episodes.play_episode``.
+
+        Only the image is passed on: the instruction is the one given to ``reset``, and None
+        there means the learned null instruction, not the env's text."""
+
+        def act(observation: dict[str, Any], info: dict[str, Any]) -> int | np.ndarray:
+            return self.act({"image": observation["image"]}, deterministic=deterministic, cfg_scale=cfg_scale)
+
+        return act
 
     @property
     def last_logits(self) -> torch.Tensor:

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 from agent.rollout import action_name
+from envs.episodes import Step, play_episode
 
 TOP_K = 4
 
@@ -113,25 +114,34 @@ def record_rollout(
         raise ValueError("the agent must be created with capture_attention=True")
     env = gym.make(env_id, **(env_kwargs or {}))
     agent.check_env(env)
-    obs, info = env.reset(seed=seed, options={"task": task} if task is not None else None)
-    text = instruction if instruction is not None else info["instruction"]
-    agent.reset(text or None)
     recording = AttentionRecording(
-        text,
+        "",
         agent.policy.config.fusion_kwargs.fusion_type,
         tokens_per_frame=agent.policy.config.vision.frame_tokens,
     )
-    while True:
-        action = agent.act({"image": obs["image"]}, deterministic=True, cfg_scale=cfg_scale)
-        recording.frames.append(obs["image"])
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        recording.instruction = instruction if instruction is not None else info["instruction"]
+        agent.reset(recording.instruction or None)
+
+    def record(step: Step) -> None:
+        recording.frames.append(step.observation["image"])
         recording.steps.append(capture_step(agent))
-        recording.actions.append(action_name(env, action))
+        recording.actions.append(action_name(env, step.action))
         recording.probabilities.append(agent.last_action_probability())
-        obs, reward, terminated, truncated, info = env.step(action)
-        recording.rewards.append(float(reward))
-        recording.success = recording.success or bool(info.get("success", False))
-        if terminated or truncated or (max_steps is not None and len(recording) >= max_steps):
-            return recording
+        recording.rewards.append(float(step.reward))
+        recording.success = step.success
+
+    play_episode(
+        env,
+        agent.acting(deterministic=True, cfg_scale=cfg_scale),
+        seed=seed,
+        task=task,
+        on_reset=start,
+        on_step=record,
+        max_steps=max_steps,
+    )
+    return recording
 
 
 def record_dataset_episode(

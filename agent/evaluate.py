@@ -21,6 +21,7 @@ import numpy as np
 import envs
 from agent.agent import Agent
 from envs.crafter_tasks import TASKS
+from envs.episodes import play_episode
 from envs.workers import make_env, ordered_map
 
 MODES = ("correct", "swapped", "blank")
@@ -68,46 +69,48 @@ class EpisodeJob:
 
 
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
-    options = {"task": job.task} if job.task is not None else None
-    obs, info = env.reset(seed=job.seed, options=options)
-    task = info["task"]
-    instruction = info["instruction"]
-    if job.instruction is not None:
-        instruction = job.instruction
-    elif job.mode == "swapped":
-        instruction = swapped_instruction(env_id, task, job.seed, job.pool)
-    elif job.mode == "blank":
-        instruction = ""
-    # A blank instruction means the learned null instruction (the observation carries no text).
-    agent.reset(instruction or None)
-    agent.generator.manual_seed(job.seed)  # sampled actions are reproducible per episode
-    frames = [env.render()] if job.video else []
-    steps, total, success = 0, 0.0, False
-    while True:
-        observation = {"image": obs["image"]}
-        action = agent.act(observation, deterministic=job.deterministic, cfg_scale=job.cfg_scale)
-        obs, reward, terminated, truncated, info = env.step(action)
-        steps += 1
-        total += float(reward)
-        success = success or bool(info.get("success", False))
+    told: list[str] = []  # the instruction the agent is given
+    frames: list[np.ndarray] = []
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        instruction = info["instruction"]
+        if job.instruction is not None:
+            instruction = job.instruction
+        elif job.mode == "swapped":
+            instruction = swapped_instruction(env_id, info["task"], job.seed, job.pool)
+        elif job.mode == "blank":
+            instruction = ""
+        told.append(instruction)
+        # A blank instruction means the learned null instruction (the observation carries no text).
+        agent.reset(instruction or None)
+        agent.generator.manual_seed(job.seed)  # sampled actions are reproducible per episode
         if job.video:
             frames.append(env.render())
-        if terminated or truncated:
-            break
+
+    outcome = play_episode(
+        env,
+        agent.acting(job.deterministic, job.cfg_scale),
+        seed=job.seed,
+        task=job.task,
+        on_reset=start,
+        on_step=(lambda step: frames.append(env.render())) if job.video else None,
+    )
     if job.video:
         write_video(job.video, frames)
     row = {
-        "task": task,
+        "task": outcome.reset_info["task"],
         "seed": job.seed,
         "mode": job.mode,
-        "instruction": instruction,
-        "success": success,
-        "length": steps,
-        "return": total,
+        "instruction": told[0],
+        "success": outcome.success,
+        "length": outcome.length,
+        "return": outcome.total_reward,
         "video": job.video,
     }
-    if "achievements" in info:
-        row["achievements"] = sorted(name for name, count in info["achievements"].items() if count > 0)
+    if "achievements" in outcome.info:
+        row["achievements"] = sorted(
+            name for name, count in outcome.info["achievements"].items() if count > 0
+        )
     return row
 
 

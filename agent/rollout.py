@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
+from envs.episodes import Step, play_episode
 
 CAPTION_HEIGHT = 44
 
@@ -89,43 +90,55 @@ def rollout_episode(
     ``task`` when given (envs with a task choice), else the one it draws for ``seed``.
 
     Returns stats plus ``captioned`` frames (one per observation)."""
-    obs, info = env.reset(seed=seed, options={"task": task} if task is not None else None)
-    text = instruction if instruction is not None else info["instruction"]
-    agent.reset(text or None)
-    frames = [caption(obs["image"], [text, "step 0"])]
-    total, success, step = 0.0, False, 0
-    while True:
-        action = agent.act({"image": obs["image"]}, deterministic=deterministic, cfg_scale=cfg_scale)
+    told: list[str] = []  # the instruction the agent is given
+    frames: list[np.ndarray] = []
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        text = instruction if instruction is not None else info["instruction"]
+        told.append(text)
+        agent.reset(text or None)
+        frames.append(caption(observation["image"], [text, "step 0"]))
+
+    def record(step: Step) -> None:
         probability = agent.last_action_probability()
-        previous = obs["image"]
-        obs, reward, terminated, truncated, info = env.step(action)
-        step += 1
-        total += float(reward)
-        success = success or bool(info.get("success", False))
-        name = action_name(env, action)
+        name = action_name(env, step.action)
         if on_step is not None:
             on_step(
-                {"step": step, "frame": previous, "action": action, "name": name, "probability": probability}
+                {
+                    "step": step.index,
+                    "frame": step.observation["image"],
+                    "action": step.action,
+                    "name": name,
+                    "probability": probability,
+                }
             )
         frames.append(
             caption(
-                obs["image"],
+                step.next_observation["image"],
                 [
-                    text,
-                    f"step {step}  action {name} (p={probability:.2f})",
-                    f"reward {reward:+.2f}  return {total:+.2f}",
+                    told[0],
+                    f"step {step.index}  action {name} (p={probability:.2f})",
+                    f"reward {step.reward:+.2f}  return {step.total_reward:+.2f}",
                 ],
             )
         )
-        if terminated or truncated or (max_steps is not None and step >= max_steps):
-            break
+
+    outcome = play_episode(
+        env,
+        agent.acting(deterministic, cfg_scale),
+        seed=seed,
+        task=task,
+        on_reset=start,
+        on_step=record,
+        max_steps=max_steps,
+    )
     return {
         "seed": seed,
-        "task": info.get("task"),
-        "instruction": text,
-        "success": success,
-        "length": step,
-        "return": total,
+        "task": outcome.info.get("task"),
+        "instruction": told[0],
+        "success": outcome.success,
+        "length": outcome.length,
+        "return": outcome.total_reward,
         "captioned": frames,
     }
 

@@ -32,7 +32,7 @@ import numpy as np
 import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent import Agent
 from agent.evaluate import evaluate
-from envs.data.collect import next_seed
+from envs.data.collect import next_seed, record_episode
 from envs.data.store import Dataset, DatasetWriter, Episode, action_space_spec
 from envs.experts import Expert, make_expert
 from envs.workers import check_env_id, make_env, ordered_map
@@ -89,48 +89,38 @@ class RolloutJob:
 def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, job: RolloutJob) -> Episode:
     """One mixture episode: the expert labels every step, the executed action is the expert's
     with probability ``job.beta`` and the learner's sampled action otherwise."""
-    options = {"task": job.task} if job.task is not None else None
-    obs, info = env.reset(seed=job.seed, options=options)
-    expert.reset(env, obs, info)
-    agent.reset(info["instruction"])
-    agent.generator.manual_seed(job.seed)
     mixture = np.random.default_rng([job.seed, job.round, 7_919])
-    images, labels, executed, rewards, terminated, truncated = [obs["image"]], [], [], [], [], []
-    success = False
-    while True:
-        label = expert.act(obs, info)
-        learner = agent.act({"image": obs["image"]})  # every step: the agent's history stays whole
-        action = label if mixture.random() < job.beta else learner
+    learner = agent.acting()
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        expert.reset(env, observation, info)
+        agent.reset(info["instruction"])
+        agent.generator.manual_seed(job.seed)
+
+    def execute(label: Any, observation: dict[str, Any], info: dict[str, Any]) -> Any:
+        chosen = learner(observation, info)  # every step: the agent's history stays whole
+        action = label if mixture.random() < job.beta else chosen
         expert.executed(action)  # an expert that keeps a plan learns what really ran
-        obs, reward, term, trunc, info = env.step(action)
-        images.append(obs["image"])
-        labels.append(label)
-        executed.append(action)
-        rewards.append(reward)
-        terminated.append(term)
-        truncated.append(trunc)
-        success = success or bool(info.get("success", False))
-        if term or trunc:
-            break
-    return Episode(
-        images=np.stack(images),
-        actions=np.asarray(labels, np.int64),
-        rewards=np.asarray(rewards, np.float32),
-        terminated=np.asarray(terminated, bool),
-        truncated=np.asarray(truncated, bool),
-        instruction=info["instruction"],
-        task=info["task"],
+        return action
+
+    episode, executed = record_episode(
+        env,
+        expert.act,
+        seed=job.seed,
+        task=job.task,
         env_id=env_id,
         expert=expert.name,
-        seed=job.seed,
-        success=success,
-        extra={
-            "dagger_round": job.round,
-            "beta": job.beta,
-            "executed_actions": np.asarray(executed).tolist(),
-            "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
-        },
+        on_reset=start,
+        execute=execute,
     )
+    labels = episode.actions
+    episode.extra = {
+        "dagger_round": job.round,
+        "beta": job.beta,
+        "executed_actions": np.asarray(executed).tolist(),
+        "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
+    }
+    return episode
 
 
 _worker: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the ids in spawned workers)
 from envs.data.store import Dataset, DatasetWriter, Episode
+from envs.episodes import Act, Step, play_episode
 from envs.experts import Expert, make_expert
 from envs.workers import make_env, ordered_map
 
@@ -21,6 +22,57 @@ from envs.workers import make_env, ordered_map
 class Job:
     seed: int
     task: str | None
+
+
+def record_episode(
+    env: gym.Env,
+    act: Act,
+    *,
+    seed: int,
+    task: str | None,
+    env_id: str,
+    expert: str,
+    on_reset: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    execute: Callable[[Any, dict[str, Any], dict[str, Any]], Any] | None = None,
+) -> tuple[Episode, list[Any]]:
+    """One episode of ``play_episode`` kept as a dataset ``Episode``: every observation's image
+    (the final one included), ``act``'s actions as the labels, rewards and flags. Also returns
+    the actions that ran (they differ from the labels where ``execute`` replaced them)."""
+    images: list[np.ndarray] = []
+    labels: list[Any] = []
+    executed: list[Any] = []
+    rewards: list[float] = []
+    terminated: list[bool] = []
+    truncated: list[bool] = []
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        images.append(observation["image"])
+        if on_reset is not None:
+            on_reset(observation, info)
+
+    def keep(step: Step) -> None:
+        images.append(step.next_observation["image"])
+        labels.append(step.label)
+        executed.append(step.action)
+        rewards.append(step.reward)
+        terminated.append(step.terminated)
+        truncated.append(step.truncated)
+
+    outcome = play_episode(env, act, seed=seed, task=task, on_reset=start, execute=execute, on_step=keep)
+    episode = Episode(
+        images=np.stack(images),
+        actions=np.asarray(labels, np.int64),
+        rewards=np.asarray(rewards, np.float32),
+        terminated=np.asarray(terminated, bool),
+        truncated=np.asarray(truncated, bool),
+        instruction=outcome.info["instruction"],
+        task=outcome.info["task"],
+        env_id=env_id,
+        expert=expert,
+        seed=seed,
+        success=outcome.success,
+    )
+    return episode, executed
 
 
 def run_episode(
@@ -32,44 +84,29 @@ def run_episode(
     action instead of the expert's, while the recorded action stays the expert's label. The
     demonstrations then show how to recover from mistakes a cloned policy will make.
     """
-    options = {"task": task} if task is not None else None
-    obs, info = env.reset(seed=seed, options=options)
-    expert.reset(env, obs, info)
     rng = np.random.default_rng([seed, 104_729])
-    images, actions, rewards, terminated, truncated = [obs["image"]], [], [], [], []
-    executed_actions: list[int] = []
-    success = False
-    while True:
-        action = expert.act(obs, info)
-        executed = action
+
+    def execute(label: Any, observation: dict[str, Any], info: dict[str, Any]) -> Any:
+        action = label
         if noise > 0 and rng.random() < noise:
-            executed = int(rng.integers(env.action_space.n))
-        executed_actions.append(int(executed))
-        expert.executed(executed)
-        obs, reward, term, trunc, info = env.step(executed)
-        images.append(obs["image"])
-        actions.append(action)
-        rewards.append(reward)
-        terminated.append(term)
-        truncated.append(trunc)
-        success = success or bool(info.get("success", False))
-        if term or trunc:
-            break
-    return Episode(
-        images=np.stack(images),
-        actions=np.asarray(actions, np.int64),
-        rewards=np.asarray(rewards, np.float32),
-        terminated=np.asarray(terminated, bool),
-        truncated=np.asarray(truncated, bool),
-        instruction=info["instruction"],
-        task=info["task"],
+            action = int(rng.integers(env.action_space.n))
+        expert.executed(action)
+        return action
+
+    episode, executed = record_episode(
+        env,
+        expert.act,
+        seed=seed,
+        task=task,
         env_id=env_id,
         expert=expert.name,
-        seed=seed,
-        success=success,
-        # With noise the labels differ from what ran; what ran is kept so the episode can be replayed.
-        extra={"label_noise": noise, "executed_actions": executed_actions} if noise > 0 else {},
+        on_reset=lambda observation, info: expert.reset(env, observation, info),
+        execute=execute,
     )
+    if noise > 0:
+        # The labels differ from what ran; what ran is kept so the episode can be replayed.
+        episode.extra = {"label_noise": noise, "executed_actions": [int(action) for action in executed]}
+    return episode
 
 
 _worker: dict[str, Any] = {}

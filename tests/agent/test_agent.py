@@ -145,3 +145,17 @@ def test_crafter_score_matches_the_published_formula() -> None:
     assert out["achievement_rates_percent"] == {"collect_wood": 50.0, "place_table": 0.0}
     assert out["crafter_score"] == pytest.approx(51**0.5 - 1)
     assert crafter_score([["a", "b"]], ["a", "b"])["crafter_score"] == pytest.approx(100.0)
+
+
+def test_acting_passes_only_the_image_so_reset_decides_the_instruction() -> None:
+    torch.manual_seed(0)
+    agent = Agent(InstructionPolicy(make_tiny_config()), seed=0)
+    act = agent.acting(deterministic=True)
+    image = np.zeros((16, 16, 3), np.uint8)
+    agent.reset(None)  # the learned null instruction, whatever the env's observation says
+    action = act({"image": image, "instruction": "go left"}, {"instruction": "go left"})
+    assert agent.instruction is None
+    reference = Agent(agent.policy, seed=0)
+    reference.reset(None)
+    assert action == reference.act({"image": image}, deterministic=True)
+    torch.testing.assert_close(agent.last_logits, reference.last_logits)
