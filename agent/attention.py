@@ -25,6 +25,7 @@ import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 from agent.rollout import action_name
 from envs.episodes import Step, play_episode
+from envs.video import upscale
 
 TOP_K = 4
 
@@ -236,7 +237,7 @@ def overlay(frame: np.ndarray, token_weights: np.ndarray, scale: int = 4) -> np.
     spread = float(token_weights.max() - token_weights.min())
     # Relative to the frame's own range: uniform attention shows no heat.
     grid = (token_weights.reshape(side, side) - token_weights.min()) / max(spread, 1e-9)
-    big = np.repeat(np.repeat(frame, scale, 0), scale, 1).astype(np.float32)
+    big = upscale(frame, scale).astype(np.float32)
     heat = np.asarray(Image.fromarray(colormap(grid)).resize(big.shape[1::-1], Image.BILINEAR), np.float32)
     alpha = (
         np.asarray(
@@ -252,7 +253,7 @@ def overlays_png(recording: AttentionRecording, step: int, path: str | Path) -> 
     """The current frame and, for step ``step``, its most attended frames with token heat."""
     current = recording.steps[step]
     tokens = current.top_tokens.mean((0, 1))  # (k, P)
-    tiles = [np.repeat(np.repeat(recording.frames[step], 4, 0), 4, 1)]
+    tiles = [upscale(recording.frames[step], 4)]
     labels = [f"step {step} (now)"]
     for index, time in enumerate(current.top_times):
         weight = current.frame_weights.mean((0, 1))[list(current.frame_times).index(time)]

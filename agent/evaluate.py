@@ -22,6 +22,7 @@ import envs
 from agent.agent import Agent
 from envs.crafter_tasks import TASKS
 from envs.episodes import play_episode
+from envs.video import write_video
 from envs.workers import make_env, ordered_map
 
 MODES = ("correct", "swapped", "blank")
@@ -96,7 +97,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         on_step=(lambda step: frames.append(env.render())) if job.video else None,
     )
     if job.video:
-        write_video(job.video, frames)
+        write_video(job.video, frames, scale=4)  # upscaled so small observations stay legible
     row = {
         "task": outcome.reset_info["task"],
         "seed": job.seed,
@@ -112,16 +113,6 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
             name for name, count in outcome.info["achievements"].items() if count > 0
         )
     return row
-
-
-def write_video(path: str, frames: list[np.ndarray], fps: int = 10, scale: int = 4) -> None:
-    """An H.264 mp4, frames upscaled by ``scale`` (nearest) so small observations stay legible."""
-    import imageio.v2 as imageio
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
-        for frame in frames:
-            writer.append_data(np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1))
 
 
 _worker: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 from envs.episodes import Step, play_episode
+from envs.video import upscale, write_video
 
 CAPTION_HEIGHT = 44
 
@@ -27,7 +28,7 @@ def action_name(env: gym.Env, action: Any) -> str:
 
 def caption(frame: np.ndarray, lines: list[str], scale: int = 4) -> np.ndarray:
     """The frame upscaled by ``scale`` (nearest) over a black caption bar with ``lines``."""
-    big = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+    big = upscale(frame, scale)
     image = Image.new("RGB", (big.shape[1], big.shape[0] + CAPTION_HEIGHT))
     image.paste(Image.fromarray(big), (0, 0))
     draw = ImageDraw.Draw(image)
@@ -39,14 +40,9 @@ def caption(frame: np.ndarray, lines: list[str], scale: int = 4) -> np.ndarray:
 
 def write_videos(frames: list[np.ndarray], stem: Path, fps: int = 10) -> dict[str, str]:
     """``stem``.mp4 (H.264) and ``stem``.gif from the same frames."""
-    import imageio.v2 as imageio
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
     mp4, gif = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
-    with imageio.get_writer(mp4, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    imageio.mimsave(gif, frames, duration=1000 / fps, loop=0)
+    write_video(mp4, frames, fps)
+    write_video(gif, frames, fps)
     return {"mp4": str(mp4), "gif": str(gif)}
 
 

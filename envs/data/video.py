@@ -1,4 +1,5 @@
-"""Video frames in and out (imageio + its bundled ffmpeg)."""
+"""Recorded videos read for the importers (imageio + its bundled ffmpeg), and the frame resize
+VPT's loader applies. Writing a video is ``envs.video.write_video``."""
 
 from __future__ import annotations
 
@@ -31,19 +32,6 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None) -> n
     if not frames:
         return np.zeros((0, 0, 0, 3), np.uint8)
     return np.stack(frames)
-
-
-def write_frames(path: str | Path, frames: np.ndarray, fps: int = 20, lossless: bool = True) -> None:
-    """uint8 (N, H, W, 3) -> an H.264 mp4 (lossless by default, so round trips are exact)."""
-    import imageio.v2 as imageio
-
-    # libx264rgb at qp 0 stores RGB exactly; plain libx264 (yuv420p) is what recorders write.
-    with imageio.get_writer(
-        str(path), format="ffmpeg", fps=fps, codec="libx264rgb" if lossless else "libx264", macro_block_size=1,
-        ffmpeg_params=["-qp", "0"] if lossless else None, pixelformat="rgb24" if lossless else "yuv420p",
-    ) as writer:  # fmt: skip
-        for frame in frames:
-            writer.append_data(np.asarray(frame, dtype=np.uint8))
 
 
 def _linear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

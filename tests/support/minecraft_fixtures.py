@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.data.video import write_frames
 from envs.minecraft.actions import KEYBOARD_BUTTONS
 from envs.minecraft.tasks import task_for_env_name
+from envs.video import write_video
 
 
 def write_minerl_stream(
@@ -29,7 +29,7 @@ def write_minerl_stream(
     directory.mkdir(parents=True)
     states = steps + 1
     frames = rng.integers(0, 256, (lead_frames + states, 64, 64, 3), dtype=np.uint8)
-    write_frames(directory / "recording.mp4", frames)
+    write_video(directory / "recording.mp4", frames, fps=20, lossless=True)
     arrays: dict[str, np.ndarray] = {"reward": rng.integers(0, 2, steps).astype(np.float32)}
     for name in KEYBOARD_BUTTONS:
         arrays[f"action${name}"] = rng.integers(0, 2, steps).astype(np.int64)
@@ -71,6 +71,6 @@ def write_vpt_recording(
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     frames = rng.integers(0, 256, (len(ticks), *size, 3), dtype=np.uint8)
-    write_frames(directory / f"{name}.mp4", frames)
+    write_video(directory / f"{name}.mp4", frames, fps=20, lossless=True)
     (directory / f"{name}.jsonl").write_text("\n".join(json.dumps(t) for t in ticks) + "\n")
     return frames
