@@ -1,6 +1,7 @@
-"""What behavioral cloning (train/bc.py) and PPO (train/rl/) share: the device a run trains on,
-the files of a training checkpoint and how they are written, and how a run stops early
-(``TrainingDiverged`` for NaN or inf, ``TrainingInterrupted`` for SIGINT or SIGTERM).
+"""What behavioral cloning (train/bc.py) and PPO (train/rl/) share: the device and the process
+group (torchrun) a run trains on, the files of a training checkpoint and how they are written,
+and how a run stops early (``TrainingDiverged`` for NaN or inf, ``TrainingInterrupted`` for
+SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,28 @@ def resolve_device(name: str, local_rank: int = 0) -> str:
     if name == "cuda":
         name = f"cuda:{local_rank}"
     return name
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def intact_phrase(directory: Path) -> str:
@@ -119,10 +143,9 @@ class StopRequest:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def agreed(self, world_size: int, device: str) -> bool:
-        """Whether any of ``world_size`` processes was asked to stop (all ranks must stop at the
-        same step)."""
-        if world_size == 1:
+    def agreed(self, distributed: Distributed, device: str) -> bool:
+        """Whether any process was asked to stop (all ranks must stop at the same step)."""
+        if distributed.world_size == 1:
             return bool(self)
         flag = torch.tensor([self.signal_number or 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
