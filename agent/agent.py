@@ -94,7 +94,7 @@ class Agent:
 
     def check_env(self, env: Any) -> None:
         """Raise a clear error if ``env``'s action space is not the policy's."""
-        from envs.data.store import action_space_spec
+        from envs.spaces import action_space_spec
 
         self.policy.check_action_space(action_space_spec(env.action_space))
 

@@ -1,4 +1,5 @@
-"""The observation contract shared by every instructcraft env (see the README)."""
+"""The observation contract shared by every instructcraft env (see the README), and the JSON
+spec of an action space that datasets, policy configs and checkpoints store."""
 
 from __future__ import annotations
 
@@ -112,3 +113,24 @@ def check_instruction(instruction: str) -> str:
     if bad:
         raise ValueError(f"instruction contains non-printable characters {bad!r}: use printable ASCII")
     return instruction
+
+
+def action_space_spec(space: Any) -> dict[str, Any]:
+    """The JSON spec of a Discrete or MultiDiscrete action space: ``{"type": "Discrete", "n": 17}``
+    or ``{"type": "MultiDiscrete", "nvec": [...]}``. The space is read by its class name, so the
+    same-named spaces of other libraries (gym, minari) work too."""
+    kind = type(space).__name__
+    if kind == "Discrete":
+        return {"type": "Discrete", "n": int(space.n)}
+    if kind == "MultiDiscrete":
+        return {"type": "MultiDiscrete", "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
+    raise ValueError(f"only Discrete or MultiDiscrete action spaces have a spec, got {kind}")
+
+
+def action_space_from_spec(spec: dict[str, Any]) -> spaces.Discrete | spaces.MultiDiscrete:
+    """The gymnasium space of an ``action_space_spec``."""
+    if spec.get("type") == "Discrete":
+        return spaces.Discrete(int(spec["n"]))
+    if spec.get("type") == "MultiDiscrete":
+        return spaces.MultiDiscrete(np.asarray(spec["nvec"], np.int64))
+    raise ValueError(f"an action space spec is Discrete or MultiDiscrete, got {spec}")

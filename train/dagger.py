@@ -33,8 +33,9 @@ import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent import Agent
 from agent.evaluate import evaluate
 from envs.data.collect import next_seed, record_episode
-from envs.data.store import Dataset, DatasetWriter, Episode, action_space_spec
+from envs.data.store import Dataset, DatasetWriter, Episode
 from envs.experts import Expert, make_expert
+from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env, ordered_map
 from policies import InstructionPolicy
 from policies.persist import atomic_directory

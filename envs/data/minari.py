@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
-from envs.spaces import instruction_space
+from envs.spaces import action_space_from_spec, action_space_spec, instruction_space
 
 
 def _minari() -> Any:
@@ -35,12 +35,6 @@ def _minari() -> Any:
             'Minari is not installed: pip install "instructcraft[minari]" (minari with its hdf5 storage)'
         ) from None
     return minari
-
-
-def _action_space(spec: dict[str, Any]) -> spaces.Space:
-    if spec["type"] == "Discrete":
-        return spaces.Discrete(int(spec["n"]))
-    return spaces.MultiDiscrete(np.asarray(spec["nvec"], np.int64))
 
 
 CARRIED = "instructcraft"  # the options key holding the episode fields Minari has no place for
@@ -103,7 +97,7 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
             buffers,
             env=env_spec,
             observation_space=observation_space,
-            action_space=_action_space(meta["action_space"]),
+            action_space=action_space_from_spec(meta["action_space"]),
             algorithm_name=str(meta.get("info", {}).get("expert") or "demonstrations"),
             description=description or f"instructcraft dataset from {meta['env_id']}",
             data_format="hdf5",
@@ -178,9 +172,7 @@ def import_minari(
         out,
         env_id=target_env,
         image_shape=tuple(image_space.shape),
-        action_space={"type": "Discrete", "n": int(action_space.n)}
-        if isinstance(action_space, spaces.Discrete)
-        else {"type": "MultiDiscrete", "nvec": [int(n) for n in action_space.nvec]},
+        action_space=action_space_spec(action_space),
         info={"source": "minari", "dataset_id": dataset_id},
     ) as writer:
         for episode in dataset.iterate_episodes():

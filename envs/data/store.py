@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.spaces import action_space_spec  # re-exported: callers import it from the store too
+
 FORMAT = "instructcraft.trajectories"
 FORMAT_VERSION = 1
 DEFAULT_FRAMES_PER_BLOCK = 32
@@ -84,16 +86,6 @@ class Episode:
     @property
     def length(self) -> int:
         return len(self.actions)
-
-
-def action_space_spec(space: Any) -> dict[str, Any]:
-    """A JSON description of a Discrete or MultiDiscrete action space (no gymnasium import)."""
-    kind = type(space).__name__
-    if kind == "Discrete":
-        return {"type": "Discrete", "n": int(space.n)}
-    if kind == "MultiDiscrete":
-        return {"type": "MultiDiscrete", "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
-    raise DatasetError(f"the dataset stores Discrete or MultiDiscrete actions, got {kind}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -253,7 +245,11 @@ class DatasetWriter:
         info: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
-        spec = action_space if isinstance(action_space, dict) else action_space_spec(action_space)
+        try:
+            spec = action_space if isinstance(action_space, dict) else action_space_spec(action_space)
+        except ValueError:
+            kind = type(action_space).__name__
+            raise DatasetError(f"the dataset stores Discrete or MultiDiscrete actions, got {kind}") from None
         _refuse_foreign_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "episodes").mkdir(exist_ok=True)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
+
+from envs.spaces import action_space_spec
 
 # minerl v0.4 SIMPLE_KEYBOARD_ACTION, in minerl's order.
 KEYBOARD_BUTTONS: tuple[str, ...] = ("forward", "back", "left", "right", "jump", "sneak", "sprint", "attack")
@@ -115,9 +118,13 @@ class ActionLayout:
     def nvec(self) -> list[int]:
         return [2] * len(self.buttons) + [self.camera_bins] * 2 + [len(values) for _, values in self.enums]
 
+    def space(self) -> spaces.MultiDiscrete:
+        """The env's action space: one component per entry of ``components``."""
+        return spaces.MultiDiscrete(self.nvec)
+
     def spec(self) -> dict[str, Any]:
         """The JSON action-space spec the dataset and policy config store."""
-        return {"type": "MultiDiscrete", "nvec": self.nvec}
+        return action_space_spec(self.space())
 
     def describe(self) -> dict[str, Any]:
         """What each component means (stored in dataset metadata)."""

@@ -67,7 +67,7 @@ class MineRLInstructEnv(gym.Env):
         if self.include_inventory:
             observation["inventory"] = spaces.Box(0, np.inf, (len(self.spec_task.inventory),), np.float32)
         self.observation_space = spaces.Dict(observation)
-        self.action_space = spaces.MultiDiscrete(self.layout.nvec)
+        self.action_space = self.layout.space()
         self._frame: np.ndarray | None = None
 
     def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
