@@ -23,7 +23,7 @@ from agent.agent import Agent
 from envs.crafter_tasks import TASKS
 from envs.episodes import play_episode
 from envs.video import write_video
-from envs.workers import make_env, ordered_map
+from envs.workers import make_env, map_jobs
 
 MODES = ("correct", "swapped", "blank")
 
@@ -115,20 +115,22 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
     return row
 
 
-_worker: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Worker:
+    agent: Agent
+    env: gym.Env
+    env_id: str
 
 
-def _init_worker(checkpoint: str, env_id: str, env_kwargs: dict[str, Any]) -> None:
+def _load_worker(checkpoint: str, env_id: str, env_kwargs: dict[str, Any]) -> _Worker:
     import torch
 
     torch.set_num_threads(1)
-    _worker["agent"] = Agent.from_pretrained(checkpoint)
-    _worker["env"] = gym.make(env_id, **env_kwargs)
-    _worker["env_id"] = env_id
+    return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id, **env_kwargs), env_id)
 
 
-def _work(job: EpisodeJob) -> dict[str, Any]:
-    return run_episode(_worker["agent"], _worker["env"], _worker["env_id"], job)
+def _episode_row(worker: _Worker, job: EpisodeJob) -> dict[str, Any]:
+    return run_episode(worker.agent, worker.env, worker.env_id, job)
 
 
 def crafter_score(unlocked: list[list[str]], achievements: list[str]) -> dict[str, Any]:
@@ -248,15 +250,12 @@ def _run_jobs(
 ) -> list[dict[str, Any]]:
     """Episode rows in job order: here with ``agent``, or in ``workers`` processes that each load
     ``checkpoint`` (when given and workers > 1)."""
-    results: list[dict[str, Any]] = []
     if checkpoint is None or workers <= 1:
-        env = gym.make(env_id, **env_kwargs)
-        for job in jobs:
-            results.append(run_episode(agent, env, env_id, job))
-            if progress:
-                progress(results[-1])
-        return results
-    for row in ordered_map(_work, jobs, workers, _init_worker, (checkpoint, env_id, env_kwargs), "eval"):
+        rows = map_jobs(_episode_row, jobs, 1, lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id))
+    else:
+        rows = map_jobs(_episode_row, jobs, workers, _load_worker, (checkpoint, env_id, env_kwargs), "eval")
+    results: list[dict[str, Any]] = []
+    for row in rows:
         results.append(row)
         if progress:
             progress(row)

@@ -1,5 +1,7 @@
 """Episode work in worker processes: a checked env factory that a parent calls before it starts
-any worker, and an ordered process map that ends the run when a worker fails or dies.
+any worker, and the one worker pool (``map_jobs``: here, or in spawned processes through
+``ordered_map``, which ends the run when a worker fails or dies) that collection, evaluation and
+DAgger's rollouts share.
 
 A failure in a worker (an env that cannot be made, a checkpoint that cannot be loaded, a worker
 killed by the OS) stops the whole map with one error instead of a pool respawning the worker
@@ -9,6 +11,7 @@ forever; the parent checks what it can first so that the user's mistakes fail in
 from __future__ import annotations
 
 import difflib
+import functools
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,6 +22,7 @@ import gymnasium as gym
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
+State = TypeVar("State")
 
 
 class WorkerError(RuntimeError):
@@ -76,3 +80,34 @@ def ordered_map(
                 ) from None
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+_process_state: dict[str, Any] = {}  # what ``setup`` built in this worker process
+
+
+def _set_up(setup: Callable[..., Any], setup_args: tuple[Any, ...]) -> None:
+    _process_state["state"] = setup(*setup_args)
+
+
+def _run(work: Callable[[Any, Any], Any], job: Any) -> Any:
+    return work(_process_state["state"], job)
+
+
+def map_jobs(
+    work: Callable[[State, Job], Result],
+    jobs: Iterable[Job],
+    workers: int,
+    setup: Callable[..., State],
+    setup_args: tuple[Any, ...] = (),
+    what: str = "work",
+) -> Iterator[Result]:
+    """``work(state, job)`` for each job, results in job order, where ``state = setup(*setup_args)``
+    is built once per process (the env, the expert, the agent): in this process when ``workers``
+    <= 1, else once in each of ``workers`` spawned processes (``ordered_map``). There ``work``,
+    ``setup`` and the jobs must pickle (module-level functions, plain data)."""
+    if workers <= 1:
+        state = setup(*setup_args)
+        for job in jobs:
+            yield work(state, job)
+        return
+    yield from ordered_map(functools.partial(_run, work), jobs, workers, _set_up, (setup, setup_args), what)

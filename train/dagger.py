@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from envs.data.collect import next_seed, record_episode
 from envs.data.store import Dataset, DatasetWriter, Episode
 from envs.experts import Expert, make_expert
 from envs.spaces import action_space_spec
-from envs.workers import check_env_id, make_env, ordered_map
+from envs.workers import check_env_id, make_env, map_jobs
 from policies import InstructionPolicy
 from policies.persist import atomic_directory
 from train.bc import CHECKPOINT, train_bc_policy
@@ -124,21 +124,24 @@ def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, 
     return episode
 
 
-_worker: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Worker:
+    agent: Agent
+    env: gym.Env
+    expert: Expert
+    env_id: str
 
 
-def _init_worker(checkpoint: str, env_id: str, expert: str | Callable[[], Expert]) -> None:
+def _load_worker(checkpoint: str, env_id: str, expert: str | Callable[[], Expert]) -> _Worker:
     import torch
 
     torch.set_num_threads(1)
-    _worker["agent"] = Agent.from_pretrained(checkpoint)
-    _worker["env"] = gym.make(env_id)
-    _worker["expert"] = make_expert(expert) if isinstance(expert, str) else expert()
-    _worker["env_id"] = env_id
+    made = make_expert(expert) if isinstance(expert, str) else expert()
+    return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id), made, env_id)
 
 
-def _work(job: RolloutJob) -> Episode:
-    return run_dagger_episode(_worker["agent"], _worker["env"], _worker["expert"], _worker["env_id"], job)
+def _episode(worker: _Worker, job: RolloutJob) -> Episode:
+    return run_dagger_episode(worker.agent, worker.env, worker.expert, worker.env_id, job)
 
 
 def rollout_round(
@@ -147,14 +150,9 @@ def rollout_round(
     expert: str | Callable[[], Expert],
     jobs: list[RolloutJob],
     workers: int,
-) -> Any:
+) -> Iterator[Episode]:
     """Labelled mixture episodes for ``jobs``, in job order (the same whatever ``workers`` is)."""
-    if workers <= 1:
-        _init_worker(checkpoint, env_id, expert)
-        for job in jobs:
-            yield _work(job)
-        return
-    yield from ordered_map(_work, jobs, workers, _init_worker, (checkpoint, env_id, expert), "dagger")
+    yield from map_jobs(_episode, jobs, workers, _load_worker, (checkpoint, env_id, expert), "dagger")
 
 
 def _load_state(out: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import envs  # noqa: F401  (registers the ids in spawned workers)
 from envs.data.store import Dataset, DatasetWriter, Episode
 from envs.episodes import Act, Step, play_episode
 from envs.experts import Expert, make_expert
-from envs.workers import make_env, ordered_map
+from envs.workers import make_env, map_jobs
 
 
 @dataclass(frozen=True)
@@ -109,20 +109,20 @@ def run_episode(
     return episode
 
 
-_worker: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Worker:
+    env: gym.Env
+    expert: Expert
+    env_id: str
+    noise: float
 
 
-def _init_worker(env_id: str, env_kwargs: dict[str, Any], expert: str, seed: int, noise: float) -> None:
-    _worker["env"] = gym.make(env_id, **env_kwargs)
-    _worker["expert"] = make_expert(expert, seed=seed)
-    _worker["env_id"] = env_id
-    _worker["noise"] = noise
+def _set_up_worker(env_id: str, env_kwargs: dict[str, Any], expert: str, seed: int, noise: float) -> _Worker:
+    return _Worker(gym.make(env_id, **env_kwargs), make_expert(expert, seed=seed), env_id, noise)
 
 
-def _work(job: Job) -> Episode:
-    return run_episode(
-        _worker["env"], _worker["expert"], job.seed, job.task, _worker["env_id"], _worker["noise"]
-    )
+def _episode(worker: _Worker, job: Job) -> Episode:
+    return run_episode(worker.env, worker.expert, job.seed, job.task, worker.env_id, worker.noise)
 
 
 def make_jobs(episodes: int, seed: int, tasks: list[str] | None) -> list[Job]:
@@ -140,15 +140,8 @@ def iter_episodes(
     noise: float = 0.0,
 ) -> Iterator[Episode]:
     """Episodes in job order (deterministic whatever ``workers`` is)."""
-    env_kwargs = env_kwargs or {}
-    if workers <= 1:
-        _init_worker(env_id, env_kwargs, expert, expert_seed, noise)
-        for job in jobs:
-            yield _work(job)
-        return
-    yield from ordered_map(
-        _work, jobs, workers, _init_worker, (env_id, env_kwargs, expert, expert_seed, noise), "collect"
-    )
+    setup_args = (env_id, env_kwargs or {}, expert, expert_seed, noise)
+    yield from map_jobs(_episode, jobs, workers, _set_up_worker, setup_args, "collect")
 
 
 def recorded_seeds(out: str | Path) -> list[int]:
