@@ -1,12 +1,15 @@
 """instructcraft environments: Crafter-Instruct and BabyAI under one observation contract.
 
-Importing this package registers the ``instructcraft/*`` ids with gymnasium.
+Importing this package registers the ``instructcraft/*`` ids with gymnasium, each with its
+``EnvKind`` (``env_kind(env_id)``: the family, the default expert, whether ``reset`` takes a task),
+so callers look a kind up instead of guessing it from the id's spelling.
 Nothing here imports torch or other instructcraft packages.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import gymnasium as gym
 
@@ -21,17 +24,43 @@ def babyai_id(level: str) -> str:
     return f"instructcraft/BabyAI-{level}-v0"
 
 
-def _register(env_id: str, entry_point: str, **kwargs: object) -> None:
+@dataclass(frozen=True)
+class EnvKind:
+    """What the project knows about a registered env id without making the env."""
+
+    family: str  # "crafter", "babyai", "minerl", or "other" for ids registered elsewhere
+    expert: str | None = None  # the expert (``envs.experts.EXPERTS``) that solves its tasks
+    task_choice: bool = False  # ``reset(options={"task": ...})`` chooses the task
+
+
+CRAFTER = EnvKind("crafter", expert="crafter_planner", task_choice=True)
+CRAFTER_OPEN_ENDED = EnvKind("crafter", expert="crafter_planner")
+BABYAI = EnvKind("babyai", expert="babyai_bot")
+MINERL = EnvKind("minerl")
+OTHER = EnvKind("other")
+
+KINDS: dict[str, EnvKind] = {}
+
+
+def env_kind(env_id: str) -> EnvKind:
+    """The kind an instructcraft id was registered with; ``OTHER`` for any other id."""
+    return KINDS.get(env_id, OTHER)
+
+
+def _register(env_id: str, entry_point: str, kind: EnvKind, **kwargs: object) -> None:
+    KINDS[env_id] = kind
     if env_id not in gym.registry:
         gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
 
 
 def register_envs() -> None:
     """Register every instructcraft env id (idempotent)."""
-    _register(CRAFTER_ID, "envs.crafter_instruct:CrafterInstructEnv")
-    _register(CRAFTER_OPEN_ID, "envs.crafter_instruct:CrafterInstructEnv", open_ended=True)
+    _register(CRAFTER_ID, "envs.crafter_instruct:CrafterInstructEnv", CRAFTER)
+    _register(
+        CRAFTER_OPEN_ID, "envs.crafter_instruct:CrafterInstructEnv", CRAFTER_OPEN_ENDED, open_ended=True
+    )
     for level in BABYAI_LEVELS:
-        _register(babyai_id(level), "envs.babyai:BabyAIInstructEnv", level=level)
+        _register(babyai_id(level), "envs.babyai:BabyAIInstructEnv", BABYAI, level=level)
 
 
 def minerl_available() -> bool:
@@ -43,7 +72,7 @@ def register_minerl_envs() -> list[str]:
     from envs.minecraft import MINERL_TASKS, minerl_id
 
     for task in MINERL_TASKS:
-        _register(minerl_id(task), "envs.minecraft.env:MineRLInstructEnv", task=task)
+        _register(minerl_id(task), "envs.minecraft.env:MineRLInstructEnv", MINERL, task=task)
     return [minerl_id(task) for task in MINERL_TASKS]
 
 
@@ -61,8 +90,11 @@ __all__ = [
     "BABYAI_LEVELS",
     "CRAFTER_ID",
     "CRAFTER_OPEN_ID",
+    "KINDS",
     "TASKS",
+    "EnvKind",
     "babyai_id",
+    "env_kind",
     "minerl_available",
     "register_envs",
     "register_minerl_envs",

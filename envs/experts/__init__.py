@@ -21,12 +21,13 @@ def make_expert(name: str, seed: int = 0) -> Expert:
 
 
 def default_expert_for(env_id: str) -> str:
-    """The expert that solves ``env_id``'s tasks."""
-    if "Crafter" in env_id:
-        return CrafterExpert.name
-    if "BabyAI" in env_id:
-        return BabyAIExpert.name
-    raise ValueError(f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}")
+    """The expert that solves ``env_id``'s tasks (its registered ``EnvKind``'s)."""
+    from envs import env_kind
+
+    expert = env_kind(env_id).expert
+    if expert is None:
+        raise ValueError(f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}")
+    return expert
 
 
 __all__ = [

@@ -85,3 +85,32 @@ def test_wrappers_pickle() -> None:
     env.reset(seed=0)
     clone = pickle.loads(pickle.dumps(env))
     assert np.array_equal(clone.step(0)[0]["frames"], env.step(0)[0]["frames"])
+
+
+def test_every_registered_id_has_its_kind() -> None:
+    from envs.experts import EXPERTS, default_expert_for
+
+    for env_id in envs.registered_ids():
+        kind = envs.env_kind(env_id)
+        assert kind.family in ("crafter", "babyai", "minerl"), env_id
+        assert kind.expert is None or kind.expert in EXPERTS
+        if kind.family == "minerl":
+            continue  # making a MineRL env needs its Java build
+        base = gym.make(env_id).unwrapped
+        # The kind says what the env does: reset(options={"task": ...}) picks among its tasks.
+        assert kind.task_choice == (hasattr(base, "tasks") and not getattr(base, "open_ended", False)), env_id
+    assert envs.env_kind(envs.CRAFTER_ID).family == envs.env_kind(envs.CRAFTER_OPEN_ID).family == "crafter"
+    assert (
+        default_expert_for(envs.CRAFTER_ID) == default_expert_for(envs.CRAFTER_OPEN_ID) == "crafter_planner"
+    )
+    assert default_expert_for(envs.babyai_id("GoTo")) == "babyai_bot"
+
+
+def test_ids_registered_elsewhere_are_of_kind_other() -> None:
+    from envs.experts import default_expert_for
+
+    assert envs.env_kind("CartPole-v1") == envs.OTHER
+    # Looked up, not guessed from the spelling.
+    assert envs.env_kind("MyCrafter-v0").family == "other"
+    with pytest.raises(ValueError, match="no expert known for env 'CartPole-v1'; pass --expert"):
+        default_expert_for("CartPole-v1")
