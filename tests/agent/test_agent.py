@@ -39,7 +39,7 @@ def test_agent_acts_in_crafter_and_matches_the_parallel_path(tmp_path: Path, fus
         action = agent.act(obs, deterministic=True)
         assert env.action_space.contains(action)
         actions.append(action)
-        logits.append(agent._last_logits[0])
+        logits.append(agent.last_logits[0])
         obs, *_ = env.step(action)
     batch = torch.from_numpy(np.stack(frames))[None]
     with torch.no_grad():
@@ -96,8 +96,8 @@ def test_guidance_rebuilds_the_null_branch_from_history(tmp_path: Path) -> None:
         a = late.act(obs, deterministic=True, cfg_scale=scale)
         early.act(obs, deterministic=True, cfg_scale=2.0 if step >= 4 else 1e-9)
         if step >= 4:
-            guided.append(late._last_logits[0])
-            torch.testing.assert_close(late._last_logits, early._last_logits, atol=1e-5, rtol=0)
+            guided.append(late.last_logits[0])
+            torch.testing.assert_close(late.last_logits, early.last_logits, atol=1e-5, rtol=0)
         obs, *_ = env.step(a)
     assert late.cache_nbytes() > 0
     policy = late.policy
