@@ -39,7 +39,8 @@ from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env, map_jobs
 from policies import InstructionPolicy
 from policies.persist import atomic_directory
-from train.bc import CHECKPOINT, train_bc_policy
+from train.bc import train_bc_policy
+from train.common import CHECKPOINT
 from train.config import ConfigError, RunConfig
 
 STATE = "dagger.json"
