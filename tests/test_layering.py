@@ -1,6 +1,6 @@
 """Imports go one way: envs and policies are leaves, then agent, then train.
 
-The README's Layout section states the rule and what each package holds.
+The README's "Where things are" section states the rule and what each package holds.
 """
 
 from __future__ import annotations
