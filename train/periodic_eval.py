@@ -6,6 +6,7 @@ from typing import Any
 
 from agent import Agent
 from agent.evaluate import evaluate
+from envs import env_kind
 from envs.data.store import Dataset
 from train.config import RunConfig
 
@@ -17,7 +18,7 @@ def periodic_evaluator(run: RunConfig, data: str) -> Any:
         return None
     dataset = Dataset(data)
     env_id = cfg.eval_env or dataset.metadata["env_id"]
-    tasks = sorted({entry["task"] for entry in dataset.episodes}) if "Crafter" in env_id else None
+    tasks = sorted({entry["task"] for entry in dataset.episodes}) if env_kind(env_id).task_choice else None
 
     def run_eval(policy: Any, step: int, writer: Any) -> dict[str, Any]:
         agent = Agent(policy, device=str(policy.device))

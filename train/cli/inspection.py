@@ -210,9 +210,12 @@ def run_attention(args: argparse.Namespace) -> int:
 
     agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
     if args.from_dataset:
+        from envs import env_kind
         from envs.crafter_instruct import ACTION_NAMES
+        from envs.data.store import Dataset
 
-        names = list(ACTION_NAMES) if "Crafter" in (args.env or "Crafter") else None
+        env_id = args.env or Dataset(args.from_dataset).metadata.get("env_id", "")
+        names = list(ACTION_NAMES) if env_kind(env_id).family == "crafter" else None
         recording = record_dataset_episode(agent, args.from_dataset, args.episode, names)
     else:
         if not args.env:
