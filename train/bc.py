@@ -481,14 +481,6 @@ def train_bc_policy(
     return trainer.policy, summary
 
 
-def train_bc(
-    run: RunConfig,
-    data: str,
-    out: str,
-    resume: str | None = None,
-    progress: bool = True,
-    evaluate_fn: Any = None,
-    init: str | None = None,
-) -> dict[str, Any]:
-    """Train; returns a JSON-able summary (``train_bc_policy`` also returns the policy)."""
-    return train_bc_policy(run, data, out, resume, progress, evaluate_fn, init)[1]
+def train_bc(run: RunConfig, data: str, out: str, **options: Any) -> dict[str, Any]:
+    """``train_bc_policy`` (the same arguments) returning only its JSON-able summary."""
+    return train_bc_policy(run, data, out, **options)[1]
