@@ -251,9 +251,10 @@ def _run_jobs(
     """Episode rows in job order: here with ``agent``, or in ``workers`` processes that each load
     ``checkpoint`` (when given and workers > 1)."""
     if checkpoint is None or workers <= 1:
-        rows = map_jobs(_episode_row, jobs, 1, lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id))
+        setup, setup_args, workers = (lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id)), (), 1
     else:
-        rows = map_jobs(_episode_row, jobs, workers, _load_worker, (checkpoint, env_id, env_kwargs), "eval")
+        setup, setup_args = _load_worker, (checkpoint, env_id, env_kwargs)
+    rows = map_jobs(_episode_row, jobs, setup=setup, setup_args=setup_args, workers=workers, what="eval")
     results: list[dict[str, Any]] = []
     for row in rows:
         results.append(row)

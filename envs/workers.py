@@ -96,9 +96,10 @@ def _run(work: Callable[[Any, Any], Any], job: Any) -> Any:
 def map_jobs(
     work: Callable[[State, Job], Result],
     jobs: Iterable[Job],
-    workers: int,
+    *,
     setup: Callable[..., State],
     setup_args: tuple[Any, ...] = (),
+    workers: int = 1,
     what: str = "work",
 ) -> Iterator[Result]:
     """``work(state, job)`` for each job, results in job order, where ``state = setup(*setup_args)``

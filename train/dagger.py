@@ -153,7 +153,10 @@ def rollout_round(
     workers: int,
 ) -> Iterator[Episode]:
     """Labelled mixture episodes for ``jobs``, in job order (the same whatever ``workers`` is)."""
-    yield from map_jobs(_episode, jobs, workers, _load_worker, (checkpoint, env_id, expert), "dagger")
+    setup_args = (checkpoint, env_id, expert)
+    yield from map_jobs(
+        _episode, jobs, setup=_load_worker, setup_args=setup_args, workers=workers, what="dagger"
+    )
 
 
 def _load_state(out: Path) -> dict[str, Any]:

@@ -141,7 +141,9 @@ def iter_episodes(
 ) -> Iterator[Episode]:
     """Episodes in job order (deterministic whatever ``workers`` is)."""
     setup_args = (env_id, env_kwargs or {}, expert, expert_seed, noise)
-    yield from map_jobs(_episode, jobs, workers, _set_up_worker, setup_args, "collect")
+    yield from map_jobs(
+        _episode, jobs, setup=_set_up_worker, setup_args=setup_args, workers=workers, what="collect"
+    )
 
 
 def recorded_seeds(out: str | Path) -> list[int]:
