@@ -321,8 +321,8 @@ class _Trainer:
         step = self.step
         if not outputs_finite(self.policy, batch, self.device, self.autocast):
             raise TrainingDiverged(
-                f"the weights after step {step} give NaN or inf outputs: training stopped "
-                f"without saving them; {self.last_good}. "
+                f"the weights after step {step} give NaN or inf outputs and were not saved: "
+                f"training stopped; {self.last_good}. "
                 "Lower train.lr or check the data."
             )
         try:
