@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_demo(
     out: str,
-    episodes: int = 600,
+    episodes: int = 2400,
     workers: int = 2,
     seed: int = 0,
     bc_steps: int = 700,

@@ -36,10 +36,10 @@ def periodic_evaluator(run: RunConfig, data: str) -> Any:
 def gif_bytes(frames: list[Any], fps: int = 10) -> bytes:
     import io
 
-    import imageio.v2 as imageio
+    from envs.video import write_video
 
     buffer = io.BytesIO()
-    imageio.mimsave(buffer, frames, format="GIF", duration=1000 / fps, loop=0)
+    write_video(buffer, frames, fps, format="gif")
     return buffer.getvalue()
 
 

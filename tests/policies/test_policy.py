@@ -394,7 +394,10 @@ def test_forward_and_backward_under_bf16_autocast(fusion_type: str) -> None:
     loss.backward()
     assert torch.isfinite(loss)
     trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    assert sum(p.grad is not None for _, p in trained) >= 0.8 * len(trained)
+    # Both rows use the null instruction (one dropped, one empty): only the text path may idle.
+    text_path = ("text_encoder.", "text_projector.", "query_time.")
+    idle = [name for name, p in trained if p.grad is None and not name.startswith(text_path)]
+    assert not idle, idle
     for name, parameter in trained:
         assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
     # The same forward in float32 (autocast off) agrees within bf16 rounding.

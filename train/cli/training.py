@@ -218,7 +218,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
     )
     p.add_argument("--out", default="outputs/demo", help="output directory")
-    p.add_argument("--episodes", type=common.positive_int, default=600, help="expert episodes to collect")
+    p.add_argument("--episodes", type=common.positive_int, default=2400, help="expert episodes to collect")
     p.add_argument("--bc-steps", type=common.positive_int, default=700, help="behavioral-cloning steps")
     p.add_argument(
         "--eval-episodes",
