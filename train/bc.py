@@ -1,6 +1,10 @@
 """Behavioral cloning on the native dataset, on one process or many (torchrun, DDP).
 
 Shape legend: B chunks, L steps per chunk, K sum of action sizes.
+
+One module for the whole loop (building the run, the step, logging, checkpoints, validation and
+interruption) so a reader follows a BC step from data to checkpoint in one file; saving and
+resuming live in ``train/bc_checkpoint.py``, what BC shares with RL in ``train/common.py``.
 """
 
 from __future__ import annotations

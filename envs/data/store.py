@@ -16,6 +16,9 @@ Appending is crash-safe: an episode file is written to a temporary name, fsynced
 and only then is its line appended to the index and fsynced. A process killed at any point
 leaves every earlier episode readable; a torn last index line is ignored by readers and cut
 off by the next writer.
+
+The format's one home: the reader, the writer and the checks share its layout and its crash
+rules, so they stay in one module rather than split across files that must change together.
 """
 
 from __future__ import annotations
