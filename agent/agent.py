@@ -17,19 +17,6 @@ import torch
 from policies import CheckpointError, InstructionPolicy, PolicyState
 
 
-def instruction_token_count(encoder: Any, text: str) -> int:
-    """How many tokens the policy's text encoder makes of ``text`` before its own limit."""
-    count = getattr(encoder, "token_count", None)
-    if count is not None:
-        return int(count(text))
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is not None:  # a transformers tokenizer: special tokens count toward the limit
-        return len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
-    from policies.text import _WORD  # the word encoder's own split
-
-    return len(_WORD.findall(text.lower()))
-
-
 class Agent:
     """Acts with an ``InstructionPolicy`` one step at a time.
 
@@ -102,7 +89,7 @@ class Agent:
         """Raise ValueError if the text encoder would cut ``instruction`` short (words past its
         ``max_tokens`` would be ignored); with ``truncate`` warn once and record it instead."""
         limit = self.policy.config.text.max_tokens
-        tokens = instruction_token_count(self.policy.text_encoder, instruction)
+        tokens = self.policy.text_encoder.token_count(instruction)
         if tokens <= limit:
             return
         if not truncate:
