@@ -95,6 +95,7 @@ class TextConfig:
 
 
 VISION_ENCODERS = ("impala", "cells", "nature")
+TOKEN_POOLINGS = ("average", "merge")
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,12 @@ class VisionConfig:
         ``cell_blocks`` residual 3x3 blocks at cell resolution, width ``channels[-1]``; the
         image is cropped to whole cells from its top-left corner) or "nature" (the DQN stack:
         8x8 stride 4, 4x4 stride 2, 3x3 stride 1; widths ``channels[:3]``).
-    frame_tokens: a square number up to the final feature grid; the grid is average-pooled to
-        sqrt(P) x sqrt(P) when it is larger.
+    frame_tokens: a square number up to the final feature grid; the grid is reduced to
+        sqrt(P) x sqrt(P) when it is larger, as ``token_pooling`` says.
+    token_pooling: "average" (each token the mean of its patch of the grid) or "merge" (each
+        token all of its patch's features side by side, as Swin's patch merging: nothing is
+        averaged away, the projection to the fusion learns what to keep; needs the grid to be a
+        multiple of sqrt(P), such as Crafter's 9x9 cells merged 3x3 into 9 tokens).
     position_embedding: a learned vector per token position added to the frame tokens, so the
         fusion knows where in the frame each token lies (attention over a set of tokens is blind
         to their order). Checkpoints written before this field existed load without it.
@@ -125,6 +130,7 @@ class VisionConfig:
     cell_size: int = 7
     cell_blocks: int = 2
     position_embedding: bool = True
+    token_pooling: str = "average"
 
     def __post_init__(self) -> None:
         _require(
@@ -148,6 +154,16 @@ class VisionConfig:
             min(grid) >= side,
             f"vision.frame_tokens={self.frame_tokens} needs a {side}x{side} grid but the {self.encoder} "
             f"encoder ends at {grid[0]}x{grid[1]} for image_size={self.image_size}",
+        )
+        _require(
+            self.token_pooling in TOKEN_POOLINGS,
+            f"vision.token_pooling must be one of {TOKEN_POOLINGS}, got {self.token_pooling!r}",
+        )
+        _require(
+            self.token_pooling != "merge" or (grid[0] % side == 0 and grid[1] % side == 0),
+            f"vision.token_pooling='merge' needs the {grid[0]}x{grid[1]} feature grid to split into "
+            f"{side}x{side} equal patches (frame_tokens={self.frame_tokens}); pick frame_tokens whose "
+            "square root divides the grid, or token_pooling='average'",
         )
 
     @property

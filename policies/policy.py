@@ -65,10 +65,11 @@ def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _legacy_defaults(policy: Any) -> Any:
     """Checkpoints written before a config field existed were built without it: a missing
-    ``vision.position_embedding`` means none and a missing ``vision.encoder`` means the IMPALA
-    stack (today's defaults are position embeddings and the cell encoder)."""
+    ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
+    and a missing ``vision.token_pooling`` means averaging (today's defaults may differ)."""
     if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
-        policy = {**policy, "vision": {"position_embedding": False, "encoder": "impala", **policy["vision"]}}
+        legacy = {"position_embedding": False, "encoder": "impala", "token_pooling": "average"}
+        policy = {**policy, "vision": {**legacy, **policy["vision"]}}
     return policy
 
 

@@ -76,7 +76,8 @@ class FrameEncoder(nn.Module):
     """frames uint8 (N, H, W, 3) -> tokens float (N, P, C).
 
     Runs channels_last: the (N, H, W, 3) input already has channels-last strides once permuted.
-    Tokens are the final feature grid (average-pooled to sqrt(P) x sqrt(P) when larger), row-major.
+    Tokens are the final feature grid reduced to sqrt(P) x sqrt(P) when larger (averaged, or
+    merged: each token its patch's features concatenated, ``vision.token_pooling``), row-major.
     """
 
     def __init__(self, config: VisionConfig) -> None:
@@ -91,7 +92,10 @@ class FrameEncoder(nn.Module):
             widths = (3, *config.channels)
             self.stacks = nn.Sequential(*[ConvStack(a, b) for a, b in itertools.pairwise(widths)])
         self.side = round(config.frame_tokens**0.5)
-        self.output_dim = config.channels[-1]
+        self.merge = config.token_pooling == "merge"
+        grid = config.grid
+        self.patch = (grid[0] // self.side, grid[1] // self.side) if self.merge else (1, 1)
+        self.output_dim = config.channels[-1] * self.patch[0] * self.patch[1]
         self.to(memory_format=torch.channels_last)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -104,6 +108,9 @@ class FrameEncoder(nn.Module):
         x = rearrange(frames, "n h w c -> n c h w").to(dtype).div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.stacks(x))
+        if self.merge:
+            a, b = self.patch
+            return rearrange(x, "n c (h a) (w b) -> n (h w) (a b c)", a=a, b=b)
         if x.shape[-2:] != (self.side, self.side):
             x = F.adaptive_avg_pool2d(x, self.side)
         return rearrange(x, "n c h w -> n (h w) c")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from policies import (
     ConfigError,
     InstructionPolicy,
     PolicyConfig,
+    VisionConfig,
 )
 from policies.fusion import visibility
 from policies.heads import FactorizedCategorical, guide
@@ -440,11 +442,48 @@ def test_checkpoints_from_before_the_encoder_choice_load_as_impala_without_posit
     config_path = tmp_path / "old" / "config.json"
     payload = json.loads(config_path.read_text())
     vision = payload["policy"]["vision"]
-    del vision["encoder"], vision["position_embedding"]
+    del vision["encoder"], vision["position_embedding"], vision["token_pooling"]
     config_path.write_text(json.dumps(payload))
     loaded = InstructionPolicy.from_pretrained(tmp_path / "old").eval()
     assert loaded.config.vision.encoder == "impala" and not loaded.config.vision.position_embedding
+    assert loaded.config.vision.token_pooling == "average"
     assert PolicyConfig().vision.encoder == "cells" and PolicyConfig().vision.position_embedding
     frames = random_frames(1, 3)
     with torch.no_grad():
         torch.testing.assert_close(loaded(frames, ["go"]).logits, model(frames, ["go"]).logits)
+
+
+def test_merged_tokens_are_their_patch_features_side_by_side_and_averaged_ones_their_mean() -> None:
+    """token_pooling="merge": token (i, j) of a 3x3 merge of the 9x9 cell grid holds the nine
+    cells' features of patch (i, j) in row-major order; "average" holds their mean. A wrong
+    rearrangement (cells from other patches, or channels interleaved) fails here."""
+    from policies.vision import FrameEncoder
+
+    torch.manual_seed(0)
+    base = VisionConfig(encoder="cells", cell_size=7, channels=(8,), frame_tokens=81)
+    full = FrameEncoder(base).eval()
+    merged = FrameEncoder(dataclasses.replace(base, frame_tokens=9, token_pooling="merge")).eval()
+    averaged = FrameEncoder(dataclasses.replace(base, frame_tokens=9)).eval()
+    merged.load_state_dict(full.state_dict())
+    averaged.load_state_dict(full.state_dict())
+    frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        grid = full(frames).reshape(2, 9, 9, 8)  # (N, row, col, C)
+        tokens, means = merged(frames), averaged(frames)
+    assert merged.output_dim == 72 and tokens.shape == (2, 9, 72) and means.shape == (2, 9, 8)
+    for i in range(3):
+        for j in range(3):
+            patch = grid[:, 3 * i : 3 * i + 3, 3 * j : 3 * j + 3]  # (N, 3, 3, C)
+            torch.testing.assert_close(tokens[:, 3 * i + j], patch.reshape(2, 72))
+            torch.testing.assert_close(means[:, 3 * i + j], patch.mean(dim=(1, 2)))
+
+
+def test_merge_pooling_needs_a_grid_that_splits_evenly() -> None:
+    with pytest.raises(
+        ConfigError, match=r"token_pooling='merge' needs the 9x9 feature grid .* \(frame_tokens=4\)"
+    ):
+        VisionConfig(encoder="cells", cell_size=7, frame_tokens=4, token_pooling="merge")
+    with pytest.raises(ConfigError, match="token_pooling must be one of"):
+        VisionConfig(token_pooling="max")
+    model = InstructionPolicy(make_tiny_config().replace(**{"vision.token_pooling": "merge"}))
+    assert model(random_frames(1, 2), ["go"]).logits.shape[:2] == (1, 2)
