@@ -314,7 +314,8 @@ class InstructionPolicy(nn.Module):
         self, state: PolicyState, frames: torch.Tensor, valid: torch.Tensor, encode_steps: int = 64
     ) -> None:
         """Feed K frames per row into ``state`` as K ``step`` calls would, with the frame encoder
-        run over ``encode_steps`` steps of all rows at once: frames uint8 (B, K, H, W, 3), valid
+        run over ``encode_steps`` steps of all rows at once and the fusion's own batched
+        ``prefill`` (the cross-attention cache takes all K frames' keys in one pass): frames uint8 (B, K, H, W, 3), valid
         bool (B, K) (False: the row skips that step). Rebuilding a cache from a history is its use."""
         device = self.device
         valid = valid.to(device)
@@ -323,8 +324,9 @@ class InstructionPolicy(nn.Module):
         for start in range(0, frames.shape[1], encode_steps):
             span = slice(start, start + encode_steps)
             tokens = self.encode_frames(frames[:, span].to(device), times[:, span], valid[:, span])
-            for k in range(tokens.shape[1]):
-                self._step_tokens(state, tokens[:, k], valid[:, start + k])
+            query_time = self.query_time(sinusoid(times[:, span], self._dim))
+            self.fusion.prefill(state.fusion, state.text, tokens, query_time, times[:, span], valid[:, span])
+        state.time = state.time + valid.long().sum(1)
 
     def distribution(self, logits: torch.Tensor) -> FactorizedCategorical:
         return self.action_heads.distribution(logits)

@@ -190,6 +190,21 @@ class Fusion(nn.Module):
         Returns features (B, 1, D) (or (B, 1, M, D)); the state is updated in place."""
         raise NotImplementedError
 
+    def prefill(
+        self,
+        state: Any,
+        text: torch.Tensor,
+        tokens: torch.Tensor,
+        query_time: torch.Tensor,
+        times: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> None:
+        """Feed K steps into ``state`` as K ``step`` calls would, outputs unused: tokens
+        (B, K, P, D), query_time (B, K, D), times long (B, K), valid bool (B, K). Fusions whose
+        state does not depend on the query override this with one batched pass."""
+        for k in range(tokens.shape[1]):
+            self.step(state, text, tokens[:, k], query_time[:, k], times[:, k], valid[:, k])
+
     def reset_rows(self, state: Any, rows: torch.Tensor, text: torch.Tensor) -> None:
         """Start new episodes in the rows where ``rows`` (bool (B,)) is True; ``text`` (B, D)
         is every row's instruction after the reset. Other rows keep their history."""

@@ -76,6 +76,17 @@ class CrossAttentionFusion(Fusion):
             HistoryRing(text.shape[0], self.window, self.tokens_per_frame, text.device) for _ in self.blocks
         ]
 
+    def prefill(self, state, text, tokens, query_time, times, valid) -> None:
+        """The cache holds each block's keys and values of the frame tokens, which do not depend
+        on the query: one batched pass per block over all K frames, no query path."""
+        per_frame = tokens.shape[2]
+        flat = rearrange(tokens, "b k p d -> b (k p) d")
+        for block, ring in zip(self.blocks, state, strict=True):
+            keys, values = block.keys_values(flat)  # (B, H, K * P, d)
+            for k in range(tokens.shape[1]):
+                span = slice(k * per_frame, (k + 1) * per_frame)
+                ring.append(times[:, k], valid[:, k], slot_dim=2, k=keys[:, :, span], v=values[:, :, span])
+
     def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:
         q = (text + query_time)[:, None, :]  # (B, 1, D)
         weights = []
