@@ -41,15 +41,21 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) outputs
 
-# Learning results reported in the README (CPU: collection minutes, training about 15-25 minutes each).
+# Learning results reported in the README (CPU: collection minutes, training about 5-25 minutes each).
 CRAFTER_TASKS := collect_wood collect_sapling collect_drink eat_cow place_table make_wood_pickaxe make_wood_sword place_plant collect_stone place_stone
 RESULTS := outputs/results
 
 results-crafter: $(STAMP)
-	$(VENV)/bin/instructcraft collect --env instructcraft/Crafter-Instruct-v0 --episodes 2000 --seed 0 --workers 2 \
+	$(VENV)/bin/instructcraft collect --env instructcraft/Crafter-Instruct-v0 --episodes 4000 --seed 0 --workers 2 \
 		--only-success --noise 0.25 --tasks $(CRAFTER_TASKS) --out $(RESULTS)/crafter_demos
 	$(VENV)/bin/instructcraft bc --config configs/bc_crafter.yaml --data $(RESULTS)/crafter_demos --out $(RESULTS)/bc_crafter
 	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/bc_crafter/checkpoint --env instructcraft/Crafter-Instruct-v0 \
+		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
+	$(VENV)/bin/instructcraft dagger --config configs/bc_crafter.yaml --data $(RESULTS)/crafter_demos \
+		--env instructcraft/Crafter-Instruct-v0 --tasks $(CRAFTER_TASKS) --init $(RESULTS)/bc_crafter/checkpoint \
+		--rounds 2 --episodes 500 --beta 0.3 --beta-decay 0.5 --steps-per-round 1200 --eval-episodes 0 \
+		--workers 2 --out $(RESULTS)/dagger_crafter
+	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter/checkpoint --env instructcraft/Crafter-Instruct-v0 \
 		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
 
 results-babyai: $(STAMP)

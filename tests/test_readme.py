@@ -23,7 +23,14 @@ def readme_snippets() -> list[str]:
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("readme") / "demo"
     code = run_demo(
-        str(out), episodes=8, workers=1, bc_steps=2, eval_episodes=1, config=REPO / "configs" / "tiny.yaml"
+        str(out),
+        episodes=8,
+        workers=1,
+        bc_steps=2,
+        eval_episodes=1,
+        config=REPO / "configs" / "tiny.yaml",
+        dagger_episodes=2,
+        dagger_steps=2,
     )
     assert code == 0
     return out

@@ -1,4 +1,4 @@
-"""The main job behind `make demo`: demonstrations -> behavioral cloning -> evaluation -> video."""
+"""The main job behind `make demo`: demonstrations -> behavioral cloning -> DAgger -> evaluation -> video."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from envs.data.store import Dataset
 from envs.experts import default_expert_for
 from train.bc import train_bc
 from train.config import load_run_config
+from train.dagger import DaggerConfig, run_dagger
 
 DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
 REPO = Path(__file__).resolve().parents[1]
@@ -30,11 +31,16 @@ def run_demo(
     eval_episodes: int = 40,
     tasks: list[str] | None = None,
     config: str | Path | None = None,
+    dagger_rounds: int = 2,
+    dagger_episodes: int = 400,
+    dagger_steps: int = 700,
 ) -> int:
-    """Collect expert demonstrations, train BC on CPU for a few minutes, evaluate with correct vs
-    swapped instructions, record a rollout video, and print where everything is.
+    """Collect expert demonstrations, train BC on CPU for a few minutes, run DAgger rounds (the
+    expert labels the states the cloned policy visits; fine-tune on the aggregate), evaluate
+    with correct vs swapped instructions, record a rollout video, and print where everything is.
 
     ``config``: the BC run config (default ``configs/bc_crafter.yaml``; tests pass a tiny one).
+    ``dagger_rounds`` 0 skips DAgger and evaluates the BC policy.
     """
     tasks = tasks or DEMO_TASKS
     root = Path(out)
@@ -42,11 +48,13 @@ def run_demo(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     data, run_dir, video_dir = root / "demos", root / "bc", root / "videos"
+    dagger_dir = root / "dagger"
+    stages = 5 if dagger_rounds else 4
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     print(
-        f"[1/4] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})"
+        f"[1/{stages}] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})"
     )
     bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
     stats = collect(
@@ -69,7 +77,7 @@ def run_demo(
     summary = Dataset(data).summary()
 
     start = time.perf_counter()
-    print(f"[2/4] behavioral cloning for {bc_steps} steps on CPU")
+    print(f"[2/{stages}] behavioral cloning for {bc_steps} steps on CPU")
     run = load_run_config(
         config or REPO / "configs" / "bc_crafter.yaml",
         [f"train.steps={bc_steps}", f"train.seed={seed}", f"train.checkpoint_every={bc_steps}"],
@@ -77,9 +85,36 @@ def run_demo(
     trained = train_bc(run, str(data), str(run_dir))
     timings["bc"] = time.perf_counter() - start
     checkpoint = trained["checkpoint"]
+    dagger = None
+    if dagger_rounds:
+        start = time.perf_counter()
+        print(
+            f"[3/{stages}] DAgger: {dagger_rounds} round(s) of {dagger_episodes} rollouts labelled by the expert "
+            f"(beta 0.3), {dagger_steps} fine-tuning steps each"
+        )
+        dagger = run_dagger(
+            run,
+            DaggerConfig(
+                rounds=dagger_rounds,
+                episodes=dagger_episodes,
+                beta=0.3,
+                beta_decay=0.5,
+                steps=dagger_steps,
+                eval_episodes=0,
+                workers=workers,
+            ),
+            str(data),
+            str(dagger_dir),
+            envs.CRAFTER_ID,
+            default_expert_for(envs.CRAFTER_ID),
+            tasks=tasks,
+            init=checkpoint,
+        )
+        checkpoint = dagger["checkpoint"]
+        timings["dagger"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    print(f"[3/4] evaluating on {eval_episodes} new seeds per instruction mode")
+    print(f"[{stages - 1}/{stages}] evaluating on {eval_episodes} new seeds per instruction mode")
     results = {}
     for mode in ("correct", "swapped"):
         results[mode] = evaluate(
@@ -93,14 +128,14 @@ def run_demo(
         )
     timings["eval"] = time.perf_counter() - start
 
-    print("[4/4] recording a rollout video")
+    print(f"[{stages}/{stages}] recording a rollout video")
     video = evaluate(
         envs.CRAFTER_ID, 1, checkpoint=checkpoint, tasks=tasks[:1], video_dir=str(video_dir), seed=100_000
     )["videos"]
 
     print()
     print(
-        f"{'task':18s} {'demos':>6s} {'expert':>7s} {'BC correct':>11s} {'BC swapped':>11s} {'95% CI (correct)':>17s}"
+        f"{'task':18s} {'demos':>6s} {'expert':>7s} {'correct':>11s} {'swapped':>11s} {'95% CI (correct)':>17s}"
     )
     for task in tasks:
         correct = results["correct"]["tasks"].get(task, {})
@@ -117,15 +152,23 @@ def run_demo(
         f"{results['swapped']['mean_task_success']:.2f} (instruction sensitivity {gap:+.2f})"
     )
     print(
-        f"time: collect {timings['collect']:.0f} s, bc {timings['bc']:.0f} s, eval {timings['eval']:.0f} s; "
+        "time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in timings.items()) + "; "
         f"data {summary['episodes']} episodes / {summary['steps']} steps; expert success {stats['success_rate']:.2f}"
     )
-    report = {"dataset": summary, "bc": trained, "eval": results, "timings_s": timings, "video": video}
+    report = {
+        "dataset": summary,
+        "bc": trained,
+        "dagger": dagger,
+        "checkpoint": checkpoint,
+        "eval": results,
+        "timings_s": timings,
+        "video": video,
+    }
     (root / "summary.json").write_text(json.dumps(report, indent=2, default=str))
     print("\noutputs:")
     print(f"  dataset      {data}   (instructcraft data info {data})")
     print(f"  checkpoint   {checkpoint}")
-    print(f"  tensorboard  {run_dir / 'tb'}   (tensorboard --logdir {run_dir / 'tb'})")
+    print(f"  tensorboard  {root}   (tensorboard --logdir {root}: BC, DAgger rounds)")
     print(f"  video        {video[0] if video else '-'}")
     print(f"  summary      {root / 'summary.json'}")
     return 0

@@ -39,6 +39,9 @@ BAD = [
     ("demo", "--episodes", "0"),
     ("demo", "--bc-steps", "0"),
     ("demo", "--eval-episodes", "0"),
+    ("demo", "--dagger-episodes", "0"),
+    ("demo", "--dagger-steps", "0"),
+    ("demo", "--dagger-rounds", "-1"),
     ("demo", "--workers", "0"),
     ("import", "--camera-bins", "0"),
 ]

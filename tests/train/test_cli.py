@@ -119,6 +119,10 @@ def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
         "3",
         "--eval-episodes",
         "2",
+        "--dagger-episodes",
+        "2",
+        "--dagger-steps",
+        "2",
         "--tasks",
         "collect_wood",
         "eat_cow",
@@ -127,6 +131,12 @@ def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bc"]["steps"] == 3 and set(summary["eval"]) == {"correct", "swapped"}
     assert (out / "bc" / "checkpoint" / "model.safetensors").exists()
+    # One DAgger round after BC: 2 labelled rollouts aggregated, and the evaluated policy is its own.
+    rounds = summary["dagger"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[0]["trained_from"].endswith("checkpoint")
+    assert rounds[1]["dataset_episodes"] == summary["dataset"]["episodes"] + 2
+    assert summary["checkpoint"] == str(out / "dagger" / "checkpoint")
+    assert (out / "dagger" / "checkpoint" / "model.safetensors").exists()
     assert Path(summary["video"][0]).stat().st_size > 1000
 
 
@@ -151,6 +161,20 @@ def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
         "loader_over_inmemory_step_time",
         "real_steps_per_s_default_over_previous",
     }
+
+
+def test_bench_bc_previous_default_is_the_pre_change_model_whatever_todays_defaults() -> None:
+    """The previous default is spelled out field by field: filling it from today's defaults once
+    measured an IMPALA stack the project never shipped (one 32-wide stack, 81 tokens)."""
+    import dataclasses
+
+    from policies import VisionConfig
+    from train.bench import PREVIOUS_BC_DEFAULT
+
+    previous = dataclasses.replace(VisionConfig(), **PREVIOUS_BC_DEFAULT["vision"])
+    assert (previous.encoder, previous.channels, previous.frame_tokens) == ("impala", (16, 32, 32), 16)
+    assert not previous.position_embedding and previous.token_pooling == "average"
+    assert previous.grid == (8, 8) and PREVIOUS_BC_DEFAULT["pack"] is False
 
 
 def test_bench_choices_are_the_registered_benchmarks() -> None:

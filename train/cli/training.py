@@ -226,6 +226,18 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         default=40,
         help="evaluation episodes per instruction mode",
     )
+    p.add_argument(
+        "--dagger-rounds",
+        type=common.non_negative_int,
+        default=2,
+        help="DAgger rounds after BC (0: evaluate the BC policy)",
+    )
+    p.add_argument(
+        "--dagger-episodes", type=common.positive_int, default=400, help="labelled rollouts per DAgger round"
+    )
+    p.add_argument(
+        "--dagger-steps", type=common.positive_int, default=700, help="fine-tuning steps per DAgger round"
+    )
     common.add_tasks_flag(p, "Crafter-Instruct tasks (default: four)")
     common.add_workers_flag(p)
     common.add_seed_flag(p, 0, "base seed")
@@ -235,5 +247,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from train import demo
 
-    flags = common.same_named(args, "episodes", "workers", "seed", "bc_steps", "eval_episodes", "tasks")
+    flags = common.same_named(
+        args,
+        *("episodes", "workers", "seed", "bc_steps", "eval_episodes", "tasks"),
+        *("dagger_rounds", "dagger_episodes", "dagger_steps"),
+    )
     return demo.run_demo(args.out, **flags)
