@@ -28,10 +28,10 @@ def run_demo(
     workers: int = 2,
     seed: int = 0,
     bc_steps: int = 700,
-    eval_episodes: int = 40,
+    eval_episodes: int = 80,
     tasks: list[str] | None = None,
     config: str | Path | None = None,
-    dagger_rounds: int = 2,
+    dagger_rounds: int = 3,
     dagger_episodes: int = 400,
     dagger_steps: int = 700,
 ) -> int:

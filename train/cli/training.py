@@ -223,13 +223,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-episodes",
         type=common.positive_int,
-        default=40,
+        default=80,
         help="evaluation episodes per instruction mode",
     )
     p.add_argument(
         "--dagger-rounds",
         type=common.non_negative_int,
-        default=2,
+        default=3,
         help="DAgger rounds after BC (0: evaluate the BC policy)",
     )
     p.add_argument(
