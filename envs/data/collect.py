@@ -195,7 +195,8 @@ def collect(
     if seed is None:
         seed = next_seed(out)
     jobs = make_jobs(episodes, seed, tasks)
-    stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0}
+    # steps: every step run; kept_steps: the steps of the episodes written.
+    stats = {"episodes": 0, "kept": 0, "successes": 0, "steps": 0, "kept_steps": 0}
     start = time.perf_counter()
     info = {"expert": expert, "tasks": tasks, "seed": seed, "noise": noise, "env_kwargs": env_kwargs}
     with DatasetWriter(
@@ -208,6 +209,7 @@ def collect(
             if episode.success or not only_success:
                 writer.add(episode)
                 stats["kept"] += 1
+                stats["kept_steps"] += episode.length
             if progress is not None:
                 progress(episode, {"success_rate": stats["successes"] / stats["episodes"]})
     elapsed = time.perf_counter() - start

@@ -33,6 +33,18 @@ def test_appending_continues_after_the_highest_recorded_seed(tmp_path: Path) -> 
     assert "1 of them are already recorded" in third.stderr
 
 
+def test_the_summary_counts_the_steps_it_wrote_not_those_it_dropped(tmp_path: Path) -> None:
+    """With --only-success, failed episodes are run but not written: "wrote N episodes (S steps)"
+    names the dataset's own steps (it once added the dropped episodes' steps)."""
+    out = str(tmp_path / "demos")
+    # Noise 0.9: nine actions in ten are random, so some episodes fail and are dropped.
+    result = run_cli(*COLLECT, "--noise", "0.9", "--episodes", "6", "--only-success", "--out", out)
+    summary = Dataset(out).summary()
+    stats = result.stdout
+    assert "expert success 1.000" not in stats, "every episode succeeded: nothing was dropped"
+    assert f"wrote {summary['episodes']} episodes ({summary['steps']} steps," in result.stdout
+
+
 def test_collect_refuses_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     (out / "episodes").mkdir(parents=True)

@@ -70,7 +70,7 @@ def run_collect(args: argparse.Namespace) -> int:
         common.print_json(stats)
     else:
         print(
-            f"wrote {stats['kept']} episodes ({stats['steps']} steps, seeds {seed}..{last}) to {stats['out']}: "
+            f"wrote {stats['kept']} episodes ({stats['kept_steps']} steps, seeds {seed}..{last}) to {stats['out']}: "
             f"expert success {stats['success_rate']:.3f}, {stats['episodes_per_s']:.1f} episodes/s"
         )
     return 0
