@@ -163,12 +163,22 @@ def _load_data(
     shard = dataset.shard(distributed.rank, distributed.world_size)
     shard = sorted(set(shard) - set(skipped) - set(validation_episodes))
     chunks = ChunkDataset(
-        data, cfg.chunk_length, episodes=shard, gamma=cfg.gamma, pack=cfg.pack, seed=cfg.seed
+        data,
+        cfg.chunk_length,
+        episodes=shard,
+        gamma=cfg.gamma,
+        pack=cfg.pack,
+        seed=cfg.seed,
+        cache_mib=cfg.cache_mib,
     )
     held_out, names = None, None
     if validation_episodes and distributed.main:
         held_out = ChunkDataset(
-            data, cfg.chunk_length, episodes=sorted(set(validation_episodes) - set(skipped)), pack=cfg.pack
+            data,
+            cfg.chunk_length,
+            episodes=sorted(set(validation_episodes) - set(skipped)),
+            gamma=cfg.gamma,
+            pack=cfg.pack,
         )
         names = action_names(dataset.metadata.get("env_id", ""))
     loader = make_loader(

@@ -47,6 +47,8 @@ class TrainConfig:
     """random shift augmentation in pixels, one shift per chunk (0 = off)"""
     workers: int = 2
     """DataLoader worker processes"""
+    cache_mib: int = 1024
+    """decoded episodes each loader process keeps in memory, in MiB (0 = decode every row afresh)"""
     log_every: int = 25
     checkpoint_every: int = 500
     """write the checkpoint every N steps (and at the end)"""
@@ -76,7 +78,17 @@ class TrainConfig:
             raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
         _at_least(self, "train", 0, "val_every")
         _at_least(self, "train", 1, "steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
-        _at_least(self, "train", 0, "workers", "augment_shift", "warmup_steps", "eval_every", "eval_episodes")
+        _at_least(
+            self,
+            "train",
+            0,
+            "workers",
+            "augment_shift",
+            "warmup_steps",
+            "eval_every",
+            "eval_episodes",
+            "cache_mib",
+        )
         _at_least(self, "train", 0, "seed", "weight_decay", "value_coef", "grad_clip")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

@@ -5,6 +5,7 @@ Shape legend: B chunks, L steps per chunk, H, W image, A action components.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,9 @@ class ChunkDataset(torch.utils.data.Dataset):
     Args:
         episodes: the episode indices this process reads (its shard or split); None = all.
         only_success: skip episodes the expert failed (relabelled DAgger episodes are kept).
+        cache_mib: keep up to this many MiB of decoded episodes (frames, actions, returns) in
+            memory, least recently used out first, so later epochs skip decompression; each
+            loader process holds its own. 0 decodes every row's pieces afresh.
     """
 
     def __init__(
@@ -50,8 +54,14 @@ class ChunkDataset(torch.utils.data.Dataset):
         gamma: float = 0.99,
         pack: bool = False,
         seed: int = 0,
+        cache_mib: int = 0,
     ) -> None:
+        if cache_mib < 0:
+            raise ValueError(f"cache_mib must be >= 0, got {cache_mib}")
         self.data = Dataset(path)
+        self.cache_limit = cache_mib * 2**20
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self.cache_bytes = 0
         self.chunk_length = chunk_length
         self.gamma = gamma
         self.pack = pack
@@ -127,14 +137,14 @@ class ChunkDataset(torch.utils.data.Dataset):
         at = 0
         for segment, (number, start, stop) in enumerate(row):
             steps = stop - start
-            chunk = self.data.chunk(number, start, stop)
+            piece = self._piece(number, start, stop)
             place = slice(at, at + steps)
-            frames[place] = chunk["images"]
-            actions[place] = chunk["actions"]
+            frames[place] = piece["images"]
+            actions[place] = piece["actions"]
             mask[place] = True
             times[place] = np.arange(start, stop)
             segments[place] = segment
-            returns[place] = self._returns(number)[start:stop]
+            returns[place] = piece["returns"]
             at += steps
         # Padding continues the last piece's clock (as an unpacked row always did).
         times[at:] = np.arange(times[at - 1] + 1, times[at - 1] + 1 + length - at)
@@ -150,15 +160,42 @@ class ChunkDataset(torch.utils.data.Dataset):
             "task": first["task"],
         }
 
-    def _returns(self, number: int) -> np.ndarray:
-        """Discounted reward-to-go over the whole episode (value-head targets)."""
-        rewards = self.data.chunk(number, 0, self.data.episodes[number]["length"])["rewards"]
-        out = np.zeros(len(rewards), np.float32)
-        running = 0.0
-        for t in range(len(rewards) - 1, -1, -1):
-            running = float(rewards[t]) + self.gamma * running
-            out[t] = running
-        return out
+    def _piece(self, number: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """images, actions and returns (discounted reward-to-go, the value-head targets) of
+        steps ``start:stop`` of an episode, from the cache when it is on."""
+        if not self.cache_limit:
+            chunk = self.data.chunk(number, start, stop)
+            rewards = self.data.chunk(number, 0, self.data.episodes[number]["length"])["rewards"]
+            returns = discounted_returns(rewards, self.gamma)[start:stop]
+            return {"images": chunk["images"], "actions": chunk["actions"], "returns": returns}
+        whole = self._cache.get(number)
+        if whole is None:
+            chunk = self.data.chunk(number, 0, self.data.episodes[number]["length"])
+            whole = {
+                "images": chunk["images"],
+                "actions": chunk["actions"],
+                "returns": discounted_returns(chunk["rewards"], self.gamma),
+            }
+            size = sum(array.nbytes for array in whole.values())
+            if size <= self.cache_limit:
+                while self.cache_bytes + size > self.cache_limit:
+                    _, evicted = self._cache.popitem(last=False)
+                    self.cache_bytes -= sum(array.nbytes for array in evicted.values())
+                self._cache[number] = whole
+                self.cache_bytes += size
+        else:
+            self._cache.move_to_end(number)
+        return {name: array[start:stop] for name, array in whole.items()}
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """float32 reward-to-go: out[t] = rewards[t] + gamma * out[t + 1]."""
+    out = np.zeros(len(rewards), np.float32)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out
 
 
 class ResumableSampler(Sampler[int]):

@@ -34,8 +34,9 @@ TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
 def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     """Two measurements on `make demo`-like data (4 tasks, DART noise 0.25):
 
-    - one BC step fed by the real loader (worker processes, decoding chunks) over one fed by the
-      same batches already in memory; same model, same run, interleaved blocks;
+    - one BC step fed by the real loader (worker processes, decoding chunks, the default episode
+      cache) over one fed by the same batches already in memory; same model, same run,
+      interleaved blocks;
     - real (unpadded) training steps per second of the current default (frame encoder + packed
       rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
       from memory, interleaved blocks.
@@ -111,10 +112,11 @@ def _model(policy_config: Any) -> tuple[Any, Any]:
 def _loader_over_memory(path: str, config: Any, pack: bool, steps: int, workers: int) -> dict[str, float]:
     """Seconds of ``steps`` BC steps fed by the loader and of the same batches again from memory:
     in each of two rounds, half the steps from the loader, then those batches once more."""
+    from train.config import TrainConfig
     from train.data import ChunkDataset, make_loader
 
     policy, optimizer = _model(config)
-    chunks = ChunkDataset(path, 32, pack=pack)
+    chunks = ChunkDataset(path, 32, pack=pack, cache_mib=TrainConfig().cache_mib)
     loader = make_loader(chunks, 16, workers=workers, seed=0, start_sample=0, pin_memory=False)
     batches = iter(loader)
     _bc_step(policy, optimizer, next(batches), pack)  # warm-up (workers started, text cached)
