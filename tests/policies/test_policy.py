@@ -463,7 +463,7 @@ def test_merged_tokens_are_their_patch_features_side_by_side_and_averaged_ones_t
     base = VisionConfig(encoder="cells", cell_size=7, channels=(8,), frame_tokens=81)
     full = FrameEncoder(base).eval()
     merged = FrameEncoder(dataclasses.replace(base, frame_tokens=9, token_pooling="merge")).eval()
-    averaged = FrameEncoder(dataclasses.replace(base, frame_tokens=9)).eval()
+    averaged = FrameEncoder(dataclasses.replace(base, frame_tokens=9, token_pooling="average")).eval()
     merged.load_state_dict(full.state_dict())
     averaged.load_state_dict(full.state_dict())
     frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)

@@ -13,7 +13,7 @@ def make_tiny_config(fusion_type: str = "cross_attention", **fusion: object) -> 
     """D=16, one block, 16x16 frames, 4 tokens per frame, word-level text encoder."""
     return PolicyConfig(
         text=TextConfig(encoder="word", word_dim=16, word_buckets=64),
-        vision=VisionConfig(image_size=(16, 16), channels=(8, 16), frame_tokens=4),
+        vision=VisionConfig(image_size=(16, 16), channels=(8, 16), frame_tokens=4, token_pooling="average"),
         fusion_kwargs=FusionConfig(
             fusion_type=fusion_type, projection_dim=16, num_blocks=1, num_heads=2, **fusion
         ),

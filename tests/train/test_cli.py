@@ -119,6 +119,8 @@ def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
         "3",
         "--eval-episodes",
         "2",
+        "--dagger-rounds",
+        "1",
         "--dagger-episodes",
         "2",
         "--dagger-steps",
