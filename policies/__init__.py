@@ -12,7 +12,13 @@ from policies.config import (
 )
 from policies.fusion import FUSIONS
 from policies.heads import FactorizedCategorical
-from policies.policy import CheckpointError, InstructionPolicy, PolicyOutput, PolicyState
+from policies.policy import (
+    CheckpointError,
+    InstructionPolicy,
+    PolicyOutput,
+    PolicyState,
+    with_legacy_defaults,
+)
 
 __all__ = [
     "FUSIONS",
@@ -27,4 +33,5 @@ __all__ = [
     "PolicyState",
     "TextConfig",
     "VisionConfig",
+    "with_legacy_defaults",
 ]

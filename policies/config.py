@@ -113,7 +113,9 @@ class VisionConfig:
     token_pooling: "average" (each token the mean of its patch of the grid) or "merge" (each
         token all of its patch's features side by side, as Swin's patch merging: nothing is
         averaged away, the projection to the fusion learns what to keep; needs the grid to be a
-        multiple of sqrt(P), such as Crafter's 9x9 cells merged 3x3 into 9 tokens).
+        multiple of sqrt(P), such as Crafter's 9x9 cells merged 3x3 into 9 tokens). Left empty,
+        it follows the encoder: "merge" for "cells", "average" for the others (what they always
+        did, so a config naming only an IMPALA or Nature encoder keeps its meaning).
     position_embedding: a learned vector per token position added to the frame tokens, so the
         fusion knows where in the frame each token lies (attention over a set of tokens is blind
         to their order). Checkpoints written before this field existed load without it.
@@ -132,9 +134,11 @@ class VisionConfig:
     cell_size: int = 7
     cell_blocks: int = 2
     position_embedding: bool = True
-    token_pooling: str = "merge"
+    token_pooling: str = ""
 
     def __post_init__(self) -> None:
+        if not self.token_pooling:
+            object.__setattr__(self, "token_pooling", "merge" if self.encoder == "cells" else "average")
         _require(
             self.encoder in VISION_ENCODERS,
             f"vision.encoder must be one of {VISION_ENCODERS}, got {self.encoder!r}",

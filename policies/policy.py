@@ -63,7 +63,7 @@ def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def _legacy_defaults(policy: Any) -> Any:
+def with_legacy_defaults(policy: Any) -> Any:
     """Checkpoints written before a config field existed were built without it: a missing
     ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
     and a missing ``vision.token_pooling`` means averaging (today's defaults may differ)."""
@@ -387,7 +387,7 @@ class InstructionPolicy(nn.Module):
             raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
         try:
             payload = json.loads(config_path.read_text())
-            config = PolicyConfig.from_dict(_legacy_defaults(payload["policy"]))
+            config = PolicyConfig.from_dict(with_legacy_defaults(payload["policy"]))
         except (json.JSONDecodeError, KeyError, ConfigError) as error:
             raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
         model = cls(config)

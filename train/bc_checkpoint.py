@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from policies import InstructionPolicy
+from policies import InstructionPolicy, with_legacy_defaults
 from policies.policy import CONFIG_NAME
 from train.common import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, write_checkpoint
 from train.config import RunConfig
@@ -79,6 +79,8 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
         before = json.loads((resume_dir / RUN_CONFIG).read_text())
     except (OSError, ValueError):
         before = {"policy": json.loads((resume_dir / CONFIG_NAME).read_text())["policy"]}
+    # A checkpoint written before a policy field existed was built with its legacy value.
+    before["policy"] = with_legacy_defaults(before.get("policy", {}))
     old, new = _flatten({key: before.get(key, {}) for key in ("policy", "train")}), _flatten(run.to_dict())
     changed = {key: (old[key], new[key]) for key in old if key in new and old[key] != new[key]}
     architecture = [

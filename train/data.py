@@ -163,7 +163,7 @@ class ChunkDataset(torch.utils.data.Dataset):
     def _piece(self, number: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """images, actions and returns (discounted reward-to-go, the value-head targets) of
         steps ``start:stop`` of an episode, from the cache when it is on."""
-        if not self.cache_limit:
+        if not self.cache_limit or self._decoded_bytes(number) > self.cache_limit:
             chunk = self.data.chunk(number, start, stop)
             rewards = self.data.chunk(number, 0, self.data.episodes[number]["length"])["rewards"]
             returns = discounted_returns(rewards, self.gamma)[start:stop]
@@ -186,6 +186,19 @@ class ChunkDataset(torch.utils.data.Dataset):
         else:
             self._cache.move_to_end(number)
         return {name: array[start:stop] for name, array in whole.items()}
+
+    def _decoded_bytes(self, number: int) -> int:
+        """What episode ``number`` takes in the cache: its frames, actions and returns. One
+        larger than the whole budget is read piece by piece instead, as with the cache off."""
+        length = self.data.episodes[number]["length"]
+        frame = int(np.prod(self.data.metadata["image_shape"]))
+        return length * (frame + 8 * self.action_components + 4)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Loader worker processes start with an empty cache (never a copy of this one's)."""
+        state = dict(self.__dict__)
+        state["_cache"], state["cache_bytes"] = OrderedDict(), 0
+        return state
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from train.config import load_run_config
 from train.dagger import DaggerConfig, run_dagger
 
 DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
+EVAL_SEED = 100_000  # evaluation episode i uses seed EVAL_SEED + i: worlds training never saw
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +44,14 @@ def run_demo(
     ``dagger_rounds`` 0 skips DAgger and evaluates the BC policy.
     """
     tasks = tasks or DEMO_TASKS
+    training = (seed, seed + episodes + dagger_rounds * dagger_episodes - 1)  # demonstrations, then DAgger
+    evaluation = (EVAL_SEED, EVAL_SEED + eval_episodes - 1)
+    if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
+        raise ValueError(
+            f"demo --seed {seed}: training episodes use seeds {training[0]}..{training[1]}, which overlap the "
+            f"evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
+            f"{EVAL_SEED - (training[1] - training[0] + 1)} or above {evaluation[1]}"
+        )
     root = Path(out)
     if root.exists():
         shutil.rmtree(root)
@@ -124,13 +133,13 @@ def run_demo(
             tasks=tasks,
             mode=mode,
             workers=workers,
-            seed=100_000,
+            seed=EVAL_SEED,
         )
     timings["eval"] = time.perf_counter() - start
 
     print(f"[{stages}/{stages}] recording a rollout video")
     video = evaluate(
-        envs.CRAFTER_ID, 1, checkpoint=checkpoint, tasks=tasks[:1], video_dir=str(video_dir), seed=100_000
+        envs.CRAFTER_ID, 1, checkpoint=checkpoint, tasks=tasks[:1], video_dir=str(video_dir), seed=EVAL_SEED
     )["videos"]
 
     print()

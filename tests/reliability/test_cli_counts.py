@@ -62,3 +62,13 @@ def test_the_console_script_refuses_before_writing(tmp_path: Path) -> None:
     result = run_cli("collect", "--env", CRAFTER, "--episodes", "-5", "--out", str(out), check=False)
     assert result.returncode == 2 and "--episodes: must be a whole number >= 1, got -5" in result.stderr
     assert not out.exists()
+
+
+def test_demo_refuses_training_seeds_that_overlap_its_evaluation_seeds(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", str(out), "--seed", "98000", check=False)
+    assert result.returncode == 2
+    assert "training episodes use seeds 98000..101599, which overlap the evaluation seeds 100000..100079" in (
+        result.stderr
+    )
+    assert not out.exists()

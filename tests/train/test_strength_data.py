@@ -85,5 +85,22 @@ def test_the_episode_cache_decodes_each_episode_once_and_keeps_to_its_budget(
     every[row[0]]  # a hit: episode 1 is now the least recently used
     every[row[2]]
     assert list(every._cache) == [0, 2] and every.cache_bytes == 1428
+    # An episode larger than the whole budget is read piece by piece, as with the cache off,
+    # and never evicts the others; a pickled dataset (a loader worker's copy) starts empty.
+    every.cache_limit = 700
+    every._cache.clear()
+    every.cache_bytes = 0
+    every[row[1]]
+    decoded.clear()
+    monkeypatch.setattr(
+        every.data, "chunk", lambda n, a, b, **k: (decoded.append((n, a, b)), read(n, a, b, **k))[1]
+    )
+    every[row[0]]
+    assert list(every._cache) == [1] and (0, 0, 5) in decoded and len(decoded) == 2  # the piece, then rewards
+    import pickle
+
+    monkeypatch.undo()  # the counting reader is not picklable
+    copy = pickle.loads(pickle.dumps(every))
+    assert not copy._cache and copy.cache_bytes == 0 and every._cache
     with pytest.raises(ValueError, match="cache_mib must be >= 0"):
         ChunkDataset(str(tmp_path / "data"), 2, cache_mib=-1)

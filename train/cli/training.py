@@ -215,7 +215,8 @@ def run_ablate(args: argparse.Namespace) -> int:
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="the main job: demonstrations, behavioral cloning, evaluation and a video on Crafter-Instruct",
+        help="the main job: demonstrations, behavioral cloning, DAgger rounds, evaluation and a video on "
+        "Crafter-Instruct",
     )
     p.add_argument("--out", default="outputs/demo", help="output directory")
     p.add_argument("--episodes", type=common.positive_int, default=2400, help="expert episodes to collect")

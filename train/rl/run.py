@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import action_space_spec
 from envs.wrappers import make_tokenized_env
-from policies import ActionSpaceConfig, PolicyConfig
+from policies import ActionSpaceConfig, PolicyConfig, with_legacy_defaults
 from policies.policy import CONFIG_NAME, NonFiniteWeightsError
 from train.common import (
     CHECKPOINT,
@@ -167,7 +167,7 @@ def check_init_matches_env(checkpoint: str, env: VecEnv, env_id: str, flag: str)
     """Refuse a checkpoint built for another action space or frame size, before any rollout."""
     path = Path(checkpoint) / CONFIG_NAME
     try:
-        config = PolicyConfig.from_dict(json.loads(path.read_text())["policy"])
+        config = PolicyConfig.from_dict(with_legacy_defaults(json.loads(path.read_text())["policy"]))
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"{flag} {checkpoint}: {path} is not a policy checkpoint's config ({error})"
