@@ -53,7 +53,7 @@ results-crafter: $(STAMP)
 		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
 	$(VENV)/bin/instructcraft dagger --config configs/bc_crafter.yaml --data $(RESULTS)/crafter_demos \
 		--env instructcraft/Crafter-Instruct-v0 --tasks $(CRAFTER_TASKS) --init $(RESULTS)/bc_crafter/checkpoint \
-		--rounds 2 --episodes 500 --beta 0.3 --beta-decay 0.5 --steps-per-round 1200 --eval-episodes 0 \
+		--rounds 3 --episodes 500 --beta 0.3 --beta-decay 0.5 --steps-per-round 1200 --eval-episodes 0 \
 		--workers 2 --out $(RESULTS)/dagger_crafter
 	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter/checkpoint --env instructcraft/Crafter-Instruct-v0 \
 		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
