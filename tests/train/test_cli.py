@@ -143,6 +143,21 @@ def test_demo_runs_end_to_end_with_tiny_budgets(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_demo_without_dagger_evaluates_the_bc_policy(tmp_path: Path) -> None:
+    from train.demo import run_demo
+
+    out = tmp_path / "demo"
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    code = run_demo(
+        str(out), episodes=4, workers=1, bc_steps=2, eval_episodes=1, tasks=["collect_wood"], config=tiny,
+        dagger_rounds=0,
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and summary["dagger"] is None and "dagger" not in summary["timings_s"]
+    assert summary["checkpoint"] == summary["bc"]["checkpoint"] and not (out / "dagger").exists()
+
+
+@pytest.mark.slow
 def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
     """`bench bc` reports real (unpadded) steps/s of the current default and of the previous one,
     their ratio, and the share of real steps in each one's rows."""
