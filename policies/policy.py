@@ -315,8 +315,9 @@ class InstructionPolicy(nn.Module):
     ) -> None:
         """Feed K frames per row into ``state`` as K ``step`` calls would, with the frame encoder
         run over ``encode_steps`` steps of all rows at once and the fusion's own batched
-        ``prefill`` (the cross-attention cache takes all K frames' keys in one pass): frames uint8 (B, K, H, W, 3), valid
-        bool (B, K) (False: the row skips that step). Rebuilding a cache from a history is its use."""
+        ``prefill`` (the cross-attention cache takes all K frames' keys in one pass): frames
+        uint8 (B, K, H, W, 3), valid bool (B, K) (False: the row skips that step). Rebuilding a
+        cache from a history is its use."""
         device = self.device
         valid = valid.to(device)
         # Times each frame will have: the row's clock advances only on its valid steps.

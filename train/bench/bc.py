@@ -35,8 +35,8 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     """Two measurements on `make demo`-like data (4 tasks, DART noise 0.25):
 
     - one BC step fed by the real loader (decoding chunks with the default episode cache, in
-      ``workers`` processes; the CLI uses none) over one fed by the same batches already in memory; same model, same run,
-      interleaved blocks;
+      ``workers`` processes; the CLI uses none) over one fed by the same batches already in
+      memory; same model, same run, interleaved blocks;
     - real (unpadded) training steps per second of the current default (frame encoder + packed
       rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
       from memory, interleaved blocks.
