@@ -35,9 +35,12 @@ class SequenceRolloutBuffer(DictRolloutBuffer):
         segments: list[Segment],
         adapter: SB3PolicyAdapter,
         context_features: dict[int, torch.Tensor] | None = None,
+        context_frames: bool = True,
     ) -> dict[str, Any]:
         """Pad the segments (context + rollout steps) into (S, L) tensors on the buffer's device;
-        with ``context_features`` ({env: (C_env, P, C)}), also the context frames' encodings.
+        with ``context_features`` ({env: (C_env, P, C)}), also the context frames' encodings, and
+        then ``context_frames=False`` leaves the context's pixels out (zeros: the forward reads
+        the encodings instead; up to ``max_history - 1`` frames a row not copied every epoch).
         ``adapter`` converts the stored observations (frames, instruction texts)."""
         images = self.observations["image"]
         length = max(s.context + s.steps for s in segments)
@@ -59,7 +62,8 @@ class SequenceRolloutBuffer(DictRolloutBuffer):
             ctx = seg.context  # all the context frames of that env, or none
             if ctx:
                 context = self.context[seg.env]
-                frames[row, :ctx] = torch.from_numpy(np.stack(context["frames"]))
+                if context_frames or features is None:
+                    frames[row, :ctx] = torch.from_numpy(np.stack(context["frames"]))
                 times[row, :ctx] = torch.tensor(context["times"])
                 if features is not None:
                     features[row, :ctx] = context_features[seg.env]

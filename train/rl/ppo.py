@@ -76,8 +76,12 @@ class SequencePPO(SequenceRollouts, PPO):
     def _minibatch(
         self, segments: list[Segment], context_features: dict[int, torch.Tensor] | None = None
     ) -> dict[str, Any]:
-        """The segments padded into (S, L) tensors (``SequenceRolloutBuffer.padded_batch``)."""
-        return self.rollout_buffer.padded_batch(segments, self.policy, context_features)
+        """The segments padded into (S, L) tensors (``SequenceRolloutBuffer.padded_batch``); the
+        context's pixels only when the reference policy reads them (it has no cached encodings)."""
+        with_reference = self.reference is not None and self.kl_coef > 0
+        return self.rollout_buffer.padded_batch(
+            segments, self.policy, context_features, context_frames=with_reference
+        )
 
     def _bc_loss(self) -> torch.Tensor:
         batch = next(self._bc_batches)
