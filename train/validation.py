@@ -2,7 +2,9 @@
 
 It tells underfitting (validation loss high, accuracy low) apart from compounding error (the
 policy predicts the expert well on the expert's own states, yet fails in rollouts, where its
-own mistakes lead to states the data never shows).
+own mistakes lead to states the data never shows). The same steps read again with each row's
+instruction swapped for another one tell whether the policy uses the instruction at all: equal
+accuracies mean it acts on the frames alone.
 
 Shape legend: B rows, L steps per row, A action components.
 """
@@ -42,6 +44,22 @@ def action_names(env_id: str) -> list[str] | None:
     return list(names) if names is not None else None
 
 
+def swapped_instructions(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """{(task, instruction): another instruction} for every pair given: one of another task when
+    there is another task (a paraphrase of the same task is not a swap), else another
+    instruction; deterministic (the list is sorted, the choice cycles through it). Pairs with
+    nothing to swap with are left out."""
+    ordered = sorted(set(pairs))
+    swaps = {}
+    for position, (task, instruction) in enumerate(ordered):
+        others = [text for other, text in ordered if other != task] or [
+            text for _, text in ordered if text != instruction
+        ]
+        if others:
+            swaps[(task, instruction)] = others[position % len(others)]
+    return swaps
+
+
 @torch.no_grad()
 def validate(
     policy: InstructionPolicy,
@@ -52,13 +70,19 @@ def validate(
 ) -> dict[str, Any]:
     """Loss (nats per step), accuracy of the most likely action per head, per expert action
     (recall: how often the label is predicted when it is the label) and per task, over every
-    step of ``rows``, with the instruction always given."""
+    step of ``rows``, with the instruction always given; and the loss and accuracy (all heads
+    right) with each row's instruction swapped (``swapped_instructions``), when the rows hold
+    more than one instruction."""
     was_training = policy.training
     policy.eval()
     total_log_prob, steps = 0.0, 0
     head_hits: np.ndarray | None = None
     per_action: dict[int, list[int]] = {}
     per_task: dict[str, list[int]] = {}
+    # Swaps come from every instruction of the dataset (index entries: nothing decoded), so a
+    # small validation split of one instruction still gets one.
+    swaps = swapped_instructions([(entry["task"], entry["instruction"]) for entry in rows.data.episodes])
+    swapped_log_prob, swapped_hits = 0.0, 0
     try:
         for start in range(0, len(rows), batch_size):
             items = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
@@ -96,6 +120,21 @@ def validate(
                 entry = per_task.setdefault(item["task"], [0, 0])
                 entry[0] += int(all_hit[row][mask[row]].sum())
                 entry[1] += int(mask[row].sum())
+            if swaps:
+                swapped = policy(
+                    batch["frames"].to(device),
+                    [swaps[(item["task"], item["instruction"])] for item in items],
+                    times=batch["times"].to(device),
+                    frame_mask=mask,
+                    segments=batch["segments"].to(device),
+                    drop_instruction=torch.zeros(len(items), dtype=torch.bool),
+                )
+                other = policy.distribution(swapped.logits.float())
+                swapped_log_prob += float((other.log_prob(batch["actions"].to(device)) * mask).sum())
+                other_mode = other.mode()
+                if other_mode.dim() == mask.dim():
+                    other_mode = other_mode[..., None]
+                swapped_hits += int(((other_mode == actions).all(-1) & mask).sum())
     finally:
         policy.train(was_training)
 
@@ -112,6 +151,10 @@ def validate(
             for action, (hit, count) in sorted(per_action.items())
         },
         "accuracy_tasks": {task: hit / count for task, (hit, count) in sorted(per_task.items())},
+        # Every head right, with the true and with a swapped instruction (None: nothing to swap).
+        "accuracy": sum(hit for hit, _ in per_task.values()) / max(steps, 1),
+        "accuracy_swapped": swapped_hits / max(steps, 1) if swaps else None,
+        "loss_swapped": -swapped_log_prob / max(steps, 1) if swaps else None,
     }
 
 
@@ -123,3 +166,7 @@ def log_validation(writer: Any, result: dict[str, Any], step: int) -> None:
         writer.add_scalar(f"val/accuracy_action/{name}", entry["accuracy"], step)
     for task, accuracy in result["accuracy_tasks"].items():
         writer.add_scalar(f"val/accuracy_task/{task}", accuracy, step)
+    if result["accuracy_swapped"] is not None:
+        writer.add_scalar("val/accuracy", result["accuracy"], step)
+        writer.add_scalar("val/accuracy_swapped", result["accuracy_swapped"], step)
+        writer.add_scalar("val/loss_swapped", result["loss_swapped"], step)

@@ -70,7 +70,9 @@ def test_divergence_names_a_checkpoint_that_can_act_or_says_none(demos: str, tmp
 
 def test_resume_trains_at_the_overridden_lr_and_records_it(demos: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert bc_cli(demos, out, "train.steps=4", "train.checkpoint_every=4").returncode == 0
+    first = bc_cli(demos, out, "train.steps=4", "train.checkpoint_every=4", "train.val_fraction=0.1")
+    assert first.returncode == 0, first.stderr
+    assert "validation (1 held-out episodes)" in first.stdout and "with swapped instructions" in first.stdout
     result = bc_cli(
         demos,
         out,

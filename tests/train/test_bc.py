@@ -19,6 +19,7 @@ from train.bc import train_bc, train_bc_policy
 from train.common import TrainingDiverged
 from train.config import load_run_config
 from train.data import ChunkDataset
+from train.validation import validate
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -250,6 +251,10 @@ def test_bc_learns_a_batch(three_demos: str, tmp_path: Path) -> None:
     swapped = dict(zip(instructions, instructions[1:] + instructions[:1], strict=True))
     swapped_loss, _ = dataset_fit(policy, three_demos, swapped)
     assert swapped_loss > loss + 1.0, (swapped_loss, loss)
+    # Validation reads the same steps with swapped instructions and sees the dependence too.
+    result = validate(policy, ChunkDataset(three_demos, 32), 3, "cpu")
+    assert result["accuracy"] >= 0.9 and result["accuracy_swapped"] < result["accuracy"] - 0.3, result
+    assert result["loss_swapped"] > result["loss"] + 1.0, result
 
 
 def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:

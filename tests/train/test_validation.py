@@ -13,7 +13,7 @@ from envs.data.collect import collect
 from envs.data.store import Dataset
 from train.bc import train_bc
 from train.config import load_run_config
-from train.validation import split_episodes
+from train.validation import split_episodes, swapped_instructions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,22 @@ def test_bc_reports_validation_and_never_trains_on_it(demos: str, tmp_path: Path
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [3, 6]
+    assert [e.step for e in events.Scalars("val/accuracy_swapped")] == [3, 6]
+    assert 0.0 <= result["accuracy_swapped"] <= 1.0 and result["loss_swapped"] > 0.0
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["validation"]["loss"] == pytest.approx(result["loss"])
     assert saved["real_steps_per_s"] > 0
+
+
+def test_swapped_instructions_prefer_another_task() -> None:
+    """A paraphrase of the same task is not a swap: another task's instruction is chosen when
+    there is one; with one task, another instruction; with one instruction, nothing."""
+    pairs = [("wood", "collect wood"), ("wood", "get some wood"), ("cow", "eat a cow")]
+    swaps = swapped_instructions(pairs + pairs)
+    assert swaps[("wood", "collect wood")] == "eat a cow"
+    assert swaps[("wood", "get some wood")] == "eat a cow"
+    assert swaps[("cow", "eat a cow")] in {"collect wood", "get some wood"}
+    one_task = swapped_instructions([("go", "go to the red ball"), ("go", "go to a blue key")])
+    assert one_task == {("go", "go to a blue key"): "go to the red ball", ("go", "go to the red ball"): "go to a blue key"}
+    assert swapped_instructions([("go", "go to the red ball")] * 3) == {}
+    assert swapped_instructions(pairs) == swapped_instructions(list(reversed(pairs)))

@@ -49,6 +49,18 @@ def run_bc(args: argparse.Namespace) -> int:
         print(
             f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}"
         )
+        validation = summary.get("validation")
+        if validation:
+            line = (
+                f"  validation ({validation['episodes']} held-out episodes): loss {validation['loss']:.3f}, "
+                f"accuracy {validation['accuracy']:.3f}"
+            )
+            if validation["accuracy_swapped"] is not None:
+                line += (
+                    f"; with swapped instructions loss {validation['loss_swapped']:.3f}, "
+                    f"accuracy {validation['accuracy_swapped']:.3f}"
+                )
+            print(line)
         for row in summary["evaluations"]:
             print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
     return 0
