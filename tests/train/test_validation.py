@@ -79,6 +79,9 @@ def test_swapped_instructions_prefer_another_task() -> None:
     assert swaps[("wood", "get some wood")] == "eat a cow"
     assert swaps[("cow", "eat a cow")] in {"collect wood", "get some wood"}
     one_task = swapped_instructions([("go", "go to the red ball"), ("go", "go to a blue key")])
-    assert one_task == {("go", "go to a blue key"): "go to the red ball", ("go", "go to the red ball"): "go to a blue key"}
+    assert one_task == {
+        ("go", "go to a blue key"): "go to the red ball",
+        ("go", "go to the red ball"): "go to a blue key",
+    }
     assert swapped_instructions([("go", "go to the red ball")] * 3) == {}
     assert swapped_instructions(pairs) == swapped_instructions(list(reversed(pairs)))
