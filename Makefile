@@ -59,11 +59,11 @@ results-crafter: $(STAMP)
 		--episodes 200 --tasks $(CRAFTER_TASKS) --sensitivity --workers 2
 
 results-babyai: $(STAMP)
-	$(VENV)/bin/instructcraft collect --env instructcraft/BabyAI-GoToLocal-v0 --episodes 10000 --seed 0 --workers 2 \
+	$(VENV)/bin/instructcraft collect --env instructcraft/BabyAI-GoToLocal-v0 --episodes 40000 --seed 0 --workers 2 \
 		--only-success --out $(RESULTS)/gotolocal_demos
 	$(VENV)/bin/instructcraft bc --config configs/bc_babyai.yaml --data $(RESULTS)/gotolocal_demos --out $(RESULTS)/bc_babyai
 	$(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/bc_babyai/checkpoint --env instructcraft/BabyAI-GoToLocal-v0 \
-		--episodes 200 --workers 2
+		--episodes 200 --sensitivity --workers 2
 
 # PPO from scratch and from the BC checkpoint of results-crafter (same env steps), then the
 # open-ended game. About 25 CPU-minutes per 80k PPO steps on 2 cores.
