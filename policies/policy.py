@@ -200,13 +200,16 @@ class InstructionPolicy(nn.Module):
         context_mask: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         context_features: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """frames uint8 (B, T, H, W, 3); instructions (B strings) or text (B, D) already encoded;
         times long (B, T) absolute steps (default 0..T-1); frame_mask bool (B, T) True = real;
         context_mask bool (B, T): frames encoded without gradient, or read from
         ``context_features`` (B, T, P, C) when given (see ``encode_frames``);
         segments long (B, T), non-decreasing along T: a row packed with several episodes (of one
-        instruction), each step seeing only the earlier frames of its own segment.
+        instruction), each step seeing only the earlier frames of its own segment;
+        query_mask bool (B, T): the steps whose outputs are read (the rest come back as zeros;
+        the fusion may skip them, e.g. the context frames and padding of a PPO minibatch).
 
         In training mode with ``instruction_dropout`` > 0 and no ``drop_instruction``, each row
         loses its instruction with that probability."""
@@ -242,9 +245,30 @@ class InstructionPolicy(nn.Module):
             # query's; spacing segments further apart than any time gap makes the mask block-causal.
             spacing = self.config.fusion_kwargs.max_history + int(times.max()) + 1
             visible_times = times + segments.to(device) * spacing
+        if query_mask is not None and not return_attention:
+            return self._forward_queries(text, tokens, query_time, visible_times, frame_mask, query_mask)
         fused = self.fusion(text, tokens, query_time, visible_times, frame_mask, return_attention)
         logits, value = self._heads(fused.features)
         return PolicyOutput(logits, value, fused.features, fused.extras)
+
+    def _forward_queries(self, text, tokens, query_time, times, frame_mask, query_mask) -> PolicyOutput:
+        """``forward`` at the steps of ``query_mask`` only, scattered back to (B, T, ...)."""
+        query_mask = query_mask.to(tokens.device)
+        count = max(int(query_mask.sum(1).max()), 1)
+        # Each row's query steps first, in order (a stable sort of ~mask): (B, Q) step indices.
+        index = torch.sort((~query_mask).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+        features = self.fusion.forward_queries(text, tokens, query_time, times, frame_mask, index).features
+        logits, value = self._heads(features)
+
+        read = query_mask.gather(1, index)  # False where a short row's index ran past its steps
+
+        def scatter(values: torch.Tensor) -> torch.Tensor:
+            shape = (*index.shape, *[1] * (values.dim() - 2))
+            values = torch.where(read.reshape(shape), values, torch.zeros_like(values))
+            full = values.new_zeros(values.shape[0], query_mask.shape[1], *values.shape[2:])
+            return full.scatter(1, index.reshape(shape).expand_as(values), values)
+
+        return PolicyOutput(scatter(logits), scatter(value), scatter(features), {})
 
     def initial_state(
         self, instructions: Sequence[str | None] | None = None, *, text: torch.Tensor | None = None

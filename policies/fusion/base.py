@@ -35,6 +35,12 @@ def visibility(times: torch.Tensor, frame_mask: torch.Tensor, window: int) -> to
     return allowed | (empty[:, :, None] & eye)
 
 
+def gather_steps(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, T, ...), index long (B, Q) -> (B, Q, ...): the steps ``index`` of each row."""
+    expanded = index.reshape(*index.shape, *[1] * (values.dim() - 2)).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, expanded)
+
+
 @dataclass
 class FusionOutput:
     """features: (B, T, D), or (B, T, M, D) for per-modality (late) fusion.
@@ -172,6 +178,23 @@ class Fusion(nn.Module):
         """text (B, D); tokens (B, T, P, D) with key-time embedding added; query_time (B, T, D);
         times long (B, T); frame_mask bool (B, T) True = real frame."""
         raise NotImplementedError
+
+    def forward_queries(
+        self,
+        text: torch.Tensor,
+        tokens: torch.Tensor,
+        query_time: torch.Tensor,
+        times: torch.Tensor,
+        frame_mask: torch.Tensor,
+        index: torch.Tensor,
+    ) -> FusionOutput:
+        """``forward``'s features at the steps ``index`` (long (B, Q)) only: (B, Q, ...), no
+        extras. This default runs every step and picks; a fusion whose outputs do not depend on
+        each other (cross-attention: each step's query reads the frames, never another query)
+        computes only these, with every frame still a key."""
+        return FusionOutput(
+            gather_steps(self.forward(text, tokens, query_time, times, frame_mask).features, index)
+        )
 
     def initial_state(self, text: torch.Tensor) -> Any:
         raise NotImplementedError

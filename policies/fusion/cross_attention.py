@@ -17,7 +17,7 @@ from torch import nn
 
 from policies.config import FusionConfig
 from policies.fusion.attention import MLP, MultiHeadAttention
-from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
+from policies.fusion.base import Fusion, FusionOutput, HistoryRing, gather_steps, visibility
 
 
 class CrossAttentionBlock(nn.Module):
@@ -70,6 +70,20 @@ class CrossAttentionFusion(Fusion):
             stacked = torch.stack(weights)
             extras["attention"] = rearrange(stacked, "n b h q (t p) -> b q n h t p", p=per_frame)
         return FusionOutput(self.norm_out(q), extras)
+
+    def forward_queries(self, text, tokens, query_time, times, frame_mask, index) -> FusionOutput:
+        """Only the queries at ``index`` (B, Q) go through the blocks; keys and values are every
+        frame's, so each output equals ``forward``'s at its step (the PPO update needs the
+        rollout steps, not the context frames before them nor the padding)."""
+        per_frame = tokens.shape[2]
+        q = text[:, None, :] + gather_steps(query_time, index)  # (B, Q, D)
+        kv = rearrange(tokens, "b t p d -> b (t p) d")
+        visible = gather_steps(visibility(times, frame_mask, self.window), index)  # (B, Q, T)
+        mask = repeat(visible, "b q t -> b q (t p)", p=per_frame)
+        for block in self.blocks:
+            k, v = block.keys_values(kv)
+            q, _ = block(q, k, v, mask, False)
+        return FusionOutput(self.norm_out(q))
 
     def initial_state(self, text: torch.Tensor) -> list[HistoryRing]:
         return [

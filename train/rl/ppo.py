@@ -4,7 +4,8 @@ and updates follow episodes in time.
 The update cuts each env's rollout at episode boundaries into segments, prepends the frames of
 the episode before the rollout (up to ``max_history - 1``, context only, no loss), packs segments
 into minibatches of about ``batch_size`` steps (train/rl/buffer.py) and runs the parallel causal
-``forward``: every frame is encoded once per epoch instead of once per sample and window.
+``forward``: every frame is encoded once per epoch instead of once per sample and window, and
+only the rollout steps are queried (``query_mask``; the context frames are keys only).
 Optional terms: a KL penalty toward a reference policy (the BC policy of ``init``) with a
 decaying coefficient, and an auxiliary BC loss on demonstrations.
 
@@ -109,6 +110,7 @@ class SequencePPO(SequenceRollouts, PPO):
                     [batch["texts"][row] for row in missing],
                     times=batch["times"][missing],
                     frame_mask=batch["frame_mask"][missing],
+                    query_mask=batch["loss_mask"][missing],
                 ).logits
             mask = batch["loss_mask"][missing]
             for index, row in enumerate(missing):
@@ -184,6 +186,7 @@ class SequencePPO(SequenceRollouts, PPO):
             drop_instruction=torch.zeros(len(batch["texts"]), dtype=torch.bool),
             context_mask=~mask,  # earlier frames: keys/values only, no encoder gradient
             context_features=batch["context_features"],
+            query_mask=mask,  # outputs at the rollout steps only, not at the context or padding
         )
         logits = output.logits[mask]
         distribution = model.distribution(logits)
