@@ -36,7 +36,9 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
 
     - one BC step fed by the real loader (decoding chunks with the default episode cache, in
       ``workers`` processes; the CLI uses none) over one fed by the same batches already in
-      memory; same model, same run, interleaved blocks;
+      memory; same model, same run, interleaved blocks; from a cold cache (the first pass
+      decodes each episode, about a fifth of the timed steps here) and, ``_warm``, after one
+      untimed pass over the data (a long run's steady state);
     - real (unpadded) training steps per second of the current default (frame encoder + packed
       rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
       from memory, interleaved blocks.
@@ -64,12 +66,15 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         torch.manual_seed(0)
         config = PolicyConfig(action_space=action_space)
         seconds = _loader_over_memory(path, config, pack_now, steps, workers)
+        warm = _loader_over_memory(path, config, pack_now, steps, workers, warm=True)
         runs = _previous_and_default(path, action_space, config, pack_now, steps)
     real_sps = {name: run["real"] / run["seconds"] for name, run in runs.items()}
     return {
         "loader_step_ms": 1000 * seconds["loader"] / steps,
         "inmemory_step_ms": 1000 * seconds["memory"] / steps,
         "loader_over_inmemory_step_time": seconds["loader"] / seconds["memory"],
+        # After one pass over the data (every episode in the loader's cache): a long run's steady state.
+        "loader_over_inmemory_step_time_warm": warm["loader"] / warm["memory"],
         "previous_default_real_steps_per_s": real_sps["previous"],
         "default_real_steps_per_s": real_sps["default"],
         "previous_default_real_fraction": runs["previous"]["real"] / runs["previous"]["padded"],
@@ -109,9 +114,12 @@ def _model(policy_config: Any) -> tuple[Any, Any]:
     return policy, torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
 
 
-def _loader_over_memory(path: str, config: Any, pack: bool, steps: int, workers: int) -> dict[str, float]:
+def _loader_over_memory(
+    path: str, config: Any, pack: bool, steps: int, workers: int, warm: bool = False
+) -> dict[str, float]:
     """Seconds of ``steps`` BC steps fed by the loader and of the same batches again from memory:
-    in each of two rounds, half the steps from the loader, then those batches once more."""
+    in each of two rounds, half the steps from the loader, then those batches once more. With
+    ``warm``, one untimed pass over the data fills the loader's episode cache first."""
     from train.config import TrainConfig
     from train.data import ChunkDataset, make_loader
 
@@ -120,6 +128,9 @@ def _loader_over_memory(path: str, config: Any, pack: bool, steps: int, workers:
     loader = make_loader(chunks, 16, workers=workers, seed=0, start_sample=0, pin_memory=False)
     batches = iter(loader)
     _bc_step(policy, optimizer, next(batches), pack)  # warm-up (workers started, text cached)
+    if warm:
+        for _ in range(-(-len(chunks) // 16)):
+            next(batches)
     held: list[dict[str, Any]] = []
 
     def from_loader() -> float:
