@@ -60,6 +60,21 @@ def swapped_instructions(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], 
     return swaps
 
 
+def _actions_given(
+    policy: InstructionPolicy, batch: dict[str, torch.Tensor], texts: list[str], device: str
+) -> Any:
+    """The policy's action distribution over a validation batch read with ``texts``."""
+    output = policy(
+        batch["frames"].to(device),
+        texts,
+        times=batch["times"].to(device),
+        frame_mask=batch["mask"].to(device),
+        segments=batch["segments"].to(device),
+        drop_instruction=torch.zeros(len(texts), dtype=torch.bool),
+    )
+    return policy.distribution(output.logits.float())
+
+
 @torch.no_grad()
 def validate(
     policy: InstructionPolicy,
@@ -92,15 +107,7 @@ def validate(
                 if key not in ("instruction", "task")
             }
             mask = batch["mask"].to(device)
-            output = policy(
-                batch["frames"].to(device),
-                [item["instruction"] for item in items],
-                times=batch["times"].to(device),
-                frame_mask=mask,
-                segments=batch["segments"].to(device),
-                drop_instruction=torch.zeros(len(items), dtype=torch.bool),
-            )
-            distribution = policy.distribution(output.logits.float())
+            distribution = _actions_given(policy, batch, [item["instruction"] for item in items], device)
             actions = batch["actions"].to(device)
             total_log_prob += float((distribution.log_prob(actions) * mask).sum())
             steps += int(mask.sum())
@@ -121,15 +128,8 @@ def validate(
                 entry[0] += int(all_hit[row][mask[row]].sum())
                 entry[1] += int(mask[row].sum())
             if swaps:
-                swapped = policy(
-                    batch["frames"].to(device),
-                    [swaps[(item["task"], item["instruction"])] for item in items],
-                    times=batch["times"].to(device),
-                    frame_mask=mask,
-                    segments=batch["segments"].to(device),
-                    drop_instruction=torch.zeros(len(items), dtype=torch.bool),
-                )
-                other = policy.distribution(swapped.logits.float())
+                texts = [swaps[(item["task"], item["instruction"])] for item in items]
+                other = _actions_given(policy, batch, texts, device)
                 swapped_log_prob += float((other.log_prob(batch["actions"].to(device)) * mask).sum())
                 other_mode = other.mode()
                 if other_mode.dim() == mask.dim():
