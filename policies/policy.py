@@ -169,10 +169,15 @@ class InstructionPolicy(nn.Module):
             real = self.frame_encoder(frames[frame_mask])  # (N, P, C)
             tokens = real.new_zeros(batch, steps, *real.shape[1:])
             tokens[frame_mask] = real
-        projected = self.vision_projector(tokens)
+        return self._project(tokens, sinusoid(times, self._dim))
+
+    def _project(self, encoded: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
+        """Frame-encoder outputs (..., P, C) and the sinusoid of their times (..., D) -> tokens
+        (..., P, D): projected, plus token positions and the key time embedding."""
+        projected = self.vision_projector(encoded)
         if self.config.vision.position_embedding:
             projected = projected + self.token_position.to(projected.dtype)
-        return projected + self.key_time(sinusoid(times, self._dim))[:, :, None]
+        return projected + self.key_time(time_features)[..., None, :]
 
     @property
     def _dim(self) -> int:
@@ -317,17 +322,29 @@ class InstructionPolicy(nn.Module):
     ) -> PolicyOutput:
         """frame uint8 (B, H, W, 3); valid bool (B,) (False: the row skips this step).
         Returns logits (B, K), value (B,); ``state`` advances in place."""
-        batch = frame.shape[0]
         device = self.device
-        valid = torch.ones(batch, dtype=torch.bool, device=device) if valid is None else valid.to(device)
-        tokens = self.encode_frames(frame.to(device)[:, None], state.time[:, None], valid[:, None])[:, 0]
-        return self._step_tokens(state, tokens, valid, return_attention)
+        frame = frame.to(device)
+        time_features = sinusoid(state.time, self._dim)  # (B, D): keys and the query share it
+        if valid is None:  # every row steps: encode them all, no masking
+            valid = torch.ones(frame.shape[0], dtype=torch.bool, device=device)
+            tokens = self._project(self.frame_encoder(frame), time_features)
+        else:
+            valid = valid.to(device)
+            tokens = self.encode_frames(frame[:, None], state.time[:, None], valid[:, None])[:, 0]
+        return self._step_tokens(state, tokens, valid, return_attention, time_features)
 
     def _step_tokens(
-        self, state: PolicyState, tokens: torch.Tensor, valid: torch.Tensor, return_attention: bool = False
+        self,
+        state: PolicyState,
+        tokens: torch.Tensor,
+        valid: torch.Tensor,
+        return_attention: bool = False,
+        time_features: torch.Tensor | None = None,
     ) -> PolicyOutput:
         time = state.time
-        query_time = self.query_time(sinusoid(time, self._dim))
+        if time_features is None:
+            time_features = sinusoid(time, self._dim)
+        query_time = self.query_time(time_features)
         fused = self.fusion.step(state.fusion, state.text, tokens, query_time, time, valid, return_attention)
         state.time = time + valid.long()
         logits, value = self._heads(fused.features[:, 0])

@@ -70,6 +70,9 @@ class HistoryRing:
         self.values: dict[str, torch.Tensor] = {}
         self.slot_dims: dict[str, int] = {}
         self._max_count = 0
+        # Every row's frame count while all rows have stepped together (None once they differ):
+        # the fast path's slot, known without reading ``count`` back.
+        self._lockstep: int | None = 0
 
     @property
     def filled(self) -> int:
@@ -100,7 +103,7 @@ class HistoryRing:
         if needed > self.capacity and self.capacity < self.window:
             self._grow(needed)
         all_valid = bool(valid.all())
-        in_step = all_valid and bool((self.count == self.count[0]).all())
+        in_step = all_valid and self._lockstep is not None
         for name, value in values.items():
             if name not in self.values:
                 shape = list(value.shape)
@@ -109,7 +112,7 @@ class HistoryRing:
                 self.slot_dims[name] = slot_dim
         if in_step:
             # Fast path (every row real, same length): one slice write per tensor.
-            start = int(self.count[0] % self.window) * self.tokens
+            start = self._lockstep % self.window * self.tokens
             stop = start + self.tokens
             for name, value in values.items():
                 self.values[name].narrow(slot_dim, start, self.tokens).copy_(value)
@@ -129,12 +132,21 @@ class HistoryRing:
             self.slot_time[rows, slots] = torch.where(keep, time[:, None], self.slot_time[rows, slots])
             self.slot_valid[rows, slots] |= keep
         self.count += valid.long()
-        self._max_count = max(self._max_count, needed) if bool(valid.any()) else self._max_count
+        if in_step:
+            self._lockstep += 1
+            self._max_count = needed
+        elif bool(valid.any()):
+            self._max_count = max(self._max_count, needed)
+            self._lockstep = None if not all_valid else self._lockstep
 
     def reset(self, rows: torch.Tensor) -> None:
         """Forget the history of the rows where ``rows`` (bool (B,)) is True (a new episode)."""
         self.count = torch.where(rows, torch.zeros_like(self.count), self.count)
         self.slot_valid &= ~rows[:, None]
+        if bool(rows.all()):
+            self._lockstep = 0
+        elif bool(rows.any()):
+            self._lockstep = None
 
     def visible(self, time: torch.Tensor) -> torch.Tensor:
         """bool (B, filled): slots a query at ``time`` (B,) sees."""

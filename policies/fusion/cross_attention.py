@@ -104,15 +104,18 @@ class CrossAttentionFusion(Fusion):
     def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:
         q = (text + query_time)[:, None, :]  # (B, 1, D)
         weights = []
+        visible = None
         for block, ring in zip(self.blocks, state, strict=True):
             k_new, v_new = block.keys_values(tokens)  # (B, H, P, d)
             ring.append(time, valid, slot_dim=2, k=k_new, v=v_new)
-            q, w = block(q, ring.get("k"), ring.get("v"), ring.visible(time)[:, None, :], return_attention)
+            if visible is None:  # every block's ring holds the same frames: one mask (B, 1, S)
+                visible = ring.visible(time)[:, None, :]
+            q, w = block(q, ring.get("k"), ring.get("v"), visible, return_attention)
             weights.append(w)
         extras = {}
         if return_attention:
             # (blocks, B, H, 1, S) -> (B, 1, blocks, H, S) over cache slots; see slot_time.
             extras["attention"] = rearrange(torch.stack(weights), "n b h q s -> b q n h s")
             extras["slot_time"] = state[0].slot_time[:, : state[0].filled][:, None]
-            extras["slot_visible"] = state[0].visible(time)[:, None]
+            extras["slot_visible"] = visible
         return FusionOutput(self.norm_out(q), extras)
