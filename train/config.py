@@ -45,8 +45,10 @@ class TrainConfig:
     """clip the global gradient norm (0 = off)"""
     augment_shift: int = 0
     """random shift augmentation in pixels, one shift per chunk (0 = off)"""
-    workers: int = 2
-    """DataLoader worker processes"""
+    workers: int = 0
+    """DataLoader worker processes (0: batches are read in the training process, the fastest on
+    2 CPU cores, where workers take cores from the model step; give more where spare cores can
+    read while the model trains, e.g. on a GPU)"""
     cache_mib: int = 1024
     """decoded episodes each loader process keeps in memory, in MiB (0 = decode every row afresh)"""
     log_every: int = 25

@@ -174,7 +174,11 @@ def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
     )
     for key in ("previous_default_real_fraction", "default_real_fraction"):
         assert 0 < results[key] <= 1
-    for key in ("loader_over_inmemory_step_time", "loader_over_inmemory_step_time_warm"):
+    for key in (
+        "loader_over_inmemory_step_time",
+        "loader_over_inmemory_step_time_warm",
+        "loader_over_inmemory_step_time_1_worker",
+    ):
         assert 0 < results[key] < 100, (key, results[key])
     assert set(results["goals"]) == {
         "loader_over_inmemory_step_time",

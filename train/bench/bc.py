@@ -37,8 +37,9 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     - one BC step fed by the real loader (decoding chunks with the default episode cache, in
       ``workers`` processes; the CLI uses none) over one fed by the same batches already in
       memory; same model, same run, interleaved blocks; from a cold cache (the first pass
-      decodes each episode, about a fifth of the timed steps here) and, ``_warm``, after one
-      untimed pass over the data (a long run's steady state);
+      decodes each episode, about a fifth of the timed steps here), ``_warm`` after one
+      untimed pass over the data (a long run's steady state), and ``_1_worker`` cold with one
+      loader worker process;
     - real (unpadded) training steps per second of the current default (frame encoder + packed
       rows) over the previous default (IMPALA encoder, one padded episode piece per row), both
       from memory, interleaved blocks.
@@ -67,6 +68,8 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         config = PolicyConfig(action_space=action_space)
         seconds = _loader_over_memory(path, config, pack_now, steps, workers)
         warm = _loader_over_memory(path, config, pack_now, steps, workers, warm=True)
+        # The same with one loader worker process (what the shipped configs used before), cold.
+        process = _loader_over_memory(path, config, pack_now, steps, 1)
         runs = _previous_and_default(path, action_space, config, pack_now, steps)
     real_sps = {name: run["real"] / run["seconds"] for name, run in runs.items()}
     return {
@@ -75,6 +78,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         "loader_over_inmemory_step_time": seconds["loader"] / seconds["memory"],
         # After one pass over the data (every episode in the loader's cache): a long run's steady state.
         "loader_over_inmemory_step_time_warm": warm["loader"] / warm["memory"],
+        "loader_over_inmemory_step_time_1_worker": process["loader"] / process["memory"],
         "previous_default_real_steps_per_s": real_sps["previous"],
         "default_real_steps_per_s": real_sps["default"],
         "previous_default_real_fraction": runs["previous"]["real"] / runs["previous"]["padded"],
