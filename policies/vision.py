@@ -50,13 +50,12 @@ class CellTrunk(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         width = config.channels[-1]
-        self.cell = config.cell_size
-        self.rows, self.cols = config.grid
-        self.embed = nn.Conv2d(3, width, self.cell, stride=self.cell)
+        self.embed = nn.Conv2d(3, width, config.cell_size, stride=config.cell_size)
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(config.cell_blocks)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, : self.rows * self.cell, : self.cols * self.cell]  # whole cells only
+        # A kernel equal to its stride reads whole cells only: the pixels past the last whole
+        # cell (64 = 9 * 7 + 1 for Crafter) are never read, so the image needs no crop (a copy).
         return self.blocks(self.embed(x))
 
 

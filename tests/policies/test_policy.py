@@ -478,6 +478,25 @@ def test_merged_tokens_are_their_patch_features_side_by_side_and_averaged_ones_t
             torch.testing.assert_close(means[:, 3 * i + j], patch.mean(dim=(1, 2)))
 
 
+def test_a_cell_token_reads_its_cell_and_never_the_pixels_past_the_last_whole_cell() -> None:
+    """With no residual blocks, cell token (r, c) is a function of the 7x7 pixels of cell (r, c)
+    only; the 64th row and column (64 = 9 * 7 + 1) reach no token."""
+    from policies.vision import FrameEncoder
+
+    torch.manual_seed(0)
+    encoder = FrameEncoder(VisionConfig(encoder="cells", cell_blocks=0, channels=(8,), frame_tokens=81)).eval()
+    frames = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    edited = frames.clone()
+    edited[:, 63, :] = 255 - edited[:, 63, :]
+    edited[:, :, 63] = 255 - edited[:, :, 63]
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(edited), encoder(frames), rtol=0, atol=0)
+        one_cell = frames.clone()
+        one_cell[:, 14:21, 28:35] = 255 - one_cell[:, 14:21, 28:35]  # cell (2, 4)
+        changed = (encoder(one_cell) != encoder(frames)).any(-1)[0]
+    assert changed.nonzero().flatten().tolist() == [2 * 9 + 4]
+
+
 def test_merge_pooling_needs_a_grid_that_splits_evenly() -> None:
     with pytest.raises(
         ConfigError, match=r"token_pooling='merge' needs the 9x9 feature grid .* \(frame_tokens=4\)"
