@@ -484,7 +484,9 @@ def test_a_cell_token_reads_its_cell_and_never_the_pixels_past_the_last_whole_ce
     from policies.vision import FrameEncoder
 
     torch.manual_seed(0)
-    encoder = FrameEncoder(VisionConfig(encoder="cells", cell_blocks=0, channels=(8,), frame_tokens=81)).eval()
+    encoder = FrameEncoder(
+        VisionConfig(encoder="cells", cell_blocks=0, channels=(8,), frame_tokens=81)
+    ).eval()
     frames = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
     edited = frames.clone()
     edited[:, 63, :] = 255 - edited[:, 63, :]
