@@ -91,7 +91,10 @@ class PretrainedTextEncoder(nn.Module):
         if self.frozen:
             missing = [t for t in unique if t not in self._cache]
             if missing:
-                with torch.no_grad():
+                # In full precision even under autocast: the cached features are then the same
+                # whether a training step (bf16 autocast) or an evaluation (fp32) meets a text first.
+                device_type = next(self.backbone.parameters()).device.type
+                with torch.no_grad(), torch.autocast(device_type, enabled=False):
                     encoded = self._encode(missing)
                 for text, row in zip(missing, encoded, strict=True):
                     self._cache[text] = row

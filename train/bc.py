@@ -34,6 +34,7 @@ from train.common import (
     StopRequest,
     TrainingDiverged,
     TrainingInterrupted,
+    autocast_device,
     children_ignore_interrupts,
     resolve_device,
     setup_distributed,
@@ -77,13 +78,16 @@ def check_dataset(dataset: Dataset, skip_bad: bool) -> list[int]:
 
 
 @torch.no_grad()
-def outputs_finite(policy: InstructionPolicy, batch: dict[str, Any], device: str, autocast: bool) -> bool:
+def outputs_finite(
+    policy: InstructionPolicy, batch: dict[str, Any], device: str, autocast: str | None
+) -> bool:
     """Whether the current weights give finite logits and values on ``batch`` (weights can be
-    finite yet so large that every output overflows)."""
+    finite yet so large that every output overflows); ``autocast``: the device type of bf16
+    autocast (``autocast_device``) or None."""
     was_training = policy.training
     policy.eval()  # no dropout, so no draw from the global RNG
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None):
             output = policy(
                 batch["frames"].to(device),
                 list(batch["instruction"]),
@@ -252,8 +256,8 @@ class _Trainer:
     last_log: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
-    def autocast(self) -> bool:
-        return self.device.startswith("cuda") and self.run.train.amp
+    def autocast(self) -> str | None:
+        return autocast_device(self.device, self.run.train.amp)
 
     def train_step(self, batch: dict[str, Any]) -> _StepResult:
         """One optimizer step on ``batch`` (augmented, then moved to the device)."""
@@ -268,7 +272,7 @@ class _Trainer:
         times = batch["times"].to(device, non_blocking=True)
         returns = batch["returns"].to(device, non_blocking=True)
         segments = batch["segments"].to(device, non_blocking=True) if cfg.pack else None
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.autocast or "cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
             output = self.model(
                 frames, list(batch["instruction"]), times=times, frame_mask=mask, segments=segments
             )

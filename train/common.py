@@ -52,6 +52,23 @@ def resolve_device(name: str, local_rank: int = 0) -> str:
     return name
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 convolutions
+    and matrix products run faster than fp32; elsewhere they are emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def autocast_device(device: str, amp: bool) -> str | None:
+    """The device type bf16 autocast runs on for ``train.amp`` on ``device``: "cuda" on a GPU,
+    "cpu" on a CPU with native bf16, None (full fp32) otherwise or when ``amp`` is off."""
+    if not amp:
+        return None
+    if device.startswith("cuda"):
+        return "cuda"
+    return "cpu" if device == "cpu" and cpu_has_native_bf16() else None
+
+
 @dataclass
 class Distributed:
     rank: int = 0

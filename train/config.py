@@ -63,7 +63,8 @@ class TrainConfig:
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda"""
     amp: bool = True
-    """bf16 autocast on CUDA (ignored on CPU)"""
+    """bf16 autocast on CUDA, and on a CPU with native bf16 (AVX512-BF16 or AMX); other CPUs
+    train in fp32 (bf16 is emulated there, and slower)"""
     skip_bad_episodes: bool = False
     """train on the readable episodes when some are missing or corrupt (default: refuse to start)"""
     pack: bool = True

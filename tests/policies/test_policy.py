@@ -235,6 +235,22 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     InstructionPolicy.from_pretrained(tmp_path / "ckpt")
 
 
+def test_frozen_text_features_are_full_precision_even_when_first_met_under_autocast() -> None:
+    """A training step under bf16 autocast and an evaluation in fp32 read the same cached text
+    features: the frozen encoder always encodes in fp32."""
+    config = PolicyConfig.from_dict(
+        {**make_tiny_config().to_dict(), "text": {"encoder": "minilm", "pooling": "last"}}
+    )
+    model = InstructionPolicy(config).eval()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first = model.text_encoder(["collect wood"])
+        model.text_encoder._cache.clear()
+        plain = model.text_encoder(["collect wood"])
+    assert first.dtype == plain.dtype == torch.float32
+    torch.testing.assert_close(first, plain, rtol=0, atol=0)
+
+
 def test_pretrained_text_encoder_is_frozen_cached_and_not_saved(tmp_path: Path) -> None:
     config = PolicyConfig.from_dict(
         {**make_tiny_config().to_dict(), "text": {"encoder": "minilm", "pooling": "last"}}

@@ -257,6 +257,45 @@ def test_bc_learns_a_batch(three_demos: str, tmp_path: Path) -> None:
     assert result["loss_swapped"] > result["loss"] + 1.0, result
 
 
+def test_autocast_device_follows_amp_the_device_and_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.common as common
+
+    for native in (True, False):
+        monkeypatch.setattr(common, "cpu_has_native_bf16", lambda native=native: native)
+        assert common.autocast_device("cuda:0", True) == "cuda"
+        assert common.autocast_device("cpu", True) == ("cpu" if native else None)
+        assert (
+            common.autocast_device("cpu", False) is None and common.autocast_device("cuda:1", False) is None
+        )
+
+
+@pytest.mark.parametrize(
+    ("native", "amp", "expected"), [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_bc_on_cpu_trains_under_bf16_autocast_only_where_the_cpu_has_native_bf16(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, amp: bool, expected: bool
+) -> None:
+    """``train.amp`` on CPU: the training forward runs under bf16 autocast on a CPU with native bf16
+    (faster there; "Learning results" measures it), in fp32 elsewhere or with amp off."""
+    import train.common as common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    seen: list[tuple[bool, torch.dtype]] = []
+    forward = InstructionPolicy.forward
+
+    def recording(self: InstructionPolicy, *args: object, **kwargs: object) -> object:
+        if self.training:
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstructionPolicy, "forward", recording)
+    run = load_run_config(TINY, ["train.steps=2", f"train.amp={str(amp).lower()}", "train.device=cpu"])
+    summary = train_bc(run, demos, str(tmp_path / "o"), progress=False)
+    assert summary["steps"] == 2 and len(seen) == 2
+    assert all(enabled == expected for enabled, _ in seen), seen
+    assert not expected or all(dtype == torch.bfloat16 for _, dtype in seen)
+
+
 def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:
     import shutil
 

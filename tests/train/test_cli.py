@@ -178,8 +178,10 @@ def test_bench_bc_quick_compares_the_default_with_the_previous_one() -> None:
         "loader_over_inmemory_step_time",
         "loader_over_inmemory_step_time_warm",
         "loader_over_inmemory_step_time_1_worker",
+        "fp32_over_bf16_autocast_step_time",
     ):
         assert 0 < results[key] < 100, (key, results[key])
+    assert isinstance(results["cpu_native_bf16"], bool)
     assert set(results["goals"]) == {
         "loader_over_inmemory_step_time",
         "real_steps_per_s_default_over_previous",

@@ -47,6 +47,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     import torch
 
     from policies import ActionSpaceConfig, PolicyConfig
+    from train.common import cpu_has_native_bf16
     from train.config import TrainConfig
 
     steps = 10 if quick else 30
@@ -71,6 +72,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         # The same with one loader worker process (what the shipped configs used before), cold.
         process = _loader_over_memory(path, config, pack_now, steps, 1)
         runs = _previous_and_default(path, action_space, config, pack_now, steps)
+        precision = _bf16_and_fp32(path, config, pack_now, steps)
     real_sps = {name: run["real"] / run["seconds"] for name, run in runs.items()}
     return {
         "loader_step_ms": 1000 * seconds["loader"] / steps,
@@ -79,6 +81,9 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         # After one pass over the data (every episode in the loader's cache): a long run's steady state.
         "loader_over_inmemory_step_time_warm": warm["loader"] / warm["memory"],
         "loader_over_inmemory_step_time_1_worker": process["loader"] / process["memory"],
+        # What `train.amp` does on a CPU with native bf16: the same steps under bf16 autocast.
+        "fp32_over_bf16_autocast_step_time": precision["fp32"] / precision["bf16"],
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "previous_default_real_steps_per_s": real_sps["previous"],
         "default_real_steps_per_s": real_sps["default"],
         "previous_default_real_fraction": runs["previous"]["real"] / runs["previous"]["padded"],
@@ -93,15 +98,18 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     }
 
 
-def _bc_step(policy: Any, optimizer: Any, batch: dict[str, Any], packed: bool) -> None:
-    out = policy(
-        batch["frames"],
-        list(batch["instruction"]),
-        times=batch["times"],
-        frame_mask=batch["mask"],
-        segments=batch["segments"] if packed else None,
-    )
-    log_prob = policy.distribution(out.logits).log_prob(batch["actions"])
+def _bc_step(policy: Any, optimizer: Any, batch: dict[str, Any], packed: bool, bf16: bool = False) -> None:
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = policy(
+            batch["frames"],
+            list(batch["instruction"]),
+            times=batch["times"],
+            frame_mask=batch["mask"],
+            segments=batch["segments"] if packed else None,
+        )
+    log_prob = policy.distribution(out.logits.float()).log_prob(batch["actions"])
     loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
     optimizer.zero_grad()
     loss.backward()
@@ -151,6 +159,30 @@ def _loader_over_memory(
             _bc_step(policy, optimizer, batch, pack)
 
     return interleaved({"loader": from_loader, "memory": timed(from_memory)}, 2)
+
+
+def _bf16_and_fp32(path: str, config: Any, pack: bool, steps: int) -> dict[str, float]:
+    """Seconds of the same BC steps (the default model, same initial weights, same batches from
+    memory) in fp32 and under CPU bf16 autocast, interleaved blocks over two rounds."""
+    import torch
+
+    from train.data import ChunkDataset, make_loader
+
+    rows = make_loader(
+        ChunkDataset(path, 32, pack=pack), 16, workers=0, seed=0, start_sample=0, pin_memory=False
+    )
+    held = list(itertools.islice(rows, steps // 2 + 1))
+    models = {}
+    for name in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        models[name] = _model(config)
+        _bc_step(*models[name], held[0], pack, bf16=name == "bf16")  # warm-up
+
+    def train_on(name: str) -> None:
+        for batch in held[1:]:
+            _bc_step(*models[name], batch, pack, bf16=name == "bf16")
+
+    return interleaved({name: timed(partial(train_on, name)) for name in models}, 2)
 
 
 def _previous_and_default(
