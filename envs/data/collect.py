@@ -15,6 +15,7 @@ import envs  # noqa: F401  (registers the ids in spawned workers)
 from envs.data.store import Dataset, DatasetWriter, Episode
 from envs.episodes import Act, Step, play_episode
 from envs.experts import Expert, make_expert
+from envs.experts.base import ExpertCannotLabel
 from envs.workers import make_env, map_jobs
 
 
@@ -37,16 +38,22 @@ def record_episode(
 ) -> tuple[Episode, list[Any]]:
     """One episode of ``play_episode`` kept as a dataset ``Episode``: every observation's image
     (the final one included), ``act``'s actions as the labels, rewards and flags. Also returns
-    the actions that ran (they differ from the labels where ``execute`` replaced them)."""
+    the actions that ran (they differ from the labels where ``execute`` replaced them).
+
+    When ``act`` raises ``ExpertCannotLabel`` the episode ends at the last labelled step: that
+    step is marked truncated and ``extra["expert_stopped"]`` says why. An expert that cannot
+    label even the first state has nothing to record, and the error propagates."""
     images: list[np.ndarray] = []
     labels: list[Any] = []
     executed: list[Any] = []
     rewards: list[float] = []
     terminated: list[bool] = []
     truncated: list[bool] = []
+    last: dict[str, Any] = {}  # the latest info and whether any step succeeded
 
     def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
         images.append(observation["image"])
+        last.update(info=info, success=False)
         if on_reset is not None:
             on_reset(observation, info)
 
@@ -57,20 +64,32 @@ def record_episode(
         rewards.append(step.reward)
         terminated.append(step.terminated)
         truncated.append(step.truncated)
+        last.update(info=step.info, success=step.success)
 
-    outcome = play_episode(env, act, seed=seed, task=task, on_reset=start, execute=execute, on_step=keep)
+    extra: dict[str, Any] = {}
+    try:
+        play_episode(env, act, seed=seed, task=task, on_reset=start, execute=execute, on_step=keep)
+    except ExpertCannotLabel as error:
+        if not labels:
+            raise ExpertCannotLabel(
+                f"{expert} cannot label the first state of {env_id} seed {seed}: {error}"
+            ) from None
+        # Cut short like a time limit: the recorded steps keep their labels, nothing follows.
+        truncated[-1] = True
+        extra["expert_stopped"] = str(error)
     episode = Episode(
         images=np.stack(images),
         actions=np.asarray(labels, np.int64),
         rewards=np.asarray(rewards, np.float32),
         terminated=np.asarray(terminated, bool),
         truncated=np.asarray(truncated, bool),
-        instruction=outcome.info["instruction"],
-        task=outcome.info["task"],
+        instruction=last["info"]["instruction"],
+        task=last["info"]["task"],
         env_id=env_id,
         expert=expert,
         seed=seed,
-        success=outcome.success,
+        success=last["success"],
+        extra=extra,
     )
     return episode, executed
 
@@ -105,7 +124,7 @@ def run_episode(
     )
     if noise > 0:
         # The labels differ from what ran; what ran is kept so the episode can be replayed.
-        episode.extra = {"label_noise": noise, "executed_actions": [int(action) for action in executed]}
+        episode.extra.update(label_noise=noise, executed_actions=[int(action) for action in executed])
     return episode
 
 

@@ -8,6 +8,12 @@ from typing import Any
 import gymnasium as gym
 
 
+class ExpertCannotLabel(RuntimeError):
+    """The expert has no action for the current state (the message says why). Recording ends the
+    episode there, marks its last step truncated and keeps the reason in the episode's ``extra``;
+    a run that records many episodes goes on with the next one."""
+
+
 class Expert(ABC):
     """A demonstrator that may read the env's internal state (it is not a learner)."""
 
@@ -19,7 +25,8 @@ class Expert(ABC):
 
     @abstractmethod
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> Any:
-        """The action for the current step."""
+        """The action for the current step; raises ``ExpertCannotLabel`` for a state it has no
+        action for."""
 
     def executed(self, action: Any) -> None:  # noqa: B027  (optional hook, no-op by default)
         """Told the action the env actually ran this step when it was not necessarily this
