@@ -6,16 +6,25 @@ DAgger's rollouts share.
 A failure in a worker (an env that cannot be made, a checkpoint that cannot be loaded, a worker
 killed by the OS) stops the whole map with one error instead of a pool respawning the worker
 forever; the parent checks what it can first so that the user's mistakes fail in seconds.
+The pool never holds more than a few results or workers (no more workers than jobs or CPU
+cores), and it never outlives its parent: a parent killed outright takes its workers with it.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import multiprocessing as mp
-from collections.abc import Callable, Iterable, Iterator
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 import gymnasium as gym
@@ -52,6 +61,28 @@ def make_env(env_id: str, tasks: list[str] | None = None, **env_kwargs: Any) -> 
         raise
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def usable_workers(workers: int, jobs: Iterable[Any], what: str = "work") -> int:
+    """``workers`` capped to the number of jobs (when ``jobs`` has a length) and to the usable CPU
+    cores, saying so in one line on stderr when it caps: each worker holds a whole process (an
+    agent with torch is hundreds of MB), so more workers than cores only adds memory."""
+    cores = usable_cores()
+    count = len(jobs) if isinstance(jobs, Sized) else None
+    usable = max(1, min(workers, cores, workers if count is None else count))
+    if usable < workers and count != 0:  # no jobs, no worker to speak of
+        reasons = f"{cores} CPU cores" + (
+            "" if count is None else f", {count} {what} episode{'s' * (count != 1)}"
+        )
+        print(f"--workers {workers} capped to {usable} ({reasons})", file=sys.stderr, flush=True)
+    return usable
+
+
 def ordered_map(
     work: Callable[[Job], Result],
     jobs: Iterable[Job],
@@ -62,24 +93,81 @@ def ordered_map(
 ) -> Iterator[Result]:
     """``work(job)`` for each job in ``workers`` spawned processes, results in job order.
 
-    Each process runs ``initializer(*initargs)`` once. An exception in a worker is raised here;
-    a worker that dies (or whose initializer fails) raises ``WorkerError``. Unstarted jobs are
-    cancelled when the caller stops iterating or an error is raised.
+    Jobs are taken from ``jobs`` (any iterable, a generator included) as results are consumed,
+    at most ``2 * workers`` ahead of the caller, so memory stays flat however many jobs there
+    are. Each process runs ``initializer(*initargs)`` once. An exception in a worker is raised
+    here; a worker that dies (or whose initializer fails) raises ``WorkerError``. When the
+    caller stops iterating or an error is raised, unstarted jobs are cancelled and the workers
+    stop at once. Workers ignore SIGINT (a Ctrl-C to the process group stops only this process,
+    which stops them) and exit by themselves within a second when this process dies.
     """
+    window = 2 * workers  # enough to keep every worker busy while the caller handles a result
     # spawn: workers must not inherit torch threads or CUDA state from a training process.
-    executor = ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer, initargs)
+    context = mp.get_context("spawn")
+    # The workers hold only the read end: when this process closes the write end or dies
+    # (even by SIGKILL), they read end-of-file and exit.
+    stop_reader, stop_writer = context.Pipe(duplex=False)
+    executor = ProcessPoolExecutor(
+        workers, context, _start_worker, (os.getpid(), stop_reader, initializer, initargs)
+    )
+    pending: deque[Future[Result]] = deque()
+    remaining = iter(jobs)
+    finished = False
     try:
-        futures: list[Future[Result]] = [executor.submit(work, job) for job in jobs]
-        for future in futures:
+        for job in itertools.islice(remaining, window):
+            pending.append(_submit(executor, work, job))
+        while pending:
             try:
-                yield future.result()
+                result = pending.popleft().result()
             except BrokenProcessPool:
                 raise WorkerError(
                     f"a {what} worker process failed to start or died (out of memory, killed, or its "
                     "setup raised); nothing was retried. Run with --workers 1 to see the error in this process"
                 ) from None
+            for job in itertools.islice(remaining, 1):  # the next job starts before the caller works
+                pending.append(_submit(executor, work, job))
+            yield result
+        finished = True
     finally:
+        if not finished:
+            stop_writer.close()  # running jobs are abandoned: their results would be thrown away
         executor.shutdown(wait=True, cancel_futures=True)
+        stop_writer.close()
+        stop_reader.close()
+
+
+def _submit(executor: ProcessPoolExecutor, work: Callable[[Job], Result], job: Job) -> Future[Result]:
+    """``executor.submit``, which may start a worker: SIGINT stays blocked while it does, so the
+    worker starts with it blocked and ignores it before unblocking it (``_start_worker``), and a
+    Ctrl-C arriving meanwhile is delivered here afterwards instead of lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return executor.submit(work, job)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return executor.submit(work, job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _start_worker(
+    parent: int, stop: Connection, initializer: Callable[..., None], initargs: tuple[Any, ...]
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is dropped
+    threading.Thread(
+        target=_exit_with_parent, args=(parent, stop), name="exit-with-parent", daemon=True
+    ).start()
+    initializer(*initargs)
+
+
+def _exit_with_parent(parent: int, stop: Connection) -> None:
+    """End this worker when the parent closes the stop pipe or dies; nothing else would: it
+    would wait for jobs forever, holding its memory and multiprocessing's resource tracker.
+    The parent pid check covers a forked process that inherited the pipe's write end."""
+    while not stop.poll(1.0) and os.getppid() == parent:
+        pass
+    os._exit(0)
 
 
 _process_state: dict[str, Any] = {}  # what ``setup`` built in this worker process
@@ -104,8 +192,10 @@ def map_jobs(
 ) -> Iterator[Result]:
     """``work(state, job)`` for each job, results in job order, where ``state = setup(*setup_args)``
     is built once per process (the env, the expert, the agent): in this process when ``workers``
-    <= 1, else once in each of ``workers`` spawned processes (``ordered_map``). There ``work``,
-    ``setup`` and the jobs must pickle (module-level functions, plain data)."""
+    (capped by ``usable_workers``) is 1, else once in each of ``workers`` spawned processes
+    (``ordered_map``). There ``work``, ``setup`` and the jobs must pickle (module-level functions,
+    plain data). ``jobs`` may be a generator: it is read as the results are consumed."""
+    workers = usable_workers(workers, jobs, what)
     if workers <= 1:
         state = setup(*setup_args)
         for job in jobs:
