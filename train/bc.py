@@ -36,7 +36,9 @@ from train.common import (
     TrainingInterrupted,
     autocast_device,
     children_ignore_interrupts,
+    refuse_existing_run,
     resolve_device,
+    run_folder_lock,
     setup_distributed,
 )
 from train.config import RunConfig, TrainConfig
@@ -109,6 +111,11 @@ def _accuracies(
         mode, actions = mode[..., None], actions[..., None]
     hits = (mode == actions) & mask[..., None]
     return (hits.sum((0, 1)).float() / mask.sum().clamp_min(1)).tolist()
+
+
+# A run from ``init`` builds the checkpoint's architecture; of the config's policy it takes only
+# these fields (they change training, not the weights' shapes).
+INIT_POLICY_FIELDS = ("policy.instruction_dropout",)
 
 
 def _fit_to_dataset(
@@ -445,15 +452,38 @@ def train_bc_policy(
     progress: bool = True,
     evaluate_fn: Any = None,
     init: str | None = None,
+    refuse_existing: bool = False,
 ) -> tuple[InstructionPolicy, dict[str, Any]]:
     """Train; returns the policy and a summary. ``evaluate_fn(policy, step, writer) -> dict`` runs
     periodic evaluation on rank 0 (the CLI passes it down from train/periodic_eval.py). ``init``
     starts from a checkpoint's weights and architecture (fine-tuning, DAgger rounds) with a
     fresh optimizer and schedule.
 
+    ``refuse_existing`` (what ``instructcraft bc`` does) refuses an ``out`` that already holds
+    another run's checkpoint (``RunFolderError``) rather than replace it; callers that own their
+    folders (a DAgger round redoing its fine-tune) leave it off. Either way rank 0 locks ``out``
+    for the run, so a second run into it fails at once.
+
     SIGINT or SIGTERM finishes the step, writes the checkpoint and raises ``TrainingInterrupted``
     (its message says how to resume)."""
     out_dir = Path(out)
+    if refuse_existing:  # every rank, before any writes: all refuse alike
+        refuse_existing_run(out_dir, "bc", f"--resume {out_dir}", resume)
+    distributed = setup_distributed(resolve_device(run.train.device))
+    with run_folder_lock(out_dir, held=distributed.main):
+        return _train(run, data, out_dir, resume, progress, evaluate_fn, init)
+
+
+def _train(
+    run: RunConfig,
+    data: str,
+    out_dir: Path,
+    resume: str | None,
+    progress: bool,
+    evaluate_fn: Any,
+    init: str | None,
+) -> tuple[InstructionPolicy, dict[str, Any]]:
+    """``train_bc_policy`` once ``out_dir`` is checked and locked."""
     trainer, loaded, skipped = _start(run, data, out_dir, resume, progress, init)
     trainer.policy.train()
     summary: dict[str, Any] = {

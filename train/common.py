@@ -1,12 +1,14 @@
 """What behavioral cloning (train/bc.py) and PPO (train/rl/) share: the device and the process
-group (torchrun) a run trains on, the files of a training checkpoint and how they are written,
-and how a run stops early (``TrainingDiverged`` for NaN or inf, ``TrainingInterrupted`` for
-SIGINT or SIGTERM).
+group (torchrun) a run trains on, the run's output folder (refused when it holds another run,
+locked while a run writes it), the files of a training checkpoint and how they are written, and
+how a run stops early (``TrainingDiverged`` for NaN or inf, ``TrainingInterrupted`` for SIGINT or
+SIGTERM).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -19,15 +21,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from policies import InstructionPolicy
+from policies import ConfigError, InstructionPolicy, PolicyConfig, with_legacy_defaults
 from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
-from policies.policy import WEIGHTS_NAME, NonFiniteWeightsError
+from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
 
 # A run's output folder holds CHECKPOINT/, a policy checkpoint (config.json + model.safetensors,
 # what the agent loads) plus the trainer's state and the run's config, to resume from.
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer.pt"
 RUN_CONFIG = "run.json"
+# Held (flock) by the run writing the folder; the dataset store names its writer's lock the same.
+RUN_LOCK = ".lock"
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,6 +46,116 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.exit_code = 128 + int(signal_number)
+
+
+class RunFolderError(ValueError):
+    """``--out`` names a folder that holds another run's checkpoint, or one another run is
+    writing now: starting there would replace or interleave that run's files."""
+
+
+def refuse_existing_run(out_dir: Path, command: str, resume_flag: str, resume: str | None = None) -> None:
+    """Refuse to start a ``command`` run in ``out_dir`` when the folder already holds a run's
+    checkpoint that this run does not continue (``resume``: the checkpoint or run folder it
+    continues). An empty folder, or one without a checkpoint, is fine to use."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"--out {out_dir} is a file, not a folder: pass a folder for the run's files")
+    existing = out_dir / CHECKPOINT
+    if not existing.exists():
+        return
+    if resume is not None:
+        continued = Path(resume)
+        continued = continued / CHECKPOINT if (continued / CHECKPOINT).is_dir() else continued
+        if continued.resolve() == existing.resolve():
+            return
+    continuing = f" (--resume {resume} would replace it with another run)" if resume is not None else ""
+    raise RunFolderError(
+        f"{out_dir} already holds a {command} run ({existing}){continuing}: pass {resume_flag} to "
+        "continue it, or another --out"
+    )
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path, held: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (created if missing) while a run writes it, so a
+    second run into the same folder fails at once instead of both writing one checkpoint.
+    ``held``: False on the processes that write nothing (torchrun ranks other than 0). A folder
+    this run created and left empty (it was refused before writing) is removed again."""
+    if not held:
+        yield
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"--out {out_dir} is a file, not a folder: pass a folder for the run's files")
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir / RUN_LOCK
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"{out_dir} is being written by another training run: wait for it to end, or pass another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            if created and [path.name for path in out_dir.iterdir()] == [RUN_LOCK]:
+                lock_path.unlink()
+                out_dir.rmdir()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _flatten(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def refuse_unapplied_policy_settings(
+    checkpoint: str | Path,
+    policy: PolicyConfig,
+    overrides: list[str],
+    flag: str,
+    applied: tuple[str, ...] = (),
+) -> None:
+    """A run that takes its policy from ``checkpoint`` (``flag``: --init, --resume) trains that
+    checkpoint's architecture, so a ``--set policy.*`` among ``overrides`` that gives another
+    value than the checkpoint's would be ignored: refuse it, naming it. ``applied``: the fields
+    the run does take from its config (``policy`` is the config's resolved policy)."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
+    keys = [key for key in keys if key.startswith("policy.")]
+    if not keys:
+        return
+    directory = Path(checkpoint)
+    directory = directory / CHECKPOINT if (directory / CHECKPOINT).is_dir() else directory
+    try:
+        saved_dict = json.loads((directory / CONFIG_NAME).read_text())["policy"]
+        saved = PolicyConfig.from_dict(with_legacy_defaults(saved_dict))
+    except (OSError, ValueError, KeyError):
+        return  # not a checkpoint: the code that loads it says so, in its own words
+    before, now = _flatten(saved.to_dict(), "policy."), _flatten(policy.to_dict(), "policy.")
+    ignored = sorted(
+        field
+        for key in keys
+        for field in now
+        if (field == key or field.startswith(key + "."))
+        and field not in applied
+        and before.get(field) != now[field]
+    )
+    if ignored:
+        listed = ", ".join(
+            f"{field}={now[field]!r} (the checkpoint has {before.get(field)!r})" for field in ignored
+        )
+        remedy = (
+            "start a new run in another --out" if flag == "--resume" else f"train a new policy without {flag}"
+        )
+        raise ConfigError(
+            f"{flag} {checkpoint}: the run trains the checkpoint's policy as it was built, so --set "
+            f"{listed} cannot apply: drop those overrides, or {remedy}"
+        )
 
 
 def resolve_device(name: str, local_rank: int = 0) -> str:

@@ -139,7 +139,9 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self, "rl")
-        _at_least(self, "rl", 1, "n_envs", "n_steps", "batch_size", "n_epochs", "bc_batch_size", "max_tokens")
+        _at_least(self, "rl", 1, "n_envs", "n_steps", "n_epochs", "bc_batch_size", "max_tokens")
+        # Advantages are normalized over each minibatch: one step has no spread to divide by.
+        _at_least(self, "rl", 2, "batch_size")
         _at_least(self, "rl", 1, "checkpoint_every")
         _at_least(self, "rl", 0, "seed", "ent_coef", "vf_coef", "target_kl", "kl_coef", "bc_coef")
         _in_unit_interval(self, "rl", "gamma", "gae_lambda")

@@ -27,12 +27,15 @@ def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bc(args: argparse.Namespace) -> int:
-    from train.bc import train_bc
+    from train.bc import INIT_POLICY_FIELDS, train_bc
+    from train.common import refuse_unapplied_policy_settings
     from train.config import load_run_config
     from train.periodic_eval import periodic_evaluator
 
     skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
     run = load_run_config(args.config, [*args.set, *skip])
+    if args.init:
+        refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
     summary = train_bc(
         run,
         args.data,
@@ -40,6 +43,7 @@ def run_bc(args: argparse.Namespace) -> int:
         resume=args.resume,
         evaluate_fn=periodic_evaluator(run, args.data),
         init=args.init,
+        refuse_existing=True,
     )
     if summary is None:
         return 0
@@ -101,9 +105,13 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_dagger(args: argparse.Namespace) -> int:
     from envs.experts import default_expert_for
     from train import dagger
+    from train.bc import INIT_POLICY_FIELDS
+    from train.common import refuse_unapplied_policy_settings
     from train.config import load_run_config
 
     run = load_run_config(args.config, args.set)
+    if args.init:  # every round fine-tunes the --init architecture
+        refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
     rounds = dagger.DaggerConfig(
         steps=args.steps_per_round,
         **common.same_named(args, "rounds", "episodes", "beta", "beta_decay", "eval_episodes", "workers"),
@@ -145,10 +153,16 @@ def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_rl(args: argparse.Namespace) -> int:
+    from train.common import CHECKPOINT, refuse_unapplied_policy_settings
     from train.config import load_run_config
     from train.rl import train_rl
 
     run = load_run_config(args.config, args.set)
+    # PPO from a checkpoint (the run's own on --resume, else --init) builds that policy as saved.
+    if args.resume:
+        refuse_unapplied_policy_settings(Path(args.out) / CHECKPOINT, run.policy, args.set, "--resume")
+    elif args.init:
+        refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init")
     env_kwargs = {"task": args.tasks} if args.tasks else {}
     summary = train_rl(
         run,
@@ -159,6 +173,7 @@ def run_rl(args: argparse.Namespace) -> int:
         resume=args.resume,
         env_kwargs=env_kwargs,
         progress=not args.json,
+        refuse_existing=True,
     )
     if args.json:
         common.print_json(summary)

@@ -34,7 +34,9 @@ from train.common import (
     TrainingInterrupted,
     children_ignore_interrupts,
     intact_phrase,
+    refuse_existing_run,
     resolve_device,
+    run_folder_lock,
     write_checkpoint,
 )
 from train.config import RunConfig
@@ -46,6 +48,10 @@ def make_env(env_id: str, n_envs: int, vec_env: str, seed: int, max_tokens: int,
     gym.spec(env_id)  # a clear error for an unknown id, before any subprocess starts
     factory = partial(make_tokenized_env, env_id, max_tokens=max_tokens, **env_kwargs)
     cls = SubprocVecEnv if vec_env == "subproc" and n_envs > 1 else DummyVecEnv
+    if cls is SubprocVecEnv:
+        # An env that cannot be built (no instruction, a bad task) fails here with its own
+        # message; in a subprocess it would only show as a broken pipe.
+        factory().close()
     kwargs = {"start_method": "spawn"} if cls is SubprocVecEnv else None
     return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=cls, vec_env_kwargs=kwargs)
 
@@ -111,7 +117,14 @@ def save_rl_checkpoint(
                 "rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
             },
-            run_record={**run.to_dict(), "env_id": env_id, "init": init},
+            # The policy trained, not the config's: from a checkpoint (--init, --resume) it is the
+            # checkpoint's, and the env decides the action space.
+            run_record={
+                **run.to_dict(),
+                "policy": algo.model.config.to_dict(),
+                "env_id": env_id,
+                "init": init,
+            },
         )
     except NonFiniteWeightsError as error:
         raise TrainingDiverged(
@@ -235,15 +248,38 @@ def train_rl(
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
     verbose: int = 0,
+    refuse_existing: bool = False,
 ) -> dict[str, Any]:
     """PPO for ``steps`` env steps; writes ``out/checkpoint`` (the final policy), ``out/tb``
     (SB3's scalars + per-task success) and ``out/summary.json``. ``resume`` continues from
     ``out/checkpoint`` (weights, optimizer, step count; envs restart with fresh episodes).
 
+    ``refuse_existing`` (what ``instructcraft rl`` does) refuses, without ``resume``, an ``out``
+    that already holds a run's checkpoint (``RunFolderError``) rather than replace it. ``out``
+    is locked for the run, so a second run into it fails at once.
+
     SIGINT or SIGTERM ends the run at the next env step with a checkpoint of the last update
     and raises ``TrainingInterrupted`` (its message says how to resume)."""
-    cfg = run.rl
     out_dir = Path(out)
+    if refuse_existing and not resume:
+        refuse_existing_run(out_dir, "rl", "--resume")
+    with run_folder_lock(out_dir):
+        return _train(run, env_id, steps, out_dir, init, resume, env_kwargs, progress, verbose)
+
+
+def _train(
+    run: RunConfig,
+    env_id: str,
+    steps: int,
+    out_dir: Path,
+    init: str | None,
+    resume: bool,
+    env_kwargs: dict[str, Any] | None,
+    progress: bool,
+    verbose: int,
+) -> dict[str, Any]:
+    """``train_rl`` once ``out_dir`` is checked and locked."""
+    cfg = run.rl
     checkpoint = out_dir / CHECKPOINT
     start_from = init
     if resume:
