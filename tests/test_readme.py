@@ -1,6 +1,7 @@
-"""Every Python snippet in the README runs against what `make demo` writes, so the README cannot
-drift from the demo: a tiny demo (few episodes, a few BC steps on configs/tiny.yaml) stands in
-for outputs/demo."""
+"""The README and the guides under docs/ cannot drift from the code: every Python snippet in them
+runs against what `make demo` writes (a tiny demo, few episodes and a few BC steps on
+configs/tiny.yaml, stands in for outputs/demo), every relative link leads to a file that exists
+(and to a heading that exists, where it names one), and the README stays an entry point."""
 
 from __future__ import annotations
 
@@ -13,10 +14,49 @@ from train.demo import run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROOT = "outputs/demo"  # where `make demo` writes (see the Makefile)
+README_MAX_LINES = 350
+
+# Reading order, which is also the order the snippets run in, in one namespace: the README, then
+# the guides by file name.
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^```.*?^```", flags=re.DOTALL | re.MULTILINE)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def readme_snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+def page_name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
+
+
+def snippets() -> list[tuple[str, int, str]]:
+    """(page, number within the page, code) of every ```python block, in reading order."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+        found += [(page_name(page), number, code) for number, code in enumerate(blocks, start=1)]
+    return found
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    prose = FENCE.sub("", page.read_text())
+    seen: dict[str, int] = {}
+    names = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", prose, flags=re.MULTILINE):
+        name = slug(heading)
+        names.add(f"{name}-{seen[name]}" if name in seen else name)  # GitHub numbers repeats
+        seen[name] = seen.get(name, 0) + 1
+    return names
+
+
+def relative_links(page: Path) -> list[str]:
+    prose = FENCE.sub("", page.read_text())
+    prose = re.sub(r"`[^`\n]*`", "", prose)  # code spans are not links
+    return [target for target in LINK.findall(prose) if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +76,40 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_the_makefile_demo_writes_where_the_readme_reads() -> None:
+def test_the_makefile_demo_writes_where_the_snippets_read() -> None:
     assert f"demo --out {DEMO_ROOT}" in (REPO / "Makefile").read_text()
-    assert any(DEMO_ROOT in snippet for snippet in readme_snippets())
+    assert any(DEMO_ROOT in code for _, _, code in snippets())
+
+
+def test_the_readme_stays_an_entry_point() -> None:
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines, expected at most {README_MAX_LINES}: move the detail to a page in docs/"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_name)
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in relative_links(page):
+        path, _, anchor = target.partition("#")
+        destination = (page.parent / path).resolve() if path else page
+        if not destination.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
+            broken.append(f"{target} (no heading #{anchor} in {page_name(destination)})")
+    assert not broken, f"{page_name(page)}: broken links: {', '.join(broken)}"
 
 
 @pytest.mark.slow
-def test_every_readme_snippet_runs_after_the_demo(
-    tiny_demo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    snippets = readme_snippets()
-    assert len(snippets) >= 3
+def test_every_snippet_runs_after_the_demo(tiny_demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    found = snippets()
+    assert len(found) >= 3
     namespace: dict[str, object] = {"__name__": "readme"}
-    # One namespace, in reading order: later snippets use names earlier ones define (env).
-    for number, snippet in enumerate(snippets, start=1):
+    # One namespace, in reading order: a snippet may use names an earlier one defines.
+    for page, number, snippet in found:
         code = snippet.replace(DEMO_ROOT, str(tiny_demo))
         try:
-            exec(compile(code, f"README.md python snippet {number}", "exec"), namespace)
+            exec(compile(code, f"{page} python snippet {number}", "exec"), namespace)
         except Exception as error:
-            raise AssertionError(f"README python snippet {number} failed: {error!r}\n{snippet}") from error
+            raise AssertionError(f"{page} python snippet {number} failed: {error!r}\n{snippet}") from error

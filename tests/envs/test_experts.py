@@ -9,7 +9,7 @@ from envs.data.collect import collect, make_jobs, run_episode
 from envs.data.store import Dataset
 from envs.experts import default_expert_for, make_expert
 
-SEEDS = range(100, 112)  # CI-sized; the README's table uses 50 seeds a task
+SEEDS = range(100, 112)  # CI-sized; the table in docs/environments.md uses 50 seeds a task
 
 
 @pytest.mark.parametrize("task", list(TASKS))
