@@ -165,8 +165,8 @@ class ChunkDataset(torch.utils.data.Dataset):
         steps ``start:stop`` of an episode, from the cache when it is on."""
         if not self.cache_limit or self._decoded_bytes(number) > self.cache_limit:
             chunk = self.data.chunk(number, start, stop)
-            rewards = self.data.chunk(number, 0, self.data.episodes[number]["length"])["rewards"]
-            returns = discounted_returns(rewards, self.gamma)[start:stop]
+            # The returns need every later reward, but not the episode's frames.
+            returns = discounted_returns(self.data.rewards(number), self.gamma)[start:stop]
             return {"images": chunk["images"], "actions": chunk["actions"], "returns": returns}
         whole = self._cache.get(number)
         if whole is None:

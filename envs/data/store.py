@@ -29,15 +29,17 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
+import stat
 import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -51,6 +53,15 @@ EPISODE_FILE = re.compile(r"\d{6,}\.npz")
 EPISODE_TEMPORARY = re.compile(r"\.\d{6,}\.npz\.tmp-\d+")
 # What a dataset folder holds besides episodes/ (a folder with anything else is not a dataset).
 STORE_FILES = re.compile(r"metadata\.json|index\.jsonl|\.lock|\.(metadata\.json|index\.jsonl)\.tmp-\d+")
+# Bounds on what metadata.json may claim. Readers size their buffers from it (a batch of frames,
+# the policy's action heads), so an absurd value must stop the dataset opening rather than ask
+# for hundreds of GiB later. Each bound is far above any env this project knows.
+MAX_IMAGE_SIDE = 4096
+MAX_ACTION_COMPONENTS = 256
+MAX_ACTIONS = 65_536  # actions of a Discrete space, or all components' counts together
+MAX_FRAMES_PER_BLOCK = 65_536
+# Members are read in pieces of this size: a partial read never holds a second copy of its rows.
+READ_PIECE = 4 * 2**20
 
 
 class DatasetError(RuntimeError):
@@ -150,12 +161,80 @@ def _check_episode_file(root: Path, index_path: Path, number: int, name: Any) ->
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to one short line: a crafted value may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _read_regular(path: Path, root: Path) -> bytes:
+    """The bytes of one of the store's own files; anything but a regular file (a FIFO would block
+    the read forever, a directory cannot be read) is refused before it is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset") from None
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{path} is {_file_kind(mode)}, not a regular file; refusing to read it")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read: {error.strerror}") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+# Index fields a reader relies on: name -> (test, what the message says is expected).
+_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
+    "length": (lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0"),
+    "instruction": (lambda v: isinstance(v, str), "a string"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "env_id": (lambda v: isinstance(v, str), "a string"),
+}
+_OPTIONAL_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
+    "expert": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "success": (lambda v: isinstance(v, bool), "true or false"),
+    "bytes": (lambda v: _is_int(v) and v >= 0, "a whole number of bytes >= 0"),
+    "sha256": (lambda v: isinstance(v, str), "a hex string"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_entry(path: Path, number: int, entry: dict[str, Any]) -> None:
+    for key, (valid, expected) in _ENTRY_FIELDS.items():
+        if key not in entry:
+            raise DatasetError(f'{path} line {number}: "{key}" is missing (expected {expected})')
+        if not valid(entry[key]):
+            raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
+    for key, (valid, expected) in _OPTIONAL_ENTRY_FIELDS.items():
+        if key in entry and not valid(entry[key]):
+            raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
+
+
 def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
     """Committed index entries and the byte length of the valid prefix of index.jsonl."""
     path = root / "index.jsonl"
-    if not path.exists():
-        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset")
-    raw = path.read_bytes()
+    raw = _read_regular(path, root)
     entries: list[dict[str, Any]] = []
     valid = 0
     lines = raw.split(b"\n")
@@ -169,7 +248,7 @@ def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # bad JSON or bad UTF-8
             raise DatasetError(
                 f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
             ) from None
@@ -177,26 +256,73 @@ def _read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
             got = entry.get("episode") if isinstance(entry, dict) else entry
             raise DatasetError(f"{path} line {number}: expected episode {len(entries)}, got {got!r}")
         _check_episode_file(root, path, number, entry.get("file"))
+        _check_entry(path, number, entry)
         entries.append(entry)
         valid += len(line) + 1
     return entries, valid
 
 
+def _check_layout(path: Path, metadata: dict[str, Any]) -> None:
+    """Refuse metadata whose env id, image shape, action space or block size is of the wrong
+    type or out of bounds, naming the field."""
+
+    def refuse(key: str, expected: str) -> DatasetError:
+        return DatasetError(f"{path}: {key} is {_shown(metadata.get(key))}, expected {expected}")
+
+    if not isinstance(metadata.get("env_id"), str):
+        raise refuse("env_id", "a string")
+    shape = metadata.get("image_shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(_is_int(side) for side in shape)
+        and all(1 <= side <= MAX_IMAGE_SIDE for side in shape[:2])
+        and shape[2] == 3
+    ):
+        raise refuse("image_shape", f"[H, W, 3] with H and W whole numbers in [1, {MAX_IMAGE_SIDE}]")
+    spec = metadata.get("action_space")
+    counts = (
+        [spec.get("n")]
+        if isinstance(spec, dict) and spec.get("type") == "Discrete"
+        else spec.get("nvec")
+        if isinstance(spec, dict) and spec.get("type") == "MultiDiscrete"
+        else None
+    )
+    if not (
+        isinstance(counts, list)
+        and 1 <= len(counts) <= MAX_ACTION_COMPONENTS
+        and all(_is_int(count) and count >= 1 for count in counts)
+        and sum(counts) <= MAX_ACTIONS
+    ):
+        raise refuse(
+            "action_space",
+            f'{{"type": "Discrete", "n": N}} or {{"type": "MultiDiscrete", "nvec": [N, ...]}} with '
+            f"1 to {MAX_ACTION_COMPONENTS} components, each N >= 1 and at most {MAX_ACTIONS} actions in all",
+        )
+    block = metadata.get("frames_per_block")
+    if not (_is_int(block) and 1 <= block <= MAX_FRAMES_PER_BLOCK):
+        raise refuse("frames_per_block", f"a whole number in [1, {MAX_FRAMES_PER_BLOCK}]")
+
+
 def _read_metadata(root: Path) -> dict[str, Any]:
     path = root / "metadata.json"
-    if not path.exists():
-        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset")
     try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        metadata = json.loads(_read_regular(path, root))
+    except ValueError as error:  # bad JSON or bad UTF-8
         raise DatasetError(f"{path} is corrupt ({error})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetError(
+            f"{path}: expected a JSON object (format, env_id, image_shape, ...), got {_json_kind(metadata)}"
+        )
     if metadata.get("format") != FORMAT:
         raise DatasetError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise DatasetError(
-            f"{path}: format_version {version} is not supported (this instructcraft reads {FORMAT_VERSION})"
+            f"{path}: format_version {_shown(version)} is not supported "
+            f"(this instructcraft reads {FORMAT_VERSION})"
         )
+    _check_layout(path, metadata)
     return metadata
 
 
@@ -253,6 +379,9 @@ class DatasetWriter:
         except ValueError:
             kind = type(action_space).__name__
             raise DatasetError(f"the dataset stores Discrete or MultiDiscrete actions, got {kind}") from None
+        # Never write a dataset that readers would refuse to open.
+        layout = {"env_id": env_id, "image_shape": [int(side) for side in image_shape], "action_space": spec}
+        _check_layout(self.root / "metadata.json", {**layout, "frames_per_block": int(frames_per_block)})
         _refuse_foreign_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "episodes").mkdir(exist_ok=True)
@@ -370,6 +499,37 @@ class DatasetWriter:
         self.close()
 
 
+@dataclass
+class _Member:
+    """One npy member of an episode file: its header read and checked, its data not yet inflated
+    (``stream`` stands at the first data byte)."""
+
+    name: str
+    stream: IO[bytes]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def _skip(stream: IO[bytes], size: int) -> None:
+    """Inflate and drop ``size`` bytes, a piece at a time."""
+    while size > 0:
+        got = len(stream.read(min(size, READ_PIECE)))
+        if not got:
+            raise EOFError("the member ends before its header says")
+        size -= got
+
+
+def _read_into(stream: IO[bytes], buffer: memoryview) -> None:
+    """Fill ``buffer`` from ``stream``, a piece at a time (a zip stream's ``readinto`` makes a
+    temporary copy of what it reads)."""
+    while buffer:
+        got = stream.readinto(buffer[:READ_PIECE])  # type: ignore[attr-defined]
+        if not got:
+            raise EOFError("the member ends before its header says")
+        buffer = buffer[got:]
+
+
 class Dataset:
     """Reads a dataset directory: episode metadata, whole episodes, or chunks (episode, t0:t1).
 
@@ -419,18 +579,32 @@ class Dataset:
             f"Run `instructcraft data check {self.root}` to list every bad episode."
         )
 
-    def _npz(self, episode: int) -> Any:
+    def _regular_file(self, episode: int) -> Path:
+        """The episode's path once it is known to be a regular file: a FIFO in its place would
+        block any read forever, so it is refused from its status alone, never opened."""
+        path = self._path(episode)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise DatasetError(f"{path} (episode {episode}) is missing") from None
+        except OSError as error:
+            raise self._error(episode, error) from None
+        if not stat.S_ISREG(mode):
+            raise DatasetError(
+                f"{path} (episode {episode}) is {_file_kind(mode)}, not a regular file; refusing to read it"
+            )
+        return path
+
+    def _archive(self, episode: int) -> zipfile.ZipFile:
         if not 0 <= episode < len(self.episodes):
             raise IndexError(f"episode {episode} out of range: the dataset has {len(self.episodes)} episodes")
         handle = self._open.get(episode)
         if handle is not None:
             self._open.move_to_end(episode)
             return handle
-        path = self._path(episode)
-        if not path.exists():
-            raise DatasetError(f"{path} (episode {episode}) is missing")
+        path = self._regular_file(episode)
         try:
-            handle = np.load(path, allow_pickle=False)
+            handle = zipfile.ZipFile(path)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
             raise self._error(episode, error) from None
         self._open[episode] = handle
@@ -439,13 +613,74 @@ class Dataset:
             oldest.close()
         return handle
 
-    def _member(self, episode: int, name: str) -> np.ndarray:
+    def _expected(self, episode: int, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype the index and metadata.json promise for a member."""
+        steps = self.episodes[episode]["length"]
+        if name.startswith("images_"):
+            first = int(name[len("images_") :]) * self.frames_per_block
+            frames = min(self.frames_per_block, steps + 1 - first)
+            return (frames, *self.metadata["image_shape"]), np.dtype(np.uint8)
+        if name == "actions":
+            spec = self.metadata["action_space"]
+            shape = (steps,) if spec["type"] == "Discrete" else (steps, len(spec["nvec"]))
+            return shape, np.dtype(np.int64)
+        return (steps,), np.dtype(np.float32 if name == "rewards" else bool)
+
+    def _member(self, episode: int, name: str) -> _Member:
+        """Open a member and check its npy header against the index and metadata.json, inflating
+        none of its data: a member larger than they say (a zip bomb, a header claiming millions
+        of frames) is refused before anything is allocated for it."""
+        archive = self._archive(episode)
         try:
-            return self._npz(episode)[name]
-        except DatasetError:
-            raise
+            stream = archive.open(f"{name}.npy")
+            version = np.lib.format.read_magic(stream)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{name} has npy format version {version}, which the store never writes")
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran_order, dtype = read_header(stream)
         except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
             raise self._error(episode, error) from None
+        expected_shape, expected_dtype = self._expected(episode, name)
+        if dtype.hasobject or dtype.newbyteorder("=") != expected_dtype or shape != expected_shape:
+            stream.close()
+            raise DatasetError(
+                f"{self._path(episode)} (episode {episode}): {name} holds {dtype} {shape}, but the index "
+                f"and metadata.json say {expected_dtype} {expected_shape}; refusing to read it. "
+                f"Run `instructcraft data check {self.root}` to list every bad episode."
+            )
+        return _Member(name, stream, shape, dtype, fortran_order)
+
+    def _rows(self, episode: int, member: _Member, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` (first axis) of a member as an array of their own, inflating the
+        member no further than row ``stop``. A whole member is read to its end, so the archive's
+        checksum of it is verified."""
+        shape, dtype, stream = member.shape, member.dtype, member.stream
+        stop = shape[0] if stop is None else stop
+        whole = start == 0 and stop == shape[0]
+        try:
+            if member.fortran_order and not whole:  # rows are not contiguous: read it all
+                return np.array(self._rows(episode, member)[start:stop])
+            row_bytes = dtype.itemsize * math.prod(shape[1:])
+            _skip(stream, start * row_bytes)
+            rows = (stop - start, *shape[1:])
+            out = np.empty(rows[::-1] if member.fortran_order else rows, dtype)
+            _read_into(stream, memoryview(out.reshape(-1).view(np.uint8)))
+            if whole and stream.read(1):
+                raise ValueError(f"{member.name} holds more data than its header says")
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+            raise self._error(episode, error) from None
+        finally:
+            stream.close()
+        if member.fortran_order:
+            out = out.T
+        return out if dtype.isnative else out.astype(dtype.newbyteorder("="))
+
+    def _read(self, episode: int, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._rows(episode, self._member(episode, name), start, stop)
 
     def images(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """uint8 (stop - start, H, W, 3); indices run over the T+1 images of the episode."""
@@ -458,9 +693,14 @@ class Dataset:
         block = self.frames_per_block
         parts = []
         for b in range(start // block, (stop - 1) // block + 1):
-            frames = self._member(episode, f"images_{b:04d}")
-            parts.append(frames[max(start - b * block, 0) : stop - b * block])
+            member = self._member(episode, f"images_{b:04d}")
+            first = b * block
+            parts.append(self._rows(episode, member, max(start - first, 0), min(stop - first, block)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def rewards(self, episode: int) -> np.ndarray:
+        """float32 (T,): every reward of an episode, without inflating its frames."""
+        return self._read(episode, "rewards")
 
     def chunk(self, episode: int, start: int, stop: int, *, pad: bool = False) -> dict[str, np.ndarray]:
         """Steps ``start:stop`` of an episode: images (the observation each step acted on),
@@ -478,13 +718,9 @@ class Dataset:
                 f"start must be in [0, {length}) and below stop"
             )
         end = min(stop, length)
-        out = {
-            "images": self.images(episode, start, end),
-            "actions": self._member(episode, "actions")[start:end],
-            "rewards": self._member(episode, "rewards")[start:end],
-            "terminated": self._member(episode, "terminated")[start:end],
-            "truncated": self._member(episode, "truncated")[start:end],
-        }
+        out = {"images": self.images(episode, start, end)}
+        for name in ("actions", "rewards", "terminated", "truncated"):
+            out[name] = self._read(episode, name, start, end)
         if pad:
             steps, wanted = end - start, stop - start
             for name, array in out.items():
@@ -524,18 +760,21 @@ class Dataset:
 
     def unreadable(self) -> dict[str, list[int]]:
         """A quick look, without reading the frames, at which episodes cannot be read:
-        ``missing`` (no file) and ``corrupt`` (a size other than recorded, or not an npz
-        archive). ``check`` verifies every byte."""
+        ``missing`` (no file) and ``corrupt`` (not a regular file, a size other than recorded, or
+        not an npz archive). ``check`` verifies every byte."""
         missing, corrupt = [], []
         for number, entry in enumerate(self.episodes):
             try:
                 path = self._path(number)
-                if not path.is_file():
-                    missing.append(number)
-                elif ("bytes" in entry and path.stat().st_size != entry["bytes"]) or not zipfile.is_zipfile(
-                    path
+                status = os.stat(path)
+                if (
+                    not stat.S_ISREG(status.st_mode)  # checked first: a FIFO is never opened
+                    or ("bytes" in entry and status.st_size != entry["bytes"])
+                    or not zipfile.is_zipfile(path)
                 ):
                     corrupt.append(number)
+            except FileNotFoundError:
+                missing.append(number)
             except (DatasetError, OSError):
                 corrupt.append(number)
         return {"missing": missing, "corrupt": corrupt}
@@ -567,36 +806,63 @@ class Dataset:
         }
 
     def check(self) -> list[str]:
-        """Verify every episode (checksum, members, lengths); returns one line per problem."""
+        """Verify every episode: its checksum, every member against the index and metadata.json
+        (shape, dtype), actions inside the action space and finite rewards. Returns one line per
+        bad episode, naming its file. Members are read one at a time, never a whole episode."""
         problems: list[str] = []
-        for number, entry in enumerate(self.episodes):
+        for number in range(len(self.episodes)):
             try:
-                path = self._path(number)
+                self._check_episode(number)
             except DatasetError as error:
                 problems.append(str(error))
-                continue
-            if not path.exists():
-                problems.append(f"{path} (episode {number}): missing")
-                continue
-            data = path.read_bytes()
-            if "sha256" in entry and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                problems.append(f"{path} (episode {number}): checksum mismatch (file changed or truncated)")
-                continue
-            try:
-                episode = self.episode(number)
-            except (DatasetError, ValueError) as error:
-                problems.append(str(error))
-                continue
-            if episode.length != entry["length"]:
-                problems.append(
-                    f"{path} (episode {number}): {episode.length} steps, index says {entry['length']}"
-                )
         return problems
+
+    def _check_episode(self, number: int) -> None:
+        entry = self.episodes[number]
+        path = self._regular_file(number)
+        if "sha256" in entry:
+            digest = hashlib.sha256()
+            try:
+                with open(path, "rb") as handle:
+                    while piece := handle.read(READ_PIECE):
+                        digest.update(piece)
+            except OSError as error:
+                raise self._error(number, error) from None
+            if digest.hexdigest() != entry["sha256"]:
+                raise DatasetError(
+                    f"{path} (episode {number}): checksum mismatch (file changed or truncated)"
+                )
+        for block in range(math.ceil((entry["length"] + 1) / self.frames_per_block)):
+            self._read(number, f"images_{block:04d}")
+        self._read(number, "terminated")
+        self._read(number, "truncated")
+        actions = self._read(number, "actions")
+        spec = self.metadata["action_space"]
+        counts = spec["n"] if spec["type"] == "Discrete" else np.array(spec["nvec"])
+        outside = (actions < 0) | (actions >= counts)
+        if outside.any():
+            step = int(np.argwhere(outside)[0][0])
+            space = (
+                f"Discrete({spec['n']})" if spec["type"] == "Discrete" else f"MultiDiscrete({spec['nvec']})"
+            )
+            raise DatasetError(
+                f"{path} (episode {number}): action {actions[step].tolist()} at step {step} is outside "
+                f"the dataset's action space {space}"
+            )
+        rewards = self._read(number, "rewards")
+        if not np.isfinite(rewards).all():
+            step = int(np.flatnonzero(~np.isfinite(rewards))[0])
+            raise DatasetError(
+                f"{path} (episode {number}): rewards hold {rewards[step]} at step {step}; "
+                "every reward must be finite"
+            )
 
     def orphans(self) -> list[Path]:
         """Files the store wrote that no committed episode refers to: left by an interrupted
         write, so safe to delete. Files it did not write are ``foreign``, never orphans."""
         known = {entry["file"] for entry in self.episodes}
+        if not (self.root / "episodes").is_dir():
+            return []
         return [
             path
             for path in sorted((self.root / "episodes").iterdir())
@@ -606,6 +872,8 @@ class Dataset:
 
     def foreign(self) -> list[Path]:
         """Files in episodes/ that the store did not write (left alone by every command)."""
+        if not (self.root / "episodes").is_dir():
+            return []
         return [
             path
             for path in sorted((self.root / "episodes").iterdir())
