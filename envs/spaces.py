@@ -1,4 +1,4 @@
-"""The observation contract shared by every instructcraft env (see the README), and the JSON
+"""The observation contract shared by every instructcraft env (see docs/environments.md), and the JSON
 spec of an action space that datasets, policy configs and checkpoints store."""
 
 from __future__ import annotations
