@@ -56,7 +56,7 @@ class MineRLInstructEnv(gym.Env):
                 import minerl  # noqa: F401
             except ImportError as error:
                 raise ImportError(
-                    f"MineRL is not installed ({error}); see docs/minecraft.md, "Installing MineRL" (Java 8 and "
+                    f"MineRL is not installed ({error}); see docs/minecraft.md, 'Installing MineRL' (Java 8 and "
                     "network access during its build) or pass env= an existing MineRL env"
                 ) from None
             env = old_gym.make(self.spec_task.env_name)
