@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel: installed first, only when the venv has no torch, so no CUDA build is pulled.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: setup browser demo test test-fast lint bench clean results-crafter results-babyai results-rl
+.PHONY: setup browser demo test test-fast lint bench mutation clean results-crafter results-babyai results-rl
 
 setup: $(STAMP)
 
@@ -38,8 +38,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	for what in env policy bc attention rl; do $(VENV)/bin/instructcraft bench $$what --json; done
 
+# Mutation testing (slow, not part of `make test`): every module, or one with MODULE=store.
+# Modules and their tests: tools/mutation.py; scores: docs/development.md.
+MODULE ?=
+MUTATION_CHILDREN ?= 1
+
+mutation: $(STAMP)
+	$(PY) tools/mutation.py --max-children $(MUTATION_CHILDREN) $(MODULE)
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs mutants
 
 # Learning results reported in the README (CPU: collection minutes, training about 5-25 minutes each).
 CRAFTER_TASKS := collect_wood collect_sapling collect_drink eat_cow place_table make_wood_pickaxe make_wood_sword place_plant collect_stone place_stone

@@ -1,0 +1,153 @@
+"""Which frames an action is chosen from: the visibility rule of the parallel path (training)
+and the history ring of the incremental path (acting). A policy that saw a padded frame, a
+future frame, or a frame older than ``max_history`` would act on what it should not know, and
+the two paths would disagree."""
+
+from __future__ import annotations
+
+import torch
+
+from policies.fusion.base import HistoryRing, gather_steps, visibility
+
+
+def _reference(times: list[int], real: list[bool], window: int) -> list[list[bool]]:
+    """The rule as the docs state it: step i sees frame j iff j is real, j <= i and
+    times[i] - times[j] < window; a query that would see nothing sees itself."""
+    rows = []
+    for i in range(len(times)):
+        row = [real[j] and j <= i and times[i] - times[j] < window for j in range(len(times))]
+        if not any(row):
+            row[i] = True
+        rows.append(row)
+    return rows
+
+
+def test_visibility_is_causal_real_frames_within_the_window() -> None:
+    """Each row of a batch follows the rule on its own: the window edge (a frame exactly
+    ``window`` steps old is forgotten, one step younger is seen), padding on either side, gaps in
+    the times (packed episodes), and a padded query with nothing to see sees only itself."""
+    times = torch.tensor([[0, 1, 2, 3, 4, 5], [3, 4, 5, 9, 10, 11], [0, 1, 2, 3, 4, 5]])
+    real = torch.tensor(
+        [
+            [True, True, True, True, True, True],
+            [False, True, True, True, False, True],
+            [False, False, True, True, True, True],  # left padding
+        ]
+    )
+    window = 3
+    allowed = visibility(times, real, window)
+    assert allowed.dtype == torch.bool and allowed.shape == (3, 6, 6)
+    for row in range(3):
+        expected = _reference(times[row].tolist(), real[row].tolist(), window)
+        assert allowed[row].tolist() == expected, row
+    assert allowed[0, 3].tolist() == [False, True, True, True, False, False]  # frame 0 is 3 steps old
+    assert allowed[2, 0].tolist() == [True, False, False, False, False, False]  # padded, sees itself
+    assert allowed[1, 4].tolist() == [False, False, False, True, False, False]  # padded, sees history
+
+
+def test_a_window_of_one_sees_only_the_current_frame() -> None:
+    """``max_history=1``: a memoryless policy, each step sees its own frame and nothing else."""
+    times = torch.arange(4)[None]
+    allowed = visibility(times, torch.ones(1, 4, dtype=torch.bool), 1)
+    assert torch.equal(allowed[0], torch.eye(4, dtype=torch.bool))
+
+
+def test_gather_steps_picks_each_rows_steps_with_their_trailing_axes() -> None:
+    """The steps a loss or a reader needs, per row, in the order asked, every trailing axis kept."""
+    values = torch.arange(2 * 5 * 3 * 2).reshape(2, 5, 3, 2)
+    index = torch.tensor([[4, 0], [1, 1]])
+    picked = gather_steps(values, index)
+    assert picked.shape == (2, 2, 3, 2)
+    assert torch.equal(picked[0, 0], values[0, 4]) and torch.equal(picked[0, 1], values[0, 0])
+    assert torch.equal(picked[1, 0], values[1, 1]) and torch.equal(picked[1, 1], values[1, 1])
+
+
+def _visible_history(
+    ring: HistoryRing, time: torch.Tensor, name: str = "value"
+) -> list[list[tuple[int, int]]]:
+    """Per row, the (time, value) of each visible frame (tokens carry value = 10 * time + token)."""
+    visible = ring.visible(time)
+    stored = ring.get(name)
+    if ring.slot_dims[name] == 2:
+        stored = stored[:, 0]  # (B, H, S, d): every head holds the same value here
+    out = []
+    for row in range(visible.shape[0]):
+        slots = visible[row].nonzero().flatten().tolist()
+        seen = {(int(ring.slot_time[row, s]), int(stored[row, s, 0])) for s in slots}
+        out.append(sorted(seen))
+    return out
+
+
+def _expected_history(frames: list[list[int]], time: int, window: int, tokens: int) -> list[tuple[int, int]]:
+    return sorted(
+        (t, 10 * t + token) for t in frames[-window:] if time - t < window for token in range(tokens)
+    )
+
+
+def _drive_ring(slot_dim: int) -> None:
+    batch, window, tokens = 3, 5, 2
+    ring = HistoryRing(batch, window, tokens, torch.device("cpu"), initial_frames=2)
+    assert ring.capacity == 2
+    frames: list[list[int]] = [[] for _ in range(batch)]  # each row's real frame times
+    # Rows step together first (the fast path), then row 1 skips steps and row 2 restarts.
+    schedule = [[True, True, True]] * 3 + [[True, False, True], [True, False, True], [True, True, False]]
+    schedule += [[True, True, True]] * 6
+    capacities = []
+    for time, valid_list in enumerate(schedule):
+        if time == 8:
+            ring.reset(torch.tensor([False, False, True]))
+            frames[2] = []
+        valid = torch.tensor(valid_list)
+        value = (10 * time + torch.arange(tokens)).float()[None, :, None].expand(batch, tokens, 1)
+        if slot_dim == 2:
+            value = value[:, None].expand(batch, 2, tokens, 1)  # (B, H, P, d)
+        ring.append(torch.full((batch,), time), valid, slot_dim=slot_dim, value=value.clone())
+        for row in range(batch):
+            if valid_list[row]:
+                frames[row].append(time)
+        capacities.append(ring.capacity)
+        now = torch.full((batch,), time)
+        seen = _visible_history(ring, now)
+        for row in range(batch):
+            assert seen[row] == _expected_history(frames[row], time, window, tokens), (time, row)
+        if time < 8:  # attention reads only the slots of the fullest row
+            assert ring.filled == min(max(len(f) for f in frames), window) * tokens
+    # Capacity doubles from the initial size and stops at the window.
+    assert capacities[:3] == [2, 2, 4] and max(capacities) == window
+    assert ring.count.tolist() == [12, 10, 4]
+
+
+def test_history_ring_holds_each_rows_last_window_of_real_frames() -> None:
+    """While acting, each row's query sees exactly its last ``max_history`` real frames (with
+    their times), whether rows step together or not, through growth and wrap-around, and a reset
+    row starts an empty history while the others keep theirs."""
+    _drive_ring(slot_dim=1)
+
+
+def test_history_ring_keeps_attention_keys_in_their_own_layout() -> None:
+    """Attention keys are stored (B, H, S, d) so attention reads them without a copy; the ring
+    holds the same frames in that layout."""
+    _drive_ring(slot_dim=2)
+
+
+def test_a_query_forgets_frames_older_than_the_window_even_before_they_are_overwritten() -> None:
+    """A row that stopped receiving frames still forgets them as its query time moves on."""
+    ring = HistoryRing(1, 4, 1, torch.device("cpu"))
+    for time in range(3):
+        ring.append(torch.tensor([time]), torch.tensor([True]), value=torch.full((1, 1, 1), float(time)))
+    assert ring.visible(torch.tensor([2])).tolist() == [[True, True, True]]
+    assert ring.visible(torch.tensor([4])).tolist() == [[False, True, True]]
+    assert ring.visible(torch.tensor([6])).tolist() == [[False, False, False]]
+
+
+def test_ring_size_is_reported_from_what_it_holds() -> None:
+    """``state_nbytes`` (shown by the memory benchmark) counts every stored tensor and grows with
+    the history."""
+    ring = HistoryRing(2, 8, 3, torch.device("cpu"), initial_frames=2)
+    ring.append(torch.tensor([0, 0]), torch.tensor([True, True]), value=torch.zeros(2, 3, 4))
+    small = ring.nbytes()
+    expected = 2 * 6 * 4 * 4 + 2 * 6 * 8 + 2 * 6 * 1  # float values, long times, bool flags
+    assert small == expected
+    for time in range(1, 5):
+        ring.append(torch.tensor([time, time]), torch.tensor([True, True]), value=torch.zeros(2, 3, 4))
+    assert ring.nbytes() > small

@@ -1,0 +1,259 @@
+"""Mutation testing, one module at a time, with mutmut.
+
+Each module below names the files to mutate, the functions in them that results rest on, and the
+tests that exercise them. A module runs in its own folder, ``mutants/<module>/``: mutmut reads
+its settings from the ``pyproject.toml`` of the folder it runs in and forgets every cached
+verdict when the test selection changes, so one shared folder would throw away the other
+modules' results on every run. The shared settings live in ``[tool.mutmut]`` of the project's
+``pyproject.toml``; this script adds the module's files and tests to a copy of it.
+
+    python tools/mutation.py                 # every module, one after another
+    python tools/mutation.py evaluate store  # only these
+    python tools/mutation.py --report        # the table of the last runs, nothing run
+
+Each run writes ``mutants/<module>/score.json`` (counts, survivors, wall time). A survivor is
+shown with ``cd mutants/<module> && ../../.venv/bin/mutmut show <name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+if sys.version_info >= (3, 11):
+    from tomllib import loads as toml_loads
+else:  # mutmut depends on toml before Python 3.11
+    from toml import loads as toml_loads
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("agent", "envs", "policies", "train")
+
+
+@dataclass(frozen=True)
+class Module:
+    """files: sources to mutate; functions: mutmut's names of the functions to mutate in them
+    (``x_name`` for a function, ``xǁClassǁmethod`` for a method, globs allowed); tests: the
+    test files (or ids) that exercise them."""
+
+    files: tuple[str, ...]
+    functions: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+MODULES: dict[str, Module] = {
+    # Success rates, their 95% intervals, the swapped/blank instruction modes, the Crafter score.
+    "evaluate": Module(
+        files=("agent/evaluate.py",),
+        functions=(
+            "x_wilson_interval",
+            "x_swapped_instruction",
+            "x_run_episode",
+            "x_crafter_score",
+            "x_summarize",
+            "x__open_ended_score",
+            "x_sensitivity",
+        ),
+        # The mode test through a real policy (5 s a run) is left out: the scripted-agent tests
+        # check the same instructions in well under a second.
+        tests=(
+            "tests/agent/test_evaluate_statistics.py",
+            "tests/agent/test_strength_evaluate.py::test_wilson_interval_known_values",
+            "tests/agent/test_strength_evaluate.py::test_swapped_instruction_names_another_evaluated_task",
+            "tests/agent/test_strength_evaluate.py::test_sensitivity_reports_the_gap_on_the_same_seeds",
+            "tests/agent/test_agent.py::test_crafter_score_matches_the_published_formula",
+        ),
+    ),
+    # Which frames a step sees (causal, window, padding) and the ring that holds them for steps.
+    "fusion": Module(
+        files=("policies/fusion/base.py",),
+        functions=("x_visibility", "x_gather_steps", "xǁHistoryRingǁ*", "xǁFusionǁ*"),
+        tests=("tests/policies/test_visibility.py", "tests/policies/test_query_subset.py"),
+    ),
+    # The learning-rate schedule, the masked loss, the dataset check before step 1, checkpoints.
+    "bc": Module(
+        files=("train/bc.py", "train/bc_checkpoint.py"),
+        functions=(
+            "x_lr_lambda",
+            "x_check_dataset",
+            "x_outputs_finite",
+            "x__accuracies",
+            "xǁ_Trainerǁtrain_step",
+            "x_save_checkpoint",
+            "x_last_good_checkpoint",
+            "x_settings_changed_on_resume",
+            "x__flatten",
+            "x_apply_resumed_settings",
+            "x_resume_training",
+        ),
+        tests=(
+            "tests/train/test_bc.py",
+            "tests/train/test_schedule.py",
+            "tests/reliability/test_training_bc.py",
+        ),
+    ),
+    # The one episode loop: who acts, what runs, the return, success, the step budget.
+    "episodes": Module(
+        files=("envs/episodes.py",),
+        functions=("x_task_options", "x_play_episode"),
+        tests=("tests/envs/test_episodes.py",),
+    ),
+    # Aggregation of rounds, expert relabelling, the beta schedule, resuming rounds.
+    "dagger": Module(
+        files=("train/dagger.py",),
+        functions=("*",),
+        tests=("tests/train/test_dagger.py",),
+    ),
+    # Writing, reading and checking the dataset store, and replaying its episodes.
+    "store": Module(
+        files=("envs/data/store.py", "envs/replay.py"),
+        functions=("*",),
+        tests=(
+            "tests/envs/test_dataset.py",
+            "tests/reliability/test_dataset_store.py",
+            "tests/envs/test_replay.py",
+        ),
+    ),
+    # Instruction plans: steps, the rules that advance them, the loop.
+    "plan": Module(
+        files=("agent/plan.py",),
+        functions=("*",),
+        tests=("tests/agent/test_plan.py",),
+    ),
+}
+
+
+def _toml_value(value: object) -> str:
+    # Strings, numbers, booleans and lists of them: JSON spells them as TOML does.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def module_pyproject(module: Module) -> str:
+    """The project's pyproject.toml with ``[tool.mutmut]`` narrowed to ``module``."""
+    text = (REPO / "pyproject.toml").read_text()
+    settings = dict(toml_loads(text)["tool"]["mutmut"])
+    settings["only_mutate"] = list(module.files)
+    settings["pytest_add_cli_args_test_selection"] = [t for t in module.tests if _test_exists(t)]
+    section = "[tool.mutmut]\n" + "".join(f"{key} = {_toml_value(v)}\n" for key, v in settings.items())
+    # The section runs from its header to the next table header (or the end of the file).
+    return re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
+
+
+def _test_exists(test: str) -> bool:
+    return (REPO / test.split("::")[0]).exists()
+
+
+def mutant_globs(module: Module) -> list[str]:
+    names = []
+    for file in module.files:
+        dotted = file.removesuffix(".py").replace("/", ".")
+        names += [f"{dotted}.{function}__mutmut_*" for function in module.functions]
+    return names
+
+
+def prepare(name: str, module: Module) -> Path:
+    """``mutants/<name>/``: links to the packages and tests, and the module's pyproject.toml."""
+    folder = REPO / "mutants" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in (*PACKAGES, "tests"):
+        link = folder / entry
+        if not link.is_symlink():
+            link.symlink_to(Path("..", "..", entry))
+    (folder / "pyproject.toml").write_text(module_pyproject(module))
+    return folder
+
+
+def score(name: str, module: Module) -> dict[str, object]:
+    """Verdicts of the module's mutants, read from mutmut's per-file records."""
+    folder = REPO / "mutants" / name
+    patterns = [re.compile(re.escape(g).replace(r"\*", ".*") + "$") for g in mutant_globs(module)]
+    counts: dict[str, int] = {}
+    survivors: list[str] = []
+    for file in module.files:
+        meta = folder / "mutants" / f"{file}.meta"
+        if not meta.exists():
+            continue
+        for key, exit_code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if not any(p.match(key) for p in patterns):
+                continue
+            status = status_by_exit_code[exit_code]
+            counts[status] = counts.get(status, 0) + 1
+            if status == "survived":
+                survivors.append(key)
+    total = sum(counts.values())
+    killed = counts.get("killed", 0)
+    return {
+        "module": name,
+        "killed": killed,
+        "survived": counts.get("survived", 0),
+        "timeout": counts.get("timeout", 0),
+        "other": {k: v for k, v in counts.items() if k not in ("killed", "survived", "timeout")},
+        "total": total,
+        "killed_percent": round(100 * killed / total, 1) if total else None,
+        "survivors": sorted(survivors),
+    }
+
+
+def run(name: str, module: Module, max_children: int) -> dict[str, object]:
+    folder = prepare(name, module)
+    mutmut = Path(sys.executable).parent / "mutmut"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    started = time.monotonic()
+    subprocess.run(
+        [str(mutmut), "run", "--max-children", str(max_children), *mutant_globs(module)],
+        cwd=folder,
+        env=environment,
+        check=True,
+    )
+    result = score(name, module)
+    result["wall_seconds"] = round(time.monotonic() - started)
+    (folder / "score.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(results: list[dict[str, object]]) -> str:
+    lines = ["| module | killed | survived | timeout | other | total | killed % | wall |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        other = sum(r["other"].values()) if r["other"] else 0  # type: ignore[union-attr]
+        wall = f"{r.get('wall_seconds', 0) // 60} min {r.get('wall_seconds', 0) % 60} s"  # type: ignore[operator]
+        lines.append(
+            f"| {r['module']} | {r['killed']} | {r['survived']} | {r['timeout']} | {other} | {r['total']} "
+            f"| {r['killed_percent']} | {wall} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help="any of: " + ", ".join(MODULES))
+    parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (one per core)")
+    parser.add_argument("--report", action="store_true", help="print the last runs' table; run nothing")
+    args = parser.parse_args()
+    names = args.modules or list(MODULES)
+    unknown = [name for name in names if name not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; expected any of {list(MODULES)}")
+    results = []
+    for name in names:
+        if args.report:
+            saved = REPO / "mutants" / name / "score.json"
+            if saved.exists():
+                results.append(json.loads(saved.read_text()))
+            continue
+        result = run(name, MODULES[name], args.max_children)
+        results.append(result)
+        print(f"{name}: survivors {result['survivors']}", flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
