@@ -3,13 +3,15 @@
 Episodes run in worker processes (each loads the checkpoint once) or in-process for a policy
 held in memory (periodic evaluation during training). The parent first loads the checkpoint and
 makes the env itself, so a bad checkpoint, a mistyped env id or a checkpoint trained for another
-action space fails in seconds, before any worker starts; a worker that dies ends the run.
+action space fails in seconds, before any worker starts; a worker that dies ends the run. Ctrl-C
+stops the workers at once and raises ``EvaluationInterrupted`` with what finished.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,29 @@ from agent.agent import Agent
 from envs.crafter_tasks import TASKS
 from envs.episodes import play_episode
 from envs.video import write_video
-from envs.workers import make_env, map_jobs
+from envs.workers import make_env, map_jobs, usable_workers
 
 MODES = ("correct", "swapped", "blank")
+
+
+class EvaluationInterrupted(RuntimeError):
+    """Ctrl-C stopped an evaluation after ``finished`` of ``planned`` episodes. ``results`` hold
+    what finished, as the evaluation would have returned it but over the finished episodes only
+    (for ``sensitivity``, one ``evaluate`` summary per mode begun); ``rows`` are the finished
+    episodes of the run that was stopped. ``exit_code`` is the shell's for SIGINT, 130."""
+
+    exit_code = 128 + int(signal.SIGINT)
+
+    def __init__(
+        self,
+        finished: int,
+        planned: int,
+        results: list[dict[str, Any]],
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        over = f"; the rates above are over those {finished}" if results else ""
+        super().__init__(f"interrupted after {finished} of {planned} episodes{over}")
+        self.finished, self.planned, self.results, self.rows = finished, planned, results, rows or []
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -228,15 +250,29 @@ def evaluate(
         )
         for i in range(episodes)
     ]
-    results = _run_jobs(
-        jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
-    )
-    summary = summarize(results)
-    summary.update(
-        {"env_id": env_id, "mode": mode, "cfg_scale": cfg_scale, "seed": seed, "deterministic": deterministic}
-    )
-    summary["videos"] = [r["video"] for r in results if r["video"]]
-    return summary
+
+    def summary_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = summarize(results)
+        summary.update(
+            {
+                "env_id": env_id,
+                "mode": mode,
+                "cfg_scale": cfg_scale,
+                "seed": seed,
+                "deterministic": deterministic,
+            }
+        )
+        summary["videos"] = [r["video"] for r in results if r["video"]]
+        return summary
+
+    try:
+        results = _run_jobs(
+            jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
+        )
+    except EvaluationInterrupted as stopped:
+        partial = [summary_of(stopped.rows)] if stopped.rows else []
+        raise EvaluationInterrupted(stopped.finished, stopped.planned, partial, stopped.rows) from None
+    return summary_of(results)
 
 
 def _run_jobs(
@@ -248,18 +284,26 @@ def _run_jobs(
     env_kwargs: dict[str, Any],
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> list[dict[str, Any]]:
-    """Episode rows in job order: here with ``agent``, or in ``workers`` processes that each load
-    ``checkpoint`` (when given and workers > 1)."""
+    """Episode rows in job order: here with ``agent``, or in ``workers`` processes (at most one per
+    job and CPU core) that each load ``checkpoint`` (when given and more than one worker is left).
+    Ctrl-C raises ``EvaluationInterrupted`` with the rows finished so far."""
+    if checkpoint is not None:
+        workers = usable_workers(workers, jobs, "eval")
     if checkpoint is None or workers <= 1:
+        # The agent already loaded here acts: a worker's setup would also set this process's threads.
         setup, setup_args, workers = (lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id)), (), 1
     else:
         setup, setup_args = _load_worker, (checkpoint, env_id, env_kwargs)
     rows = map_jobs(_episode_row, jobs, setup=setup, setup_args=setup_args, workers=workers, what="eval")
     results: list[dict[str, Any]] = []
-    for row in rows:
-        results.append(row)
-        if progress:
-            progress(row)
+    try:
+        for row in rows:
+            results.append(row)
+            if progress:
+                progress(row)
+    except KeyboardInterrupt:
+        rows.close()  # the workers stop now: their unfinished episodes would be thrown away
+        raise EvaluationInterrupted(len(results), len(jobs), [], results) from None
     return results
 
 
@@ -320,15 +364,34 @@ def evaluate_phrasings(
                 EpisodeJob(seed + i, task, "phrasing", cfg_scale, None, None, deterministic, text)
                 for text in texts
             )
-    rows = _run_jobs(jobs, env_id, agent, checkpoint, workers, env_kwargs, progress)
+    try:
+        rows = _run_jobs(jobs, env_id, agent, checkpoint, workers, env_kwargs, progress)
+    except EvaluationInterrupted as stopped:
+        partial = _phrasings_result(env_id, phrasings, stopped.rows, seed)
+        raise EvaluationInterrupted(
+            stopped.finished, stopped.planned, [partial] if partial["tasks"] else [], stopped.rows
+        ) from None
+    return _phrasings_result(env_id, phrasings, rows, seed)
+
+
+def _phrasings_result(
+    env_id: str, phrasings: dict[str, list[str]], rows: list[dict[str, Any]], seed: int
+) -> dict[str, Any]:
+    """``evaluate_phrasings``'s table from its episode rows; a task that has not yet run with its
+    trained phrasings and every new one (an interrupted run) is left out."""
     table: dict[str, Any] = {}
     for task, texts in phrasings.items():
         trained = [r for r in rows if r["task"] == task and r["mode"] == "correct"]
-        entry: dict[str, Any] = {"trained": summarize(trained)["success_rate"], "phrasings": {}}
-        for text in texts:
-            picked = [
+        runs = {
+            text: [
                 r for r in rows if r["task"] == task and r["mode"] == "phrasing" and r["instruction"] == text
             ]
+            for text in texts
+        }
+        if not trained or not all(runs.values()):
+            continue
+        entry: dict[str, Any] = {"trained": summarize(trained)["success_rate"], "phrasings": {}}
+        for text, picked in runs.items():
             successes = sum(int(r["success"]) for r in picked)
             entry["phrasings"][text] = {
                 "success_rate": successes / len(picked),
@@ -337,11 +400,12 @@ def evaluate_phrasings(
         entry["new"] = float(np.mean([p["success_rate"] for p in entry["phrasings"].values()]))
         entry["ratio"] = entry["new"] / entry["trained"] if entry["trained"] > 0 else None
         table[task] = entry
-    trained_mean = float(np.mean([e["trained"] for e in table.values()]))
-    new_mean = float(np.mean([e["new"] for e in table.values()]))
+    trained_mean = float(np.mean([e["trained"] for e in table.values()])) if table else 0.0
+    new_mean = float(np.mean([e["new"] for e in table.values()])) if table else 0.0
+    per_task = [sum(r["task"] == task and r["mode"] == "correct" for r in rows) for task in table]
     return {
         "env_id": env_id,
-        "episodes_per_task": episodes,
+        "episodes_per_task": min(per_task, default=0),  # the --episodes of a run that finished
         "seed": seed,
         "tasks": table,
         "trained_mean": trained_mean,
@@ -356,7 +420,16 @@ def evaluate_phrasings(
 
 def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:
     """Correct, swapped and blank instructions on the same seeds; per-task and mean gaps."""
-    runs = {mode: evaluate(env_id, episodes, mode=mode, **kwargs) for mode in MODES}
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        try:
+            runs[mode] = evaluate(env_id, episodes, mode=mode, **kwargs)
+        except (EvaluationInterrupted, KeyboardInterrupt) as error:
+            # A KeyboardInterrupt here came before this mode's first episode (its checks).
+            stopped = error if isinstance(error, EvaluationInterrupted) else EvaluationInterrupted(0, 0, [])
+            finished = sum(run["episodes"] for run in runs.values()) + stopped.finished
+            results = [*runs.values(), *stopped.results]
+            raise EvaluationInterrupted(finished, episodes * len(MODES), results, stopped.rows) from None
     tasks = sorted(runs["correct"]["tasks"])
     table = {
         task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in MODES}

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from train.cli import common
+
+if TYPE_CHECKING:
+    from agent.evaluate import EvaluationInterrupted
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +46,11 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Ctrl-C stops the episodes at once, prints the rates over the finished ones and exits 130
+    (``EvaluationInterrupted``); the workers ignore it and are stopped by this process."""
     from tqdm import tqdm
 
-    from agent.evaluate import MODES, evaluate, sensitivity
-    from train.report import print_eval, print_phrasings, print_sensitivity
+    from agent.evaluate import MODES, EvaluationInterrupted, evaluate, sensitivity
 
     modes = list(MODES) if args.sensitivity else [args.instruction_mode]
     bars: list[Any] = []  # the bar starts with the first episode, after every check passed
@@ -57,19 +61,36 @@ def run_eval(args: argparse.Namespace) -> int:
         bars[0].update(1)
         bars[0].set_postfix(mode=row["mode"])
 
-    if args.phrasings:
-        result = _evaluate_phrasings(args, modes, progress)
-    else:
-        shared = common.same_named(
-            args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
-        )
-        shared.update(deterministic=args.greedy, progress=progress)
-        if args.sensitivity:
-            result = sensitivity(args.env, args.episodes, **shared)
+    try:
+        if args.phrasings:
+            result = _evaluate_phrasings(args, modes, progress)
         else:
-            result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **shared)
+            shared = common.same_named(
+                args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
+            )
+            shared.update(deterministic=args.greedy, progress=progress)
+            if args.sensitivity:
+                result = sensitivity(args.env, args.episodes, **shared)
+            else:
+                result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **shared)
+    except EvaluationInterrupted as stopped:
+        for bar in bars:
+            bar.close()
+        _print_interrupted(args, stopped)
+        raise
+    except KeyboardInterrupt:  # before the first episode: loading the checkpoint, checking the env
+        for bar in bars:
+            bar.close()
+        raise EvaluationInterrupted(0, args.episodes * len(modes), []) from None
     for bar in bars:
         bar.close()
+    _print_result(args, result)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    from train.report import print_eval, print_phrasings, print_sensitivity
+
     if args.json:
         common.print_json(result)
     elif args.phrasings:
@@ -78,7 +99,24 @@ def run_eval(args: argparse.Namespace) -> int:
         print_sensitivity(result)
     else:
         print_eval(result)
-    return 0
+
+
+def _print_interrupted(args: argparse.Namespace, stopped: EvaluationInterrupted) -> None:
+    """What an interrupted ``eval`` finished: each run begun, over its finished episodes."""
+    from train.report import print_eval, print_phrasings
+
+    if args.json:
+        common.print_json(
+            {
+                "interrupted": True,
+                "finished": stopped.finished,
+                "planned": stopped.planned,
+                "runs": stopped.results,
+            }
+        )
+        return
+    for result in stopped.results:
+        (print_phrasings if args.phrasings else print_eval)(result)
 
 
 def _evaluate_phrasings(
