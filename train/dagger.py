@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +31,35 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import yaml
 
 import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent import Agent
 from agent.evaluate import evaluate
 from envs.data.collect import next_seed, record_episode
-from envs.data.store import Dataset, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
 from envs.experts import Expert, make_expert
 from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env, map_jobs
 from policies import InstructionPolicy
 from policies.persist import atomic_directory
 from train.bc import train_bc_policy
-from train.common import CHECKPOINT
+from train.common import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, StopRequest, TrainingInterrupted
 from train.config import ConfigError, RunConfig
 
 STATE = "dagger.json"
+# The run config the rounds train with, written as a file that ``--config`` reads back.
+RUN_CONFIG_FILE = "config.resolved.yaml"
+# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none).
+FLAGS = {
+    "rounds": "--rounds",
+    "episodes": "--episodes",
+    "beta": "--beta",
+    "beta_decay": "--beta-decay",
+    "steps": "--steps-per-round",
+    "eval_episodes": "--eval-episodes",
+    "workers": "--workers",
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,50 @@ def _copy_checkpoint(source: Path, target: Path) -> None:
                 shutil.copy2(path, staging / path.name)
 
 
+def _copy_demonstrations(data: str, aggregate: Path, skip_bad: bool) -> list[int]:
+    """Copy the episodes ``data``'s index lists, and nothing else, into a new dataset at
+    ``aggregate``; returns the episodes left out as unreadable (only with ``skip_bad``).
+
+    Each episode is read through the store (which refuses index entries outside episodes/) and
+    written by its writer. A symbolic link is never followed, even one the store would read: a
+    link can point at a device or at a file of the user's that has no place in OUT/data."""
+    source = Dataset(data)
+    for number, entry in enumerate(source.episodes):
+        path = source.root / entry["file"]
+        for link in (path.parent, path):
+            if link.is_symlink():
+                raise DatasetError(
+                    f"{link} (episode {number} of {data}) is a symbolic link: DAgger copies only "
+                    "regular files; replace the link with what it points to"
+                )
+        if path.exists() and not path.is_file():
+            raise DatasetError(f"{path} (episode {number} of {data}) is not a regular file")
+    metadata = source.metadata
+    skipped: list[int] = []
+    with DatasetWriter(
+        aggregate,
+        env_id=metadata["env_id"],
+        image_shape=tuple(metadata["image_shape"]),
+        action_space=metadata["action_space"],
+        frames_per_block=int(metadata["frames_per_block"]),
+        info=metadata.get("info") or {},
+    ) as writer:
+        for number in range(len(source)):
+            try:
+                episode = source.episode(number)
+            except (DatasetError, ValueError) as error:
+                if not skip_bad:
+                    raise DatasetError(
+                        f"{error} (DAgger copies {data} into {aggregate}; set train.skip_bad_episodes=true "
+                        "to leave unreadable episodes out)"
+                    ) from None
+                skipped.append(number)
+                continue
+            writer.add(episode)
+    source.close()
+    return skipped
+
+
 def _check_inputs(
     data: str,
     env_id: str,
@@ -207,6 +267,179 @@ def _check_inputs(
         InstructionPolicy.from_pretrained(init).check_action_space(env_spec)
 
 
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _plain(data: Any) -> Any:
+    """``data`` as JSON gives it back (tuples become lists), so stored and new settings compare."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _check_resume(
+    root: Path, state: dict[str, Any], run: RunConfig, dagger: DaggerConfig, settings: dict[str, Any]
+) -> None:
+    """A resumed run continues the same experiment: refuse any setting that changes what the
+    remaining rounds do, naming it. The worker count changes nothing (rollouts are the same
+    whatever it is); a changed training config is allowed and said, as ``bc --resume`` does."""
+    # A run recorded before a setting was kept is not checked on it.
+    started = {flag: state.get(key, value) for flag, (key, value) in settings.items()}
+    for flag in ("--data", "--init"):  # recorded as given by runs that kept relative paths
+        started[flag] = _absolute(started[flag])
+    for name, value in dataclasses.asdict(dagger).items():
+        if name != "workers":
+            started[FLAGS.get(name, f"dagger.{name}")] = state.get("dagger", {}).get(name, value)
+    given = {flag: value for flag, (_, value) in settings.items()}
+    given.update(
+        {FLAGS.get(n, f"dagger.{n}"): v for n, v in dataclasses.asdict(dagger).items() if n != "workers"}
+    )
+    changed = [flag for flag in started if _plain(started[flag]) != _plain(given[flag])]
+    if changed:
+        listed = ", ".join(f"{flag} {started[flag]!r} (now {given[flag]!r})" for flag in changed)
+        raise ConfigError(
+            f"{root} was started with {listed}: resume with the same settings "
+            f"(`{resume_command(root, state)}`), or start a new run in another --out"
+        )
+    if "run" in state:
+        before, now = _flatten(state["run"]), _flatten(_plain(run.to_dict()))
+        notes = [
+            f"{key} {before[key]!r} -> {now[key]!r}"
+            for key in before
+            if key in now and before[key] != now[key]
+        ]
+        if notes:
+            print(f"note: resuming {root} with changed settings: {', '.join(notes)}", file=sys.stderr)
+
+
+def resume_command(root: Path, state: dict[str, Any]) -> str:
+    """The ``instructcraft dagger`` command that continues the run in ``root``: every setting
+    the run was started with, read from its state, and ``--resume``."""
+    parts = ["instructcraft", "dagger"]
+    if (root / RUN_CONFIG_FILE).exists():
+        parts += ["--config", str(root / RUN_CONFIG_FILE)]
+    parts += ["--data", state["data"], "--env", state["env_id"], "--out", str(root)]
+    if state.get("expert"):
+        parts += ["--expert", state["expert"]]
+    if state.get("tasks"):
+        parts += ["--tasks", *state["tasks"]]
+    if state.get("init"):
+        parts += ["--init", state["init"]]
+    for name, flag in FLAGS.items():
+        parts += [flag, str(state["dagger"][name])]
+    return shlex.join([*parts, "--resume"])
+
+
+def _round_jobs(state: dict[str, Any], dagger: DaggerConfig, number: int) -> list[RolloutJob]:
+    """Every rollout of round ``number``, in order (seeds, tasks, beta)."""
+    first = state["first_seed"] + (number - 1) * dagger.episodes
+    tasks = state.get("tasks")
+    beta = dagger.beta_for(number)
+    return [
+        RolloutJob(first + i, tasks[i % len(tasks)] if tasks else None, number, beta)
+        for i in range(dagger.episodes)
+    ]
+
+
+def _round_entries(aggregate: Path, jobs: list[RolloutJob], number: int) -> list[dict[str, Any]]:
+    """The index entries of round ``number``'s rollouts already in the aggregate (a resumed round
+    finds those written before the interruption)."""
+    seeds = {job.seed for job in jobs}
+    return [
+        entry
+        for entry in Dataset(aggregate).episodes
+        if entry.get("extra", {}).get("dagger_round") == number and entry.get("seed") in seeds
+    ]
+
+
+def _round_statistics(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Rollout success and the fraction of steps the learner chose, over all of a round's
+    episodes (those of an interrupted run included)."""
+    steps = sum(entry["length"] for entry in entries)
+    learner = sum(entry["extra"].get("learner_steps", 0) for entry in entries)
+    return {
+        "rollout_success": sum(bool(entry.get("success")) for entry in entries) / max(1, len(entries)),
+        "learner_step_fraction": learner / max(1, steps),
+    }
+
+
+def _roll_out(
+    aggregate: Path,
+    previous: Path,
+    env_id: str,
+    expert: str | Callable[[], Expert],
+    jobs: list[RolloutJob],
+    written: int,
+    dagger: DaggerConfig,
+    progress: bool,
+    interrupted: Callable[[str, int], TrainingInterrupted],
+) -> None:
+    """Append the labelled rollouts of ``jobs`` to the aggregate. SIGINT or SIGTERM lets the
+    running episode finish and be written, then raises ``interrupted(what finished, signal)``."""
+    from tqdm import tqdm
+
+    total = written + len(jobs)
+    number, beta = jobs[0].round, jobs[0].beta
+    bar = tqdm(total=total, initial=written, unit="ep", desc=f"dagger round {number}")
+    bar.disable = not progress
+    successes = 0
+    metadata = Dataset(aggregate).metadata
+    stop = StopRequest()
+    try:
+        with (
+            stop.catching(),
+            DatasetWriter(
+                aggregate,
+                env_id=metadata["env_id"],
+                image_shape=tuple(metadata["image_shape"]),
+                action_space=metadata["action_space"],
+            ) as out_data,
+        ):
+            for episode in rollout_round(str(previous), env_id, expert, jobs, dagger.workers):
+                out_data.add(episode)
+                written += 1
+                successes += int(episode.success)
+                bar.update(1)
+                bar.set_postfix(
+                    success=f"{successes / max(1, bar.n - (total - len(jobs))):.2f}", beta=f"{beta:.2f}"
+                )
+                if stop:
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: the episode under way is dropped
+        raise interrupted(f"{written} of {total} rollouts written to {aggregate}", signal.SIGINT) from None
+    finally:
+        bar.close()
+    if stop:
+        assert stop.signal_number is not None
+        raise interrupted(f"{written} of {total} rollouts written to {aggregate}", stop.signal_number)
+
+
+def _fine_tune(
+    run: RunConfig, dagger: DaggerConfig, aggregate: Path, round_dir: Path, previous: Path, progress: bool
+) -> None:
+    """Fine-tune ``previous`` on the aggregate into ``round_dir``; a fine-tune that was
+    interrupted (its checkpoint holds the trainer's state) continues from its last step."""
+    train = dataclasses.replace(run.train, steps=dagger.steps)
+    partial = round_dir / CHECKPOINT / RUN_CONFIG
+    if (round_dir / CHECKPOINT / TRAINER_STATE).exists() and partial.exists():
+        # The round's own architecture and settings, as its checkpoint recorded them.
+        recorded = RunConfig.from_dict(json.loads(partial.read_text()))
+        fine_tune = RunConfig(recorded.policy, train, run.rl)
+        train_bc_policy(fine_tune, str(aggregate), str(round_dir), resume=str(round_dir), progress=progress)
+    else:
+        fine_tune = RunConfig(run.policy, train, run.rl)
+        train_bc_policy(fine_tune, str(aggregate), str(round_dir), progress=progress, init=str(previous))
+
+
 def run_dagger(
     run: RunConfig,
     dagger: DaggerConfig,
@@ -224,9 +457,11 @@ def run_dagger(
 
     ``expert`` is a registered expert name (``make_expert``) or a picklable factory.
     ``init`` starts from a trained checkpoint instead of training round 0 on ``data``.
+
+    SIGINT or SIGTERM stops the run after the episode or training step under way, keeping what
+    finished, and raises ``TrainingInterrupted`` whose message gives the command that resumes.
     """
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
 
     root = Path(out)
     state = _load_state(root) if resume else {}
@@ -236,29 +471,64 @@ def run_dagger(
         raise ConfigError(
             f"{root} already holds a DAgger run: pass --resume to continue it, or another --out"
         )
+    expert_name = expert if isinstance(expert, str) else None
+    settings = {
+        "--data": ("data", _absolute(data)),
+        "--env": ("env_id", env_id),
+        "--tasks": ("tasks", tasks),
+        "--expert": ("expert", expert_name),
+        "--init": ("init", _absolute(init)),
+    }
+    if state:
+        _check_resume(root, state, run, dagger, settings)
     _check_inputs(data, env_id, expert, tasks, init)
     aggregate = root / "data"
     if not state:
         root.mkdir(parents=True, exist_ok=True)
         if aggregate.exists():
             shutil.rmtree(aggregate)  # a copy left by a run that stopped before its first state
-        shutil.copytree(data, aggregate, ignore=shutil.ignore_patterns(".lock"))
+        skipped = _copy_demonstrations(data, aggregate, run.train.skip_bad_episodes)
+        if skipped:
+            print(
+                f"note: left {len(skipped)} unreadable episode(s) of {data} out of {aggregate}: {skipped[:20]}",
+                file=sys.stderr,
+            )
+        (root / RUN_CONFIG_FILE).write_text(yaml.safe_dump(_plain(run.to_dict()), sort_keys=False))
         state = {
-            "data": str(data),
-            "env_id": env_id,
-            "tasks": tasks,
+            **{key: value for key, value in settings.values()},
             "first_seed": next_seed(aggregate),
             "dagger": dataclasses.asdict(dagger),
+            "run": _plain(run.to_dict()),
             "rounds": [],
         }
         _save_state(root, state)
-    elif state.get("dagger") != dataclasses.asdict(dagger) or state.get("env_id") != env_id:
-        raise ConfigError(
-            f"{root} was started with {state.get('env_id')} and {state.get('dagger')}; resume with the "
-            "same settings, or start a new run in another --out"
-        )
+    state["dagger"]["workers"] = dagger.workers  # the one setting a resumed run may change
     writer = SummaryWriter(str(root / "tb"))
     done = {entry["round"] for entry in state["rounds"]}
+
+    def interrupted(number: int, stage: str) -> Callable[[str, int], TrainingInterrupted]:
+        def make(what: str, signal_number: int) -> TrainingInterrupted:
+            finished = ", ".join(str(entry["round"]) for entry in state["rounds"]) or "none"
+            return TrainingInterrupted(
+                f"DAgger interrupted in round {number}'s {stage} (rounds finished: {finished}): {what}; "
+                f"resume with `{resume_command(root, state)}`",
+                signal_number,
+            )
+
+        return make
+
+    def train_round(number: int, round_dir: Path, train: Callable[[], None]) -> None:
+        """``train()``; an interrupted one says where its checkpoint is and how DAgger resumes."""
+        try:
+            train()
+        except TrainingInterrupted as error:
+            checkpoint = round_dir / CHECKPOINT
+            try:
+                step = json.loads((checkpoint / "config.json").read_text())["trained_steps"]
+                what = f"checkpoint at step {step} written to {checkpoint}"
+            except (OSError, ValueError, KeyError):
+                what = f"checkpoint written to {checkpoint}"
+            raise interrupted(number, "training")(what, error.exit_code - 128) from None
 
     def finish_round(number: int, checkpoint: Path, extra: dict[str, Any]) -> None:
         result: dict[str, Any] = {"round": number, "checkpoint": str(checkpoint), **extra}
@@ -295,7 +565,15 @@ def run_dagger(
         if init is not None:
             _copy_checkpoint(Path(init), round_dir / CHECKPOINT)
         else:
-            train_bc_policy(run, str(aggregate), str(round_dir), progress=progress)
+            # A round 0 that was interrupted continues from its checkpoint.
+            partial = str(round_dir) if (round_dir / CHECKPOINT / TRAINER_STATE).exists() else None
+            train_round(
+                0,
+                round_dir,
+                lambda: train_bc_policy(
+                    run, str(aggregate), str(round_dir), resume=partial, progress=progress
+                ),
+            )
         finish_round(0, round_dir / CHECKPOINT, {"trained_from": init or "demonstrations"})
     previous = round_dir / CHECKPOINT
     for number in range(1, dagger.rounds + 1):
@@ -303,46 +581,25 @@ def run_dagger(
         if number in done:
             previous = round_dir / CHECKPOINT
             continue
-        beta = dagger.beta_for(number)
-        first = state["first_seed"] + (number - 1) * dagger.episodes
-        written = {
-            e["seed"] for e in Dataset(aggregate).episodes if e.get("extra", {}).get("dagger_round") == number
-        }
-        jobs = [
-            RolloutJob(first + i, tasks[i % len(tasks)] if tasks else None, number, beta)
-            for i in range(dagger.episodes)
-            if first + i not in written
-        ]
-        bar = tqdm(total=dagger.episodes, initial=len(written), unit="ep", desc=f"dagger round {number}")
-        bar.disable = not progress
-        successes = learner_steps = steps = 0
-        metadata = Dataset(aggregate).metadata
-        with DatasetWriter(
-            aggregate,
-            env_id=metadata["env_id"],
-            image_shape=tuple(metadata["image_shape"]),
-            action_space=metadata["action_space"],
-        ) as out_data:
-            for episode in rollout_round(str(previous), env_id, expert, jobs, dagger.workers):
-                out_data.add(episode)
-                successes += int(episode.success)
-                learner_steps += episode.extra["learner_steps"]
-                steps += episode.length
-                bar.update(1)
-                bar.set_postfix(success=f"{successes / max(1, bar.n - len(written)):.2f}", beta=f"{beta:.2f}")
-        bar.close()
-        fine_tune = RunConfig(run.policy, dataclasses.replace(run.train, steps=dagger.steps), run.rl)
-        train_bc_policy(fine_tune, str(aggregate), str(round_dir), progress=progress, init=str(previous))
-        previous = round_dir / CHECKPOINT
-        finish_round(
+        jobs = _round_jobs(state, dagger, number)
+        written = {entry["seed"] for entry in _round_entries(aggregate, jobs, number)}
+        missing = [job for job in jobs if job.seed not in written]
+        if missing:
+            _roll_out(
+                aggregate, previous, env_id, expert, missing, len(written), dagger, progress,
+                interrupted(number, "rollouts"),
+            )  # fmt: skip
+        last = previous
+        train_round(
             number,
-            previous,
-            {
-                "beta": beta,
-                "rollout_success": successes / max(1, len(jobs)),
-                "learner_step_fraction": learner_steps / max(1, steps),
-            },
+            round_dir,
+            lambda round_dir=round_dir, last=last: _fine_tune(
+                run, dagger, aggregate, round_dir, last, progress
+            ),
         )
+        previous = round_dir / CHECKPOINT
+        statistics = _round_statistics(_round_entries(aggregate, jobs, number))
+        finish_round(number, previous, {"beta": dagger.beta_for(number), **statistics})
     writer.close()
     _copy_checkpoint(previous, root / CHECKPOINT)
     state["checkpoint"] = str(root / CHECKPOINT)
