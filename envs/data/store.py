@@ -166,8 +166,11 @@ def _is_int(value: Any) -> bool:
 
 
 def _shown(value: Any, limit: int = 80) -> str:
-    """``repr`` cut to one short line: a crafted value may be megabytes long."""
-    text = repr(value)
+    """A value as JSON, cut to one short line: a crafted value may be megabytes long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
@@ -631,6 +634,7 @@ class Dataset:
         none of its data: a member larger than they say (a zip bomb, a header claiming millions
         of frames) is refused before anything is allocated for it."""
         archive = self._archive(episode)
+        stream = None
         try:
             stream = archive.open(f"{name}.npy")
             version = np.lib.format.read_magic(stream)
@@ -643,6 +647,8 @@ class Dataset:
             )
             shape, fortran_order, dtype = read_header(stream)
         except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+            if stream is not None:
+                stream.close()
             raise self._error(episode, error) from None
         expected_shape, expected_dtype = self._expected(episode, name)
         if dtype.hasobject or dtype.newbyteorder("=") != expected_dtype or shape != expected_shape:

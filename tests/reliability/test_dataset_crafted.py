@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from helpers import SCRIPT
 
-from envs.data.store import Dataset, DatasetError
+from envs.data.store import Dataset, DatasetError, DatasetWriter
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -190,7 +190,7 @@ def test_a_zip_bomb_member_is_refused_without_inflating_it(demos: Path) -> None:
     # holds: the address space is capped at what the process had plus 64 MiB.
     child = """if True:
         import resource, sys
-        from envs.data.store import Dataset, DatasetError
+        from envs.data.store import Dataset, DatasetError, DatasetWriter
         dataset = Dataset(sys.argv[1])
         dataset.images(0, 0, 4)  # a good episode first: everything reading needs is loaded
         size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
@@ -328,7 +328,6 @@ def test_data_commands_name_the_file_and_the_problem(demos: Path, kind: str) -> 
         assert "1 episode(s) with corrupt files (counted above): 1" in info.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_bc_names_the_file_and_the_problem(demos: Path, tmp_path: Path, kind: str) -> None:
     file, problem = break_dataset(demos, kind)
@@ -336,3 +335,16 @@ def test_bc_names_the_file_and_the_problem(demos: Path, tmp_path: Path, kind: st
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert any(file in line and problem in line for line in result.stderr.splitlines()), result.stderr
     assert not (tmp_path / "out" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"image_shape": (64, 64, 4), "action_space": {"type": "Discrete", "n": 7}},
+        {"image_shape": (64, 64, 3), "action_space": {"type": "Discrete", "n": 10**9}},
+    ],
+)
+def test_the_writer_never_writes_metadata_readers_refuse(tmp_path: Path, layout: dict[str, Any]) -> None:
+    with pytest.raises(DatasetError, match=r"metadata\.json: (image_shape|action_space) is"):
+        DatasetWriter(tmp_path / "new", env_id="test-env", **layout)
+    assert not (tmp_path / "new").exists()
