@@ -10,7 +10,13 @@ Layout of a dataset directory::
 An episode of T steps holds T+1 images (the observation before each action, then the final
 one) and T actions, rewards and flags. Images are split into blocks of ``frames_per_block``
 frames, each a separately deflated member of the npz, so reading a chunk (episode, t0:t0+L)
-inflates only the blocks it touches. Frames are lossless.
+inflates only the blocks it touches, and a block only up to the last frame asked for. Frames
+are lossless.
+
+Readers take nothing on trust: metadata.json is bounded (image sides, action counts, block
+size), every index field a reader uses has its type, and each member's npy header is checked
+against the index and metadata before any of its data is inflated, so a crafted file (a zip
+bomb, a header claiming millions of frames) is refused rather than unpacked into memory.
 
 Appending is crash-safe: an episode file is written to a temporary name, fsynced and renamed,
 and only then is its line appended to the index and fsynced. A process killed at any point

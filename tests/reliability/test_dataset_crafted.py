@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from helpers import SCRIPT
 
-from envs.data.store import Dataset, DatasetError, DatasetWriter
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -190,7 +190,7 @@ def test_a_zip_bomb_member_is_refused_without_inflating_it(demos: Path) -> None:
     # holds: the address space is capped at what the process had plus 64 MiB.
     child = """if True:
         import resource, sys
-        from envs.data.store import Dataset, DatasetError, DatasetWriter
+        from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
         dataset = Dataset(sys.argv[1])
         dataset.images(0, 0, 4)  # a good episode first: everything reading needs is loaded
         size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
@@ -348,3 +348,27 @@ def test_the_writer_never_writes_metadata_readers_refuse(tmp_path: Path, layout:
     with pytest.raises(DatasetError, match=r"metadata\.json: (image_shape|action_space) is"):
         DatasetWriter(tmp_path / "new", env_id="test-env", **layout)
     assert not (tmp_path / "new").exists()
+
+
+def test_data_check_refuses_a_multidiscrete_component_out_of_range(tmp_path: Path) -> None:
+    steps = 5
+    actions = np.zeros((steps, 2), np.int64)
+    actions[4, 1] = 3  # component 1 has 3 values: 0, 1, 2
+    episode = Episode(
+        images=np.zeros((steps + 1, 8, 8, 3), np.uint8),
+        actions=actions,
+        rewards=np.zeros(steps, np.float32),
+        terminated=np.zeros(steps, bool),
+        truncated=np.zeros(steps, bool),
+        instruction="chop a tree",
+        task="chop",
+        env_id="test-env",
+    )
+    space = {"type": "MultiDiscrete", "nvec": [2, 3]}
+    with DatasetWriter(
+        tmp_path / "d", env_id="test-env", image_shape=(8, 8, 3), action_space=space
+    ) as writer:
+        writer.add(episode)
+    (problem,) = Dataset(tmp_path / "d").check()
+    assert "000000.npz (episode 0): action [0, 3] at step 4 is outside" in problem
+    assert "MultiDiscrete([2, 3])" in problem
