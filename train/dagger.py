@@ -150,9 +150,14 @@ class _Worker:
 
 
 def _load_worker(checkpoint: str, env_id: str, expert: str | Callable[[], Expert]) -> _Worker:
+    import multiprocessing
+
     import torch
 
-    torch.set_num_threads(1)
+    # One thread per worker process (they share the cores); never in this process, where a
+    # capped pool runs the work in place and later training needs every thread.
+    if multiprocessing.parent_process() is not None:
+        torch.set_num_threads(1)
     made = make_expert(expert) if isinstance(expert, str) else expert()
     return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id), made, env_id)
 
