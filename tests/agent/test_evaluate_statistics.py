@@ -262,3 +262,27 @@ def test_sensitivity_compares_modes_per_task_on_the_same_settings(monkeypatch: p
     assert set(report["runs"]) == {"correct", "swapped", "blank"}
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: {"tasks": {}})
     assert sensitivity(envs.CRAFTER_ID, 1)["mean_correct_minus_swapped"] == 0.0
+
+
+def test_wilson_interval_never_leaves_zero_to_one() -> None:
+    """All successes (or none) in a handful of episodes: the interval ends at exactly 1 (or
+    starts at exactly 0); unclamped, rounding puts it just past, e.g. at 5 of 5."""
+    assert wilson_interval(5, 5)[1] == 1.0
+    assert wilson_interval(0, 5)[0] == 0.0
+
+
+def test_a_single_episode_summary_reports_its_own_outcome() -> None:
+    """One episode evaluated: the rate is 1 or 0, not averaged with anything."""
+    assert summarize([_row("eat_cow", True, 3)])["success_rate"] == 1.0
+    assert summarize([_row("eat_cow", False, 3)])["success_rate"] == 0.0
+
+
+def test_a_swapped_babyai_mission_always_asks_for_something_else() -> None:
+    """BabyAI has no task list: the swapped instruction is the mission of another level
+    instance, and it always differs from the mission of the episode's own seed, also for seeds
+    whose first other instance happens to ask the same thing (117, 220, 292)."""
+    level = envs.babyai_id("GoToLocal")
+    scratch = gym.make(level)
+    for seed in (4, 117, 220, 292):
+        mission = scratch.reset(seed=seed)[1]["instruction"]
+        assert swapped_instruction(level, "GoToLocal", seed) != mission, seed
