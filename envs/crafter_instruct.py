@@ -66,8 +66,11 @@ class CrafterInstructEnv(gym.Env):
     ) -> None:
         if reward_mode not in ("task", "crafter"):
             raise ValueError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
-        if step_limit is not None and step_limit < 1:
-            raise ValueError(f"step_limit must be >= 1, got {step_limit}")
+        # bool is an int subclass and a float limit would silently round: both are refused.
+        if step_limit is not None and (
+            isinstance(step_limit, bool) or not isinstance(step_limit, (int, np.integer)) or step_limit < 1
+        ):
+            raise ValueError(f"step_limit must be a positive integer, got {step_limit!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if open_ended and task is not None:
@@ -84,7 +87,9 @@ class CrafterInstructEnv(gym.Env):
         self.fixed_instruction = None if instruction is None else check_instruction(instruction)
         self.phrasing = phrasing
         self.reward_mode = "crafter" if open_ended else reward_mode
-        self.step_limit = step_limit or (OPEN_ENDED_STEPS if open_ended else None)
+        self.step_limit = (
+            int(step_limit) if step_limit is not None else (OPEN_ENDED_STEPS if open_ended else None)
+        )
         self.render_mode = render_mode
         self.size = tuple(size)
         self.render_size = tuple(render_size) if render_size is not None else self.size

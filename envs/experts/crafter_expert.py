@@ -16,6 +16,7 @@ import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES, CrafterInstructEnv
 from envs.experts.base import Expert
+from envs.experts.crafter_tech import TECH, TechTreePlanner
 
 ACTION = {name: index for index, name in enumerate(ACTION_NAMES)}
 DIRECTIONS: tuple[tuple[int, int], ...] = ((-1, 0), (1, 0), (0, -1), (0, 1))
@@ -33,7 +34,14 @@ PLACE_WHERE = {
 }
 
 
-class CrafterExpert(Expert):
+def object_kind(obj: Any) -> str:
+    """What a planner calls an object: its class name, except that a ripe plant (drawn with its
+    own texture) is a "RipePlant"."""
+    kind = type(obj).__name__
+    return "RipePlant" if kind == "Plant" and obj.ripe else kind
+
+
+class CrafterExpert(TechTreePlanner, Expert):
     """Solves every Crafter-Instruct task from the true world state.
 
     Args:
@@ -69,18 +77,30 @@ class CrafterExpert(Expert):
     def _table_known(self) -> bool:
         return self._env.world.count("table") > 0
 
+    def _stations_nearby(self, stations: tuple[str, ...]) -> bool:
+        nearby, _ = self._env.world.nearby(self._env.player.pos, 1)
+        return all(station in nearby for station in stations)
+
     def _object_kind_at(self, cell: np.ndarray) -> str | None:
-        """The class name of the object at ``cell`` (None: no object or outside the world)."""
+        """The kind (``object_kind``) of the object at ``cell`` (None: none or outside the world)."""
         _, obj = self._env.world[cell]
-        return None if obj is None else type(obj).__name__
+        return None if obj is None else object_kind(obj)
 
     def _object_cells(self, kind: str) -> set[tuple[int, int]]:
         objects = self._env.world._objects
-        return {tuple(obj.pos) for obj in objects if obj is not None and type(obj).__name__ == kind}
+        return {tuple(obj.pos) for obj in objects if obj is not None and object_kind(obj) == kind}
 
     def _explore(self) -> int:
-        """A move for when no target is reachable."""
-        return int(self._rng.integers(ACTION["move_left"], ACTION["move_down"] + 1))
+        """A random move for when no target is reachable; a move into lava becomes a noop (the
+        draw is kept, so the moves elsewhere are the same as without the check)."""
+        action = int(self._rng.integers(ACTION["move_left"], ACTION["move_down"] + 1))
+        direction = next(d for d, move in MOVE.items() if move == action)
+        x, y = self._env.player.pos + np.array(direction)
+        mat_map, _ = self._maps()
+        width, height = mat_map.shape
+        if 0 <= x < width and 0 <= y < height and mat_map[x, y] in self._material_ids(("lava",)):
+            return ACTION["noop"]
+        return action
 
     # -- the plan -------------------------------------------------------------------------
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> int:
@@ -114,6 +134,8 @@ class CrafterExpert(Expert):
             if inventory["stone"] < 1:
                 return self._collect_stone(inventory)
             return self._interact_free(PLACE_WHERE["stone"], ACTION["place_stone"], blocked_ok=True)
+        if task in TECH:
+            return self._act_tech(task)
         raise ValueError(f"CrafterExpert has no plan for task {task!r}")
 
     def _place_table(self, inventory: dict[str, int]) -> int:
@@ -185,6 +207,7 @@ class CrafterExpert(Expert):
         if 0 <= facing[0] < width and 0 <= facing[1] < height and is_target(facing):
             return action
         free_list = free.tolist()
+        lava_list = np.isin(mat_map, self._material_ids(("lava",))).tolist()
 
         def inside(x: int, y: int) -> bool:
             return 0 <= x < width and 0 <= y < height
@@ -199,8 +222,9 @@ class CrafterExpert(Expert):
                     continue
                 step = MOVE[(dx, dy)] if first[cell] == -1 else first[cell]
                 if not free_list[nx][ny]:
-                    # A blocked neighbour is faced by pressing the move: turn, then act.
-                    if is_target((nx, ny)):
+                    # A blocked neighbour is faced by pressing the move: turn, then act. Never
+                    # lava: the player walks onto lava (and dies) where it only turns elsewhere.
+                    if is_target((nx, ny)) and not lava_list[nx][ny]:
                         return step
                     continue
                 if (nx, ny) in first:

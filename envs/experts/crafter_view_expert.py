@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.experts.crafter_expert import ACTION, CrafterExpert
+from envs.experts.crafter_expert import ACTION, CrafterExpert, object_kind
 
 UNKNOWN = -1
 # Objects that move: where they were last seen says little once the cell is out of view.
@@ -89,7 +89,7 @@ class CrafterViewExpert(CrafterExpert):
         object_ids = world._obj_map[xs, ys]
         codes = np.zeros(object_ids.shape, np.int16)
         for i, j in np.argwhere(object_ids):
-            codes[i, j] = self._kind_code(type(world._objects[object_ids[i, j]]).__name__)
+            codes[i, j] = self._kind_code(object_kind(world._objects[object_ids[i, j]]))
         self._objects[xs, ys] = codes
         moving = np.isin(self._objects, [self._kind_code(kind) for kind in MOVING])
         moving[xs, ys] = False
@@ -119,6 +119,11 @@ class CrafterViewExpert(CrafterExpert):
 
     def _table_known(self) -> bool:
         return bool(np.isin(self._materials, self._material_ids(("table",))).any())
+
+    def _stations_nearby(self, stations: tuple[str, ...]) -> bool:
+        x, y = int(self._env.player.pos[0]), int(self._env.player.pos[1])
+        window = self._materials[max(x - 1, 0) : x + 2, max(y - 1, 0) : y + 2]
+        return all(np.isin(window, self._material_ids((station,))).any() for station in stations)
 
     def _object_kind_at(self, cell: np.ndarray) -> str | None:
         x, y = int(cell[0]), int(cell[1])

@@ -47,7 +47,7 @@ def test_task_list_and_instruction_override() -> None:
         ({"task": "fly"}, r"unknown Crafter-Instruct task\(s\) \['fly'\]"),
         ({"task": []}, "task list is empty"),
         ({"reward_mode": "dense"}, "reward_mode must be 'task' or 'crafter'"),
-        ({"step_limit": 0}, "step_limit must be >= 1"),
+        ({"step_limit": 0}, "step_limit must be a positive integer, got 0"),
         ({"phrasing": 9, "task": "eat_cow"}, "phrasing 9 out of range"),
         ({"instruction": "x" * 300}, "300 characters, the limit is 256"),
     ],
