@@ -135,12 +135,14 @@ class _ScriptedEnv(gym.Env):
         self.observation_space = observation_space(4, 4)
         self.action_space = spaces.Discrete(3)
         self.goal, self.limit = goal, limit
+        self.seeds: list[int | None] = []
 
     def _observation(self) -> dict[str, Any]:
         return {"image": np.zeros((4, 4, 3), np.uint8), "instruction": "collect wood"}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        self.seeds.append(seed)
         self.t = 0
         task = (options or {}).get("task", "collect_wood")
         return self._observation(), {"instruction": TASKS[task].phrasings[0], "task": task}
@@ -186,7 +188,10 @@ def _episode(mode: str, **job: Any) -> tuple[_ScriptedAgent, dict[str, Any]]:
     agent = _ScriptedAgent()
     settings: dict[str, Any] = {"seed": 11, "task": "eat_cow", "mode": mode, "cfg_scale": 0.0, "video": None}
     settings.update(job)
-    row = run_episode(agent, _ScriptedEnv(), envs.CRAFTER_ID, EpisodeJob(**settings))  # type: ignore[arg-type]
+    env = _ScriptedEnv()
+    row = run_episode(agent, env, envs.CRAFTER_ID, EpisodeJob(**settings))  # type: ignore[arg-type]
+    # Every mode plays the job's seed: correct, swapped and blank are compared on the same worlds.
+    assert env.seeds == [settings["seed"]]
     return agent, row
 
 
@@ -200,6 +205,9 @@ def test_each_mode_tells_the_agent_its_instruction_and_the_row_records_it() -> N
     agent, row = _episode("swapped", pool=pool)
     assert agent.told == [swapped_instruction(envs.CRAFTER_ID, "eat_cow", 11, pool)]
     assert row["instruction"] == agent.told[0] and agent.told[0] not in TASKS["eat_cow"].phrasings
+    for seed in range(6):  # drawn from the evaluated tasks only, never from the rest
+        agent, row = _episode("swapped", seed=seed, pool=("eat_cow", "place_table"))
+        assert agent.told[0] in TASKS["place_table"].phrasings, seed
     agent, row = _episode("blank")
     assert agent.told == [None] and row["instruction"] == ""
     agent, row = _episode("phrasing", instruction="fetch some timber")
@@ -211,7 +219,7 @@ def test_episode_row_reports_what_happened_and_seeds_sampling_per_episode() -> N
     achievements unlocked (sorted, count > 0); the agent's sampler is seeded with the episode's
     seed (so sampled actions repeat) and acts with the job's deterministic / guidance settings."""
     agent, row = _episode("correct", deterministic=True, cfg_scale=1.5)
-    assert row == {
+    expected = {
         "task": "eat_cow",
         "seed": 11,
         "mode": "correct",
@@ -222,6 +230,7 @@ def test_episode_row_reports_what_happened_and_seeds_sampling_per_episode() -> N
         "video": None,
         "achievements": ["collect_wood", "place_table"],
     }
+    assert {key: row[key] for key in expected} == expected
     assert agent.generator.seeds == [11]
     assert agent.acting_with == [(True, 1.5)]
 
@@ -285,4 +294,6 @@ def test_a_swapped_babyai_mission_always_asks_for_something_else() -> None:
     scratch = gym.make(level)
     for seed in (4, 117, 220, 292):
         mission = scratch.reset(seed=seed)[1]["instruction"]
-        assert swapped_instruction(level, "GoToLocal", seed) != mission, seed
+        swapped = swapped_instruction(level, "GoToLocal", seed)
+        assert isinstance(swapped, str) and swapped.startswith("go to ") and swapped != mission, seed
+        assert swapped_instruction(level, "GoToLocal", seed) == swapped  # the same on every run
