@@ -22,6 +22,9 @@ import numpy as np
 
 import envs
 from agent.agent import Agent
+from agent.plan import Plan, PlanFollower
+from envs.crafter_score import crafter_score as score_of_rates
+from envs.crafter_score import stats_record, success_rates
 from envs.crafter_tasks import TASKS
 from envs.episodes import play_episode
 from envs.video import write_video
@@ -89,15 +92,19 @@ class EpisodeJob:
     pool: tuple[str, ...] | None = None
     deterministic: bool = False
     instruction: str | None = None  # given to the agent instead of the env's (mode "phrasing")
+    plan: Plan | None = None  # instructions followed in turn instead of the env's one
 
 
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
     told: list[str] = []  # the instruction the agent is given
     frames: list[np.ndarray] = []
+    follower = PlanFollower(job.plan) if job.plan is not None else None
 
     def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
         instruction = info["instruction"]
-        if job.instruction is not None:
+        if follower is not None:
+            instruction = follower.start(info)
+        elif job.instruction is not None:
             instruction = job.instruction
         elif job.mode == "swapped":
             instruction = swapped_instruction(env_id, info["task"], job.seed, job.pool)
@@ -110,13 +117,23 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         if job.video:
             frames.append(env.render())
 
+    def on_step(step: Any) -> None:
+        if follower is not None:
+            # The instruction for the next action: the plan moves on after the step that
+            # unlocked its current achievement (or used up its budget).
+            instruction = follower.observe(step.info)
+            if instruction != agent.instruction:
+                agent.switch_instruction(instruction)
+        if job.video:
+            frames.append(env.render())
+
     outcome = play_episode(
         env,
         agent.acting(job.deterministic, job.cfg_scale),
         seed=job.seed,
         task=job.task,
         on_reset=start,
-        on_step=(lambda step: frames.append(env.render())) if job.video else None,
+        on_step=on_step if job.video or follower is not None else None,
     )
     if job.video:
         write_video(job.video, frames, scale=4)  # upscaled so small observations stay legible
@@ -131,9 +148,15 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         "video": job.video,
     }
     if "achievements" in outcome.info:
-        row["achievements"] = sorted(
-            name for name, count in outcome.info["achievements"].items() if count > 0
-        )
+        counts = {name: int(count) for name, count in outcome.info["achievements"].items()}
+        row["achievements"] = sorted(name for name, count in counts.items() if count > 0)
+        row["achievement_counts"] = counts
+    if follower is not None:
+        row["plan"] = {
+            "completed": follower.completed,
+            "switches": len(follower.events) - 1,
+            "last_instruction": follower.current,
+        }
     return row
 
 
@@ -161,12 +184,11 @@ def _episode_row(worker: _Worker, job: EpisodeJob) -> dict[str, Any]:
 
 
 def crafter_score(unlocked: list[list[str]], achievements: list[str]) -> dict[str, Any]:
-    """The Crafter score (Hafner, 2021): success rates s_i in percent of each achievement over
-    episodes, S = exp(mean_i ln(1 + s_i)) - 1, a geometric mean that rewards breadth."""
+    """The Crafter score over ``achievements`` from each episode's unlocked names: success rates
+    s_i in percent, S = exp(mean_i ln(1 + s_i)) - 1 (``envs.crafter_score`` has the formula)."""
     episodes = max(len(unlocked), 1)
     rates = {name: 100.0 * sum(name in row for row in unlocked) / episodes for name in achievements}
-    score = float(np.exp(np.mean(np.log1p(list(rates.values())))) - 1)
-    return {"crafter_score": score, "achievement_rates_percent": rates}
+    return {"crafter_score": score_of_rates(rates), "achievement_rates_percent": rates}
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,14 +215,44 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _open_ended_score(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """crafter's score over the open-ended episodes (envs.crafter_score has the definition)."""
     rows = [r for r in results if r["task"] == "open_ended" and "achievements" in r]
     if not rows:
         return {}
-    import crafter
+    rates = success_rates([dict.fromkeys(r["achievements"], 1) for r in rows])
+    return {
+        "crafter_score": score_of_rates(rates),
+        "achievement_rates_percent": rates,
+        "mean_return": float(np.mean([r["return"] for r in rows])),
+    }
 
-    out = crafter_score([r["achievements"] for r in rows], list(crafter.constants.achievements))
-    out["mean_return"] = float(np.mean([r["return"] for r in rows]))
-    return out
+
+def stats_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Crafter episodes as the lines of crafter's ``stats.jsonl`` (length, reward, achievement
+    counts), in episode order; ``reward`` is the episode's return (crafter's own reward on the
+    open-ended env)."""
+    return [
+        stats_record(r["length"], r["return"], r["achievement_counts"])
+        for r in results
+        if "achievement_counts" in r
+    ]
+
+
+def per_episode(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each episode's result for ``--json`` (seed, task, instruction, success, length, return,
+    achievement counts and plan progress where the env and the run have them)."""
+    keys = (
+        "seed",
+        "task",
+        "mode",
+        "instruction",
+        "success",
+        "length",
+        "return",
+        "achievement_counts",
+        "plan",
+    )
+    return [{key: row[key] for key in keys if key in row} for row in results]
 
 
 def evaluate(
@@ -219,14 +271,20 @@ def evaluate(
     deterministic: bool = False,
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seed + i, task cycling through ``tasks``) and summarise.
 
     Give a ``checkpoint`` directory (episodes run in ``workers`` processes) or an in-memory
     ``agent`` (episodes run here). The first ``videos`` episodes are recorded to ``video_dir``.
+    With a ``plan`` the agent follows its instructions in turn instead of the env's one.
     """
     if mode not in MODES:
         raise ValueError(f"instruction mode must be one of {MODES}, got {mode!r}")
+    if plan is not None and mode != "correct":
+        raise ValueError(
+            f"a plan gives the agent its instructions: drop --instruction-mode {mode} (and --sensitivity)"
+        )
     if (checkpoint is None) == (agent is None):
         raise ValueError("pass exactly one of checkpoint= or agent=")
     if episodes < 1:
@@ -242,7 +300,14 @@ def evaluate(
     else:
         local = None
     agent.check_env(probe)
+    if mode == "swapped" and getattr(probe.unwrapped, "open_ended", False):
+        raise ValueError(
+            f"{env_id} has one instruction for every episode, so a swapped instruction would be the same "
+            "one: evaluate it with --instruction-mode correct (or blank), without --sensitivity"
+        )
     probe.close()
+    if plan is not None:
+        plan.check_lengths(agent.policy.text_encoder.token_count, agent.policy.config.text.max_tokens)
     jobs = [
         EpisodeJob(
             seed + i,
@@ -252,6 +317,7 @@ def evaluate(
             os.path.join(video_dir, f"{mode}_{i:03d}.mp4") if video_dir and i < videos else None,
             tuple(tasks) if tasks else None,
             deterministic,
+            plan=plan,
         )
         for i in range(episodes)
     ]
@@ -268,6 +334,9 @@ def evaluate(
             }
         )
         summary["videos"] = [r["video"] for r in results if r["video"]]
+        if plan is not None:
+            summary["plan"] = {"source": plan.source, **plan.to_dict()}
+        summary["per_episode"] = per_episode(results)
         return summary
 
     try:

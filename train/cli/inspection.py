@@ -41,7 +41,19 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="take the most likely action (default: sample, seeded per episode)",
     )
-    common.add_json_flag(p, "print JSON")
+    p.add_argument(
+        "--plan",
+        default=None,
+        help="follow a plan instead of the env's instruction: a YAML/JSON file or an inline "
+        "'collect wood; place a table; ...' (docs/plans.md)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="write per-episode results here: stats.jsonl in crafter's Recorder format (Crafter envs) "
+        "and eval.json (what --json prints)",
+    )
+    common.add_json_flag(p, "print JSON (with per-episode results and, on the open-ended env, crafter_score)")
     p.set_defaults(func=run_eval)
 
 
@@ -53,6 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from agent.evaluate import MODES, EvaluationInterrupted, evaluate, sensitivity
 
     modes = list(MODES) if args.sensitivity else [args.instruction_mode]
+    plan = _read_plan(args)
     bars: list[Any] = []  # the bar starts with the first episode, after every check passed
 
     def progress(row: dict[str, Any]) -> None:
@@ -72,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if args.sensitivity:
                 result = sensitivity(args.env, args.episodes, **shared)
             else:
-                result = evaluate(args.env, args.episodes, mode=args.instruction_mode, **shared)
+                result = evaluate(args.env, args.episodes, mode=args.instruction_mode, plan=plan, **shared)
     except EvaluationInterrupted as stopped:
         for bar in bars:
             bar.close()
@@ -84,8 +97,45 @@ def run_eval(args: argparse.Namespace) -> int:
         raise EvaluationInterrupted(0, args.episodes * len(modes), []) from None
     for bar in bars:
         bar.close()
+    if args.out:
+        _write_results(args.out, result)
     _print_result(args, result)
     return 0
+
+
+def _read_plan(args: argparse.Namespace) -> Any:
+    """``--plan``, read and checked before anything runs (it cannot combine with other modes)."""
+    if args.plan is None:
+        return None
+    from agent.plan import Plan
+
+    if args.sensitivity or args.phrasings or args.instruction_mode != "correct":
+        raise ValueError(
+            "--plan gives the agent its instructions: drop --sensitivity, --phrasings and --instruction-mode"
+        )
+    return Plan.from_arg(args.plan)
+
+
+def _write_results(out: str, result: dict[str, Any]) -> None:
+    """``OUT/stats.jsonl`` (crafter's per-episode format, Crafter episodes only) and
+    ``OUT/eval.json``, each written whole under a temporary name and renamed into place."""
+    import json
+    import os
+    from pathlib import Path
+
+    from agent.evaluate import stats_records
+    from envs.crafter_score import STATS_FILE, write_stats
+
+    folder = Path(out)
+    runs = result["runs"].values() if "runs" in result else [result]
+    rows = [row for run in runs for row in run.get("per_episode", [])]
+    records = stats_records(rows)
+    if records:
+        print(f"wrote {write_stats(folder / STATS_FILE, records)} ({len(records)} episodes)")
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / ".eval.json.tmp"
+    staging.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    os.replace(staging, folder / "eval.json")
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
