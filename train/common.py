@@ -74,12 +74,34 @@ def refuse_existing_run(out_dir: Path, command: str, resume_flag: str, resume: s
     )
 
 
+def _lock_file(path: Path, out_dir: Path) -> Any:
+    """``path`` opened and exclusively locked. A run that ends removes its lock file; should that
+    happen between our open and our lock, the file locked is no longer the one at ``path``:
+    lock the one there now, so two runs never hold different files of one name."""
+    while True:
+        lock = open(path, "w")  # noqa: SIM115  (held for the run; closed by run_folder_lock)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RunFolderError(
+                f"{out_dir} is being written by another training run: wait for it to end, or pass another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                return lock
+        except FileNotFoundError:
+            pass
+        lock.close()
+
+
 @contextlib.contextmanager
 def run_folder_lock(out_dir: Path, held: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` (created if missing) while a run writes it, so a
     second run into the same folder fails at once instead of both writing one checkpoint.
-    ``held``: False on the processes that write nothing (torchrun ranks other than 0). A folder
-    this run created and left empty (it was refused before writing) is removed again."""
+    ``held``: False on the processes that write nothing (torchrun ranks other than 0). The lock
+    file goes when the run ends, and so does a folder this run created and left empty (it was
+    refused before writing anything)."""
     if not held:
         yield
         return
@@ -88,20 +110,15 @@ def run_folder_lock(out_dir: Path, held: bool = True) -> Iterator[None]:
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir / RUN_LOCK
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(
-                f"{out_dir} is being written by another training run: wait for it to end, or pass another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            if created and [path.name for path in out_dir.iterdir()] == [RUN_LOCK]:
-                lock_path.unlink()
-                out_dir.rmdir()
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    lock = _lock_file(lock_path, out_dir)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # still locked: a run that opened it now sees it gone
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 def _flatten(data: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -82,6 +82,12 @@ def test_bc_into_an_empty_existing_folder_trains(crafter_demos: Path, tmp_path: 
     result = bc_cli(crafter_demos, out)
     assert result.returncode == 0, result.stderr
     assert (out / "checkpoint" / "model.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint",
+        "config.resolved.yaml",
+        "summary.json",
+        "tb",
+    ]
 
 
 def test_rl_into_a_run_folder_without_resume_is_refused(tmp_path: Path) -> None:
@@ -140,6 +146,21 @@ def test_rl_into_a_folder_being_written_fails_at_once(tmp_path: Path) -> None:
         with pytest.raises(RunFolderError, match="is being written by another training run"):
             train_rl(run, SIGNAL_ID, 8, str(out))
         assert [path.name for path in out.iterdir()] == [".lock"]  # the refused run wrote nothing
+
+
+def test_the_run_lock_is_exclusive_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with run_folder_lock(out):
+        (out / "summary.json").write_text("{}")
+        refused = pytest.raises(RunFolderError, match=f"{out} is being written by another training run")
+        with refused, run_folder_lock(out):
+            pass
+    assert [p.name for p in out.iterdir()] == ["summary.json"]  # what the run wrote, no lock file
+    with run_folder_lock(out):  # free again once the run ended
+        pass
+    with run_folder_lock(tmp_path / "refused"):  # a run refused before it wrote anything
+        pass
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow
