@@ -257,8 +257,10 @@ class PolicyConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
-        return build_dataclass(cls, data, "")
+    def from_dict(cls, data: dict[str, Any], *, complete: bool = False) -> PolicyConfig:
+        """``complete``: every field must be present (a checkpoint's config: a default may not
+        be the value its weights were trained with); otherwise missing fields take defaults."""
+        return build_dataclass(cls, data, "", complete=complete)
 
     @classmethod
     def from_json(cls, text: str) -> PolicyConfig:
@@ -296,19 +298,28 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "", *, complete: bool = False) -> Any:
     """A (nested) frozen dataclass from JSON-like data. Unknown keys fail; every value must have
     its field's type (``bool`` is not an int, ``2.5`` is not an int, an int is a fine float);
     lists become tuples; numbers written as strings (YAML reads ``1e-3`` as a string) become
-    numbers."""
+    numbers. ``complete``: a missing field fails too, at every level, instead of taking its
+    default."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known keys: {sorted(names)}")
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    absent = [prefix + name for name in names if name not in data]
+    if complete and absent:
+        more = f" (and {', '.join(absent[1:])})" if len(absent) > 1 else ""
+        raise ConfigError(
+            f"{absent[0]} is missing{more}: a checkpoint's config names every field its weights were "
+            "built with, and today's default may not be the value they were trained with; restore it "
+            "from the run's run.json or the config it was trained with"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}", complete) for name, value in data.items()}
     return cls(**kwargs)
 
 
@@ -338,10 +349,10 @@ def _wrong(hint: Any, value: Any, name: str) -> ConfigError:
     return ConfigError(f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
 
 
-def _coerce(hint: Any, value: Any, name: str) -> Any:
+def _coerce(hint: Any, value: Any, name: str, complete: bool = False) -> Any:
     """``value`` checked (and, for lists and numeric strings, converted) against ``hint``."""
     if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, f"{name}.")
+        return build_dataclass(hint, value, f"{name}.", complete=complete)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

@@ -1,4 +1,5 @@
-"""Atomic directory writes: a reader sees the old directory or the complete new one."""
+"""Checkpoint files on disk: atomic directory writes (a reader sees the old directory or the
+complete new one), what a failed write says, and which paths are safe to read."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +85,34 @@ def describe_write_failure(error: BaseException, file: str | os.PathLike[str], i
     if is_disk_full(error, file):
         return f"no space left on {mount_point(file)} while writing {file}; {intact}"
     return f"could not write {file} ({type(error).__name__}: {error}); {intact}"
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def irregular_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is no regular file ("a named pipe", "a directory",
+    ...), else None. Reading a named pipe blocks until a writer comes and a device may never
+    end, so a file of a checkpoint is checked before it is opened. Links are followed: a link
+    to a regular file is one (model folders link their weights into a shared cache)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: the read that follows says so
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def describe_irregular(path: str | os.PathLike[str]) -> str | None:
+    """One phrase for a checkpoint file that is no regular file, or None when it is one (or absent)."""
+    kind = irregular_kind(path)
+    if kind is None:
+        return None
+    return f"{path} is {kind}, not a regular file: a checkpoint's files are plain files; replace it with the file training wrote"

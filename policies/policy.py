@@ -14,28 +14,40 @@ E text-encoder width, D projection_dim, K sum of action sizes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
-from policies.config import ActionSpaceConfig, ConfigError, PolicyConfig
+from policies.config import ActionSpaceConfig, ConfigError, PolicyConfig, VisionConfig
 from policies.fusion import FUSIONS
 from policies.heads import ActionHeads, FactorizedCategorical, ValueHead, guide
-from policies.persist import atomic_directory
+from policies.persist import atomic_directory, describe_irregular
 from policies.text import make_text_encoder
 from policies.vision import FrameEncoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+# A policy config is a few KB; anything far larger is no config worth reading into memory.
+MAX_CONFIG_BYTES = 16 * 2**20
+# Tensors a config may build beyond those its weights file holds before the build stops (the
+# file decides the size; the margin only keeps a future non-saved buffer from tripping this).
+EXTRA_TENSORS = 64
 
 
 class CheckpointError(RuntimeError):
@@ -66,11 +78,72 @@ def sinusoid(times: torch.Tensor, dim: int) -> torch.Tensor:
 def with_legacy_defaults(policy: Any) -> Any:
     """Checkpoints written before a config field existed were built without it: a missing
     ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
-    and a missing ``vision.token_pooling`` means averaging (today's defaults may differ)."""
+    and a missing ``vision.token_pooling`` means averaging (today's defaults may differ). The
+    cell encoder's own fields came with ``vision.encoder``: without it they are unused."""
     if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
-        legacy = {"position_embedding": False, "encoder": "impala", "token_pooling": "average"}
+        legacy: dict[str, Any] = {
+            "position_embedding": False,
+            "encoder": "impala",
+            "token_pooling": "average",
+        }
+        if "encoder" not in policy["vision"]:
+            legacy.update(cell_size=VisionConfig.cell_size, cell_blocks=VisionConfig.cell_blocks)
         policy = {**policy, "vision": {**legacy, **policy["vision"]}}
     return policy
+
+
+class _TooManyTensors(Exception):
+    """Raised inside a bounded build once it registers more tensors than allowed."""
+
+
+@contextlib.contextmanager
+def _bounded_build(limit: int) -> Iterator[None]:
+    """Modules built in this block (by this thread) go on the meta device, so no weight takes
+    memory, and the build stops with ``_TooManyTensors`` once it registers more than ``limit``
+    parameters and buffers: a config claiming a million blocks stops after a few."""
+    thread, count = threading.get_ident(), 0
+
+    def hook(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        nonlocal count
+        if tensor is None or threading.get_ident() != thread:
+            return
+        count += 1
+        if count > limit:
+            raise _TooManyTensors
+
+    handles = [
+        register_module_parameter_registration_hook(hook),
+        register_module_buffer_registration_hook(hook),
+    ]
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _saved_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read)."""
+    with safe_open(str(weights_path), framework="pt") as handle:
+        names = handle.keys()  # a safe_open handle has keys() but cannot be iterated
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+
+
+def _read_checkpoint_config(config_path: Path) -> PolicyConfig:
+    """A checkpoint's policy config: every field present (legacy ones aside), since a default
+    may not be the value its weights were trained with."""
+    size = config_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{config_path} is {size} bytes, not a policy config (those are a few KB): "
+            "it does not belong to a checkpoint"
+        )
+    try:
+        payload = json.loads(config_path.read_text())
+        return PolicyConfig.from_dict(with_legacy_defaults(payload["policy"]), complete=True)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
 
 
 @dataclass
@@ -94,11 +167,14 @@ class PolicyState:
 
 
 class InstructionPolicy(nn.Module):
-    def __init__(self, config: PolicyConfig) -> None:
+    """``text_encoder``: one already built for ``config.text`` (loading builds a pretrained
+    encoder once and reuses it); None builds it."""
+
+    def __init__(self, config: PolicyConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         dim = config.fusion_kwargs.projection_dim
-        self.text_encoder = make_text_encoder(config.text)
+        self.text_encoder = text_encoder if text_encoder is not None else make_text_encoder(config.text)
         self.text_projector = nn.Linear(self.text_encoder.output_dim, dim, bias=False)
         self.null_instruction = nn.Parameter(torch.randn(dim) * 0.02)
         self.frame_encoder = FrameEncoder(config.vision)
@@ -414,7 +490,12 @@ class InstructionPolicy(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
     ) -> InstructionPolicy:
-        """Load ``config.json`` + ``model.safetensors``. Never unpickles anything."""
+        """Load ``config.json`` + ``model.safetensors``. Never unpickles anything.
+
+        A checkpoint is input from anyone: its files must be regular files, its config must name
+        every field, and the model the config describes is checked against the weights file's
+        header (built on the meta device, stopped early if it grows past the file) before any
+        weight takes memory, so a crafted config fails in seconds."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not weights_path.exists():
@@ -427,12 +508,20 @@ class InstructionPolicy(nn.Module):
             raise CheckpointError(f"{weights_path} is missing: {directory} is not a checkpoint")
         if not config_path.exists():
             raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
-        try:
-            payload = json.loads(config_path.read_text())
-            config = PolicyConfig.from_dict(with_legacy_defaults(payload["policy"]))
-        except (json.JSONDecodeError, KeyError, ConfigError) as error:
-            raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
-        model = cls(config)
+        for path in (config_path, weights_path):
+            problem = describe_irregular(path)
+            if problem:
+                raise CheckpointError(problem)
+        config = _read_checkpoint_config(config_path)
+        shapes = _saved_shapes(weights_path)
+        text_encoder = None
+        if config.text.encoder != "word":  # pretrained: its size is its own folder's, not the config's
+            try:
+                text_encoder = make_text_encoder(config.text)
+            except (ConfigError, FileNotFoundError) as error:
+                raise CheckpointError(f"{config_path}: {error}") from None
+        cls._check_shapes(config, text_encoder, shapes, config_path, weights_path)
+        model = cls(config, text_encoder)
         state = load_file(str(weights_path), device=str(map_location))
         bad = non_finite_tensors(state)
         if bad:
@@ -450,6 +539,47 @@ class InstructionPolicy(nn.Module):
                 f"{weights_path} does not match {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         return model.to(map_location)
+
+    @classmethod
+    def _check_shapes(
+        cls,
+        config: PolicyConfig,
+        text_encoder: nn.Module | None,
+        shapes: dict[str, tuple[int, ...]],
+        config_path: Path,
+        weights_path: Path,
+    ) -> None:
+        """Raise ``CheckpointError`` unless the model ``config`` describes holds exactly the
+        tensors of ``shapes`` (the weights file's header; a frozen text backbone is not saved)."""
+        limit = len(shapes) + EXTRA_TENSORS
+        try:
+            with _bounded_build(limit):
+                skeleton = cls(config, text_encoder)
+        except _TooManyTensors:
+            raise CheckpointError(
+                f"{weights_path} does not match {config_path}: the config describes a model of more than "
+                f"{limit} tensors and the file holds {len(shapes)}; use the config.json written with these weights"
+            ) from None
+        frozen = "text_encoder.backbone."
+        expected = {
+            name: tuple(tensor.shape)
+            for name, tensor in skeleton.state_dict().items()
+            if config.text.finetune or not name.startswith(frozen)
+        }
+        wrong = [name for name in expected if name in shapes and expected[name] != shapes[name]]
+        missing = [name for name in expected if name not in shapes]
+        unexpected = [name for name in shapes if name not in expected]
+        if not (wrong or missing or unexpected):
+            return
+        problems = [
+            f"tensor {name!r} is {expected[name]} in the config's model but {shapes[name]} in the file"
+            for name in wrong[:3]
+        ]
+        if len(wrong) > 3:
+            problems.append(f"{len(wrong) - 3} more tensors differ in shape")
+        if missing or unexpected:
+            problems.append(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{weights_path} does not match {config_path}: {'; '.join(problems)}")
 
     def check_action_space(self, spec: dict[str, Any]) -> None:
         """Raise if the env's action space (JSON spec) is not the one this policy was built for."""

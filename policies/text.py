@@ -5,15 +5,18 @@ Shape legend: B batch, L text tokens, E encoder width, D projection_dim.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zlib
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from policies.config import TextConfig
+from policies.config import ConfigError, TextConfig
+from policies.persist import irregular_kind
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -37,6 +40,36 @@ def default_model_path() -> str:
     return str(get_model_path())
 
 
+# The files where transformers finds the classes of a model folder's own code.
+_CODE_MAPS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise ``ConfigError`` for a text encoder folder that would block or run code when loaded:
+    an entry that is a named pipe or a device (reading it blocks or never ends), or an
+    ``auto_map`` (transformers would import the folder's python files)."""
+    for entry in sorted(folder.iterdir()):
+        kind = irregular_kind(entry)
+        if kind is not None and kind != "a directory":
+            raise ConfigError(
+                f"text encoder folder {folder}: {entry.name} is {kind}, not a regular file; "
+                "replace it with the model's file"
+            )
+    for name in _CODE_MAPS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge: transformers reports a broken file itself
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ConfigError(
+                f"text encoder folder {folder} asks to run its own code (auto_map in {name}); "
+                "model folders' code is never run: use a folder of a model transformers ships"
+            )
+
+
 class PretrainedTextEncoder(nn.Module):
     """transformers AutoModel + AutoTokenizer from a local folder, offline.
 
@@ -56,9 +89,12 @@ class PretrainedTextEncoder(nn.Module):
             raise FileNotFoundError(
                 f"text encoder folder {path!r} does not exist: set text.path to a local model folder"
             )
+        check_model_folder(Path(path))
         self.config = config
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.backbone = AutoModel.from_pretrained(path)
+        # A model folder comes with a checkpoint, from anyone: its own code is never run (no
+        # "run the custom code? [y/N]" prompt either) and nothing is fetched from the network.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        self.backbone = AutoModel.from_pretrained(path, trust_remote_code=False, local_files_only=True)
         self.output_dim = int(self.backbone.config.hidden_size)
         self.frozen = not config.finetune
         if self.frozen:

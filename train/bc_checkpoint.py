@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from policies import InstructionPolicy, with_legacy_defaults
+from policies import CheckpointError, InstructionPolicy, with_legacy_defaults
+from policies.persist import describe_irregular, irregular_kind
 from policies.policy import CONFIG_NAME
 from train.common import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, write_checkpoint
 from train.config import RunConfig
@@ -51,6 +52,8 @@ def save_checkpoint(
 
 def last_good_checkpoint(directory: Path) -> str:
     """A phrase naming the checkpoint a stopped run leaves behind (its step), or saying none."""
+    if irregular_kind(directory / CONFIG_NAME) is not None:  # reading a named pipe would block
+        return "the last good checkpoint: none was written"
     try:
         step = json.loads((directory / CONFIG_NAME).read_text())["trained_steps"]
     except (OSError, ValueError, KeyError):
@@ -75,6 +78,10 @@ RESUMABLE_POLICY_FIELDS = ("policy.instruction_dropout", "policy.fusion_kwargs.d
 
 def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
     """``{field: (checkpoint's value, value now)}``; raises for a change of architecture."""
+    for name in (RUN_CONFIG, CONFIG_NAME):
+        problem = describe_irregular(resume_dir / name)
+        if problem:
+            raise CheckpointError(problem)
     try:
         before = json.loads((resume_dir / RUN_CONFIG).read_text())
     except (OSError, ValueError):
@@ -122,6 +129,9 @@ def resume_training(
             f"{resume_dir} has no {TRAINER_STATE}: it is not a training checkpoint written by "
             "`instructcraft bc`, so it cannot be resumed (start a new run instead)"
         )
+    problem = describe_irregular(resume_dir / TRAINER_STATE)
+    if problem:  # torch.load would wait for a writer forever
+        raise CheckpointError(problem)
     changed = settings_changed_on_resume(resume_dir, run)
     loaded = InstructionPolicy.from_pretrained(resume_dir, map_location=device)
     policy.load_state_dict(loaded.state_dict())
