@@ -92,16 +92,19 @@ class Agent:
         tokens = self.policy.text_encoder.token_count(instruction)
         if tokens <= limit:
             return
+        from envs.wrappers import quote_instruction
+
+        quoted = quote_instruction(instruction)
         if not truncate:
             raise ValueError(
-                f"instruction {instruction!r} has {tokens} tokens, more than the text encoder's "
+                f"instruction {quoted} has {tokens} tokens, more than the text encoder's "
                 f"max_tokens={limit}, so its end would be ignored: shorten it, or pass truncate=True "
                 "to keep the first tokens"
             )
         if instruction not in self.truncated_instructions:
             self.truncated_instructions.append(instruction)
             warnings.warn(
-                f"instruction {instruction!r} has {tokens} tokens; the policy reads only the first "
+                f"instruction {quoted} has {tokens} tokens; the policy reads only the first "
                 f"{limit} (text max_tokens)",
                 stacklevel=3,
             )

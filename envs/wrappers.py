@@ -15,6 +15,17 @@ from gymnasium import spaces
 
 Tokenizer = Callable[[str], Any]
 
+# Characters of an instruction an error message quotes: enough to recognise it, while a
+# message echoing kilobytes of text buries what went wrong.
+QUOTED_CHARACTERS = 80
+
+
+def quote_instruction(text: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """``text`` quoted for a message: whole when short, else its start and its length."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class ByteTokenizer:
     """A dependency-free tokenizer: UTF-8 bytes shifted by one, id 0 = padding.
@@ -111,13 +122,17 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         if len(ids) > self.max_tokens:
             if not self.truncate:
                 raise ValueError(
-                    f"instruction {text!r} has {len(ids)} tokens, more than max_tokens={self.max_tokens}: "
+                    f"instruction {quote_instruction(text)} has {len(ids)} tokens, more than "
+                    f"max_tokens={self.max_tokens}: "
                     "raise max_tokens or pass truncate=True"
                 )
             ids = ids[: self.max_tokens]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"token ids {bad} outside the vocabulary [0, {self.vocab_size}) for {text!r}")
+            raise ValueError(
+                f"token ids {bad[:10]} outside the vocabulary [0, {self.vocab_size}) for "
+                f"{quote_instruction(text)}"
+            )
         padded = np.full(self.max_tokens, self.pad_id, np.int64)
         padded[: len(ids)] = ids
         mask = np.zeros(self.max_tokens, np.uint8)
