@@ -1,11 +1,16 @@
 """Minari <-> the native dataset (the ``minari`` extra: ``pip install "instructcraft[minari]"``).
 
-Export writes a Minari dataset (hdf5 storage, images stored raw so frames stay lossless) with
-observations ``Dict(image=Box, instruction=Text)``: T+1 images and the instruction repeated;
-``infos`` carry ``success`` per step. Import reads any Minari dataset whose observations are
-an image Box or a Dict with ``image`` (and optionally ``instruction`` / ``mission``) and whose
-actions are Discrete or MultiDiscrete. Minari keeps datasets under ``MINARI_DATASETS_PATH``
-(default ``~/.minari/datasets``).
+Export writes a Minari dataset (hdf5 storage, frames deflated so they stay lossless and about
+the native size) with observations ``Dict(image=Box, instruction=Text)``: T+1 images and the
+instruction repeated. ``actions`` are the actions the env executed, so observation -> action ->
+next observation replays from the episode's seed; where they differ from the expert's labels
+(DART noise, DAgger) the labels travel as ``infos["expert_action"]``, one per observation (the
+label for the observation at the same index, -1 for the final one, which has none).
+``infos["success"]`` is what the env reported: True only on the step the task completes.
+
+Import reads any Minari dataset whose observations are an image Box or a Dict with ``image``
+(and optionally ``instruction`` / ``mission``) and whose actions are Discrete or MultiDiscrete.
+Minari keeps datasets under ``MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``).
 
 What a native episode records beyond the arrays travels in Minari's per-episode metadata: the
 seed as the episode's ``seed``, the task as its reset ``options["task"]``, and the rest (env id,
@@ -16,6 +21,7 @@ so export then import gives back the same episodes field by field.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,16 +44,98 @@ def _minari() -> Any:
 
 
 CARRIED = "instructcraft"  # the options key holding the episode fields Minari has no place for
+LABELS = "expert_action"  # the info key holding the expert's label for each observation
+NO_LABEL = -1  # the label of the final observation: the episode ended, nobody chose an action
+# In the carried extras, ``executed_actions`` says where the list went instead of repeating it:
+# the executed actions are the Minari episode's ``actions``.
+EXECUTED_IN_ACTIONS = "minari actions"
+FRAMES_PER_CHUNK = 32  # hdf5 chunk of frames: a chunk read inflates about what the native store's blocks do
+
+
+def _executed(episode: Episode) -> np.ndarray:
+    """The actions the env ran: the labels unless noise or DAgger replaced some (kept in extra)."""
+    executed = episode.extra.get("executed_actions")
+    if executed is None:
+        return episode.actions
+    executed = np.asarray(executed, np.int64)
+    if executed.shape != episode.actions.shape:
+        raise DatasetError(
+            f"episode with seed {episode.seed}: executed_actions has shape {executed.shape}, "
+            f"expected {episode.actions.shape} like its actions"
+        )
+    return executed
+
+
+def _labels(episode: Episode) -> np.ndarray:
+    """One label per observation: the expert's label, then ``NO_LABEL`` for the final one."""
+    final = np.full((1, *episode.actions.shape[1:]), NO_LABEL, np.int64)
+    return np.concatenate([episode.actions.astype(np.int64), final])
+
+
+def _reported_success(episode: Episode) -> np.ndarray:
+    """Per observation, the ``success`` the env's info said: our envs report it on the step the
+    task completes, which ends the episode, so only the final observation can carry it."""
+    success = np.zeros(episode.length + 1, bool)
+    success[-1] = bool(episode.success)
+    return success
 
 
 def _carried_options(episode: Episode) -> dict[str, str]:
+    extra = dict(episode.extra)
+    if "executed_actions" in extra:
+        extra["executed_actions"] = EXECUTED_IN_ACTIONS
     fields = {
         "env_id": episode.env_id,
         "expert": episode.expert,
         "success": bool(episode.success),
-        "extra": episode.extra,
+        "extra": extra,
     }
     return {"task": episode.task, CARRIED: json.dumps(fields)}
+
+
+def _compress_hdf5(path: Path) -> None:
+    """Rewrite Minari's hdf5 file with its frames deflated (Minari writes every array raw and has
+    no option for it; its reader, h5py, inflates transparently). Lossless, unlike Minari's JPEG.
+
+    Per-step arrays are small and stay raw and contiguous (a chunk index would outweigh them);
+    text becomes fixed-length bytes, deflated (Minari's reader decodes either kind of string).
+    """
+    import h5py
+
+    def copy(source: h5py.Group, target: h5py.Group) -> None:
+        target.attrs.update(source.attrs)
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(name))
+            elif item.shape == () or item.size == 0:
+                source.copy(item, target, name=name)
+            elif h5py.check_string_dtype(item.dtype) is not None:  # text: a string per step
+                text = np.array(item[()], dtype=bytes)
+                target.create_dataset(name, data=text, chunks=text.shape, compression="gzip")
+            elif item.ndim == 1:
+                target.create_dataset(name, data=item[()])
+            else:
+                chunks = (min(FRAMES_PER_CHUNK, item.shape[0]), *item.shape[1:])
+                target.create_dataset(
+                    name,
+                    data=item[()],
+                    chunks=chunks,
+                    maxshape=item.maxshape,
+                    compression="gzip",
+                    compression_opts=6,
+                )
+
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # The newer hdf5 layout (readers since hdf5 1.10) indexes a chunk in bytes, not kilobytes.
+        with (
+            h5py.File(path, "r") as source,
+            h5py.File(temporary, "w", track_order=True, libver="latest") as target,
+        ):
+            copy(source, target)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def export_minari(data: str | Path, dataset_id: str, *, description: str | None = None) -> dict[str, Any]:
@@ -73,11 +161,11 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
                 seed=episode.seed,
                 options=_carried_options(episode),
                 observations={"image": episode.images, "instruction": [episode.instruction] * (steps + 1)},
-                actions=episode.actions,
+                actions=_executed(episode),
                 rewards=list(episode.rewards.astype(np.float64)),
                 terminations=list(episode.terminated),
                 truncations=list(episode.truncated),
-                infos={"success": np.array([episode.success] * (steps + 1))},
+                infos={"success": _reported_success(episode), LABELS: _labels(episode)},
             )
         )
     import gymnasium as gym
@@ -92,7 +180,7 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
             env_spec = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(code_permalink|author|eval_env|env_spec).*")
-        minari.create_dataset_from_buffers(
+        dataset = minari.create_dataset_from_buffers(
             dataset_id,
             buffers,
             env=env_spec,
@@ -103,6 +191,9 @@ def export_minari(data: str | Path, dataset_id: str, *, description: str | None 
             data_format="hdf5",
             jpeg_encoding=False,
         )
+    storage = dataset.storage
+    _compress_hdf5(Path(storage.data_path) / "main_data.hdf5")
+    storage.update_metadata({"dataset_size": storage.get_size()})
     path = minari.storage.get_dataset_path(dataset_id)
     return {"dataset_id": dataset_id, "episodes": len(buffers), "steps": source.num_steps, "path": str(path)}
 
@@ -123,6 +214,31 @@ def _read_carried(meta: dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return fields if isinstance(fields, dict) else {}
+
+
+def episode_success(
+    infos: dict[str, Any], rewards: np.ndarray, terminations: np.ndarray
+) -> tuple[bool | None, str]:
+    """An episode's success from a dataset's own signals, and which one decided it.
+
+    ``info``: any step's ``infos["success"]``. Else ``rewards``, for sparse-reward datasets (every
+    reward but the last is 0, as in MiniGrid and BabyAI): success when the episode terminated
+    with a positive last reward; ending on 0 (lava, a time limit) is a failure. Any other reward
+    pattern says nothing about the outcome: ``unknown`` (None). Terminating alone is never
+    success: it is also how deaths end."""
+    if "success" in infos:
+        return bool(np.any(infos["success"])), "info"
+    if len(rewards) and not np.any(rewards[:-1]):
+        return bool(terminations[-1] and rewards[-1] > 0), "rewards"
+    return None, "unknown"
+
+
+def _native_actions(executed: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+    """The native ``actions`` (the expert's labels) from an episode's infos, else what ran."""
+    labels = infos.get(LABELS)
+    if labels is None or np.shape(labels)[1:] != executed.shape[1:] or len(labels) != len(executed) + 1:
+        return executed
+    return np.asarray(labels[:-1], np.int64)
 
 
 def import_minari(
@@ -168,6 +284,7 @@ def import_minari(
         or (dataset.spec.env_spec.id if dataset.spec.env_spec is not None else f"minari/{dataset_id}")
     )
     count = steps = 0
+    deciders: dict[str, int] = {}  # which signal decided success, episodes per signal
     with DatasetWriter(
         out,
         env_id=target_env,
@@ -182,17 +299,31 @@ def import_minari(
             if text_key is not None:
                 text = _text(observations[text_key][0])
             infos = episode.infos or {}
-            success = (
-                bool(np.any(infos["success"])) if "success" in infos else bool(np.any(episode.terminations))
-            )
             meta = metadata.get(int(episode.id), {})
             fields = carried.get(int(episode.id), {})
             options = meta.get("options") or {}
             seed = meta.get("seed")
+            executed = np.asarray(episode.actions, np.int64)
+            actions = _native_actions(executed, infos)
+            if "extra" in fields:
+                extra = dict(fields["extra"])
+                if extra.get("executed_actions") == EXECUTED_IN_ACTIONS:
+                    extra["executed_actions"] = executed.tolist()
+                success = bool(fields.get("success", False))
+                source = "instructcraft"
+            else:
+                rewards = np.asarray(episode.rewards, np.float64)
+                known, source = episode_success(infos, rewards, np.asarray(episode.terminations, bool))
+                # The store holds true/false only: an unknown outcome is stored as false and
+                # named as unknown in the extras, so nothing reads it as a success.
+                success = bool(known)
+                extra = {"minari_episode": int(episode.id), "success_from": source}
+                if not np.array_equal(actions, executed):
+                    extra["executed_actions"] = executed.tolist()
             writer.add(
                 Episode(
                     images=images,
-                    actions=np.asarray(episode.actions, np.int64),
+                    actions=actions,
                     rewards=np.asarray(episode.rewards, np.float32),
                     terminated=np.asarray(episode.terminations, bool),
                     truncated=np.asarray(episode.truncations, bool),
@@ -201,10 +332,11 @@ def import_minari(
                     env_id=str(fields.get("env_id", target_env)),
                     expert=str(fields.get("expert", "minari")),
                     seed=int(seed) if isinstance(seed, (int, np.integer)) else None,
-                    success=bool(fields.get("success", success)),
-                    extra=fields["extra"] if "extra" in fields else {"minari_episode": int(episode.id)},
+                    success=success,
+                    extra=extra,
                 )
             )
             count += 1
             steps += len(episode.actions)
-    return {"episodes": count, "steps": steps, "env_id": target_env}
+            deciders[source] = deciders.get(source, 0) + 1
+    return {"episodes": count, "steps": steps, "env_id": target_env, "success_from": deciders}
