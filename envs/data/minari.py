@@ -87,7 +87,7 @@ def _carried_options(episode: Episode) -> dict[str, str]:
     fields = {
         "env_id": episode.env_id,
         "expert": episode.expert,
-        "success": bool(episode.success),
+        "success": None if episode.success is None else bool(episode.success),
         "extra": extra,
     }
     return {"task": episode.task, CARRIED: json.dumps(fields)}
@@ -309,14 +309,13 @@ def import_minari(
                 extra = dict(fields["extra"])
                 if extra.get("executed_actions") == EXECUTED_IN_ACTIONS:
                     extra["executed_actions"] = executed.tolist()
-                success = bool(fields.get("success", False))
+                carried_success = fields.get("success", False)
+                success = None if carried_success is None else bool(carried_success)
                 source = "instructcraft"
             else:
                 rewards = np.asarray(episode.rewards, np.float64)
                 known, source = episode_success(infos, rewards, np.asarray(episode.terminations, bool))
-                # The store holds true/false only: an unknown outcome is stored as false and
-                # named as unknown in the extras, so nothing reads it as a success.
-                success = bool(known)
+                success = known  # None when the dataset has no signal: stored as unknown
                 extra = {"minari_episode": int(episode.id), "success_from": source}
                 if not np.array_equal(actions, executed):
                     extra["executed_actions"] = executed.tolist()

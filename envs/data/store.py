@@ -88,7 +88,7 @@ class Episode:
     env_id: str
     expert: str = ""
     seed: int | None = None
-    success: bool = False
+    success: bool | None = False  # None: unknown (an imported dataset without a success signal)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -222,7 +222,7 @@ _ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
 _OPTIONAL_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
     "expert": (lambda v: isinstance(v, str), "a string"),
     "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
-    "success": (lambda v: isinstance(v, bool), "true or false"),
+    "success": (lambda v: v is None or isinstance(v, bool), "true, false or null (unknown)"),
     "bytes": (lambda v: _is_int(v) and v >= 0, "a whole number of bytes >= 0"),
     "sha256": (lambda v: isinstance(v, str), "a hex string"),
     "extra": (lambda v: isinstance(v, dict), "an object"),
@@ -471,7 +471,7 @@ class DatasetWriter:
             "env_id": episode.env_id,
             "expert": episode.expert,
             "seed": episode.seed,
-            "success": bool(episode.success),
+            "success": None if episode.success is None else bool(episode.success),
             "return": float(np.sum(episode.rewards)),
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -796,12 +796,16 @@ class Dataset:
         missing or corrupt (``unreadable``; counted in the totals, as the index lists them)."""
         tasks: dict[str, dict[str, Any]] = {}
         for entry in self.episodes:
-            row = tasks.setdefault(entry["task"], {"episodes": 0, "successes": 0, "steps": 0})
+            row = tasks.setdefault(entry["task"], {"episodes": 0, "successes": 0, "unknown": 0, "steps": 0})
             row["episodes"] += 1
-            row["successes"] += int(entry.get("success", False))
+            outcome = entry.get("success", False)
+            row["unknown"] += int(outcome is None)
+            row["successes"] += int(outcome is True)
             row["steps"] += entry["length"]
         for row in tasks.values():
-            row["success_rate"] = row["successes"] / row["episodes"]
+            known = row["episodes"] - row["unknown"]
+            # Over the episodes whose outcome is known; None when none is.
+            row["success_rate"] = row["successes"] / known if known else None
             row["mean_length"] = row["steps"] / row["episodes"]
         return {
             "path": str(self.root),

@@ -4,6 +4,7 @@ compressed frames) and what import makes of another project's Minari dataset (it
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
+from helpers import run_cli
 
 import envs
 from envs.data.collect import collect
@@ -204,4 +206,7 @@ def test_import_prefers_info_success_and_marks_unknown(
     dense, shaped = Dataset(tmp_path / "dense").episodes, Dataset(tmp_path / "shaped").episodes
     assert [(e["success"], e["extra"]["success_from"]) for e in dense] == [(False, "info"), (True, "info")]
     # Shaped rewards say nothing about the outcome: recorded as unknown, never as a success.
-    assert (shaped[0]["success"], shaped[0]["extra"]["success_from"]) == (False, "unknown")
+    assert (shaped[0]["success"], shaped[0]["extra"]["success_from"]) == (None, "unknown")
+    assert Dataset(tmp_path / "shaped").summary()["tasks"]["other/shaped-v0"]["success_rate"] is None
+    info = run_cli("data", "info", str(tmp_path / "shaped"))
+    assert re.search(r"other/shaped-v0\s+1\s+unknown", info.stdout), info.stdout

@@ -98,7 +98,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"instructions {summary['instructions']} distinct")
     print(f"{'task':22s} {'episodes':>8s} {'success':>8s} {'mean len':>9s}")
     for task, row in sorted(summary["tasks"].items()):
-        print(f"{task:22s} {row['episodes']:8d} {row['success_rate']:8.3f} {row['mean_length']:9.1f}")
+        rate = "unknown" if row["success_rate"] is None else f"{row['success_rate']:.3f}"
+        if row.get("unknown") and row["success_rate"] is not None:
+            rate += "*"  # over the episodes whose outcome is known
+        print(f"{task:22s} {row['episodes']:8d} {rate:>8s} {row['mean_length']:9.1f}")
+    if any(row.get("unknown") for row in summary["tasks"].values()):
+        print("* success over the episodes whose outcome is known; the others have no success signal")
 
 
 def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
