@@ -67,11 +67,14 @@ def route(
         return Route(None, True, 0)
     best = {start: 0}
     first: dict[tuple[int, int], tuple[int, int] | None] = {start: None}
-    arrival: dict[tuple[int, int], tuple[int, int]] = {start: facing}
-    heap = [(0, 0, start)]
-    counter = 1  # ties broken by insertion order: the same state gives the same route
+    # Entries: (cost, tie, cell, first move of a route that ends facing a free goal or None).
+    # Ties are broken by insertion order: the same state gives the same route.
+    heap: list[tuple[int, int, tuple[int, int], tuple[int, int] | None]] = [(0, 0, start, None)]
+    counter = 1
     while heap:
-        cost, _, cell = heapq.heappop(heap)
+        cost, _, cell, done = heapq.heappop(heap)
+        if done is not None:
+            return Route(done, False, cost)
         if cost > best[cell]:
             continue
         if max_cost is not None and cost > max_cost:
@@ -83,19 +86,25 @@ def route(
             nx, ny = x + dx, y + dy
             if not (0 <= nx < width and 0 <= ny < height):
                 continue
-            # A free goal is faced only when the player arrived moving toward it.
-            if not stand and target[nx][ny] and (kind[nx][ny] != FREE or arrival[cell] == (dx, dy)):
-                if cell == start:
-                    return Route((dx, dy), True, cost)
-                return Route(first[cell], False, cost)
             step = kind[nx][ny]
+            if not stand and target[nx][ny] and step != FREE:
+                # A blocked goal is faced from any neighbour (a move toward it only turns).
+                return Route((dx, dy), True, cost) if cell == start else Route(first[cell], False, cost)
+            if not stand and target[nx][ny] and cell == start and facing == (dx, dy):
+                return Route((dx, dy), True, cost)
             if step == BLOCKED:
                 continue
             new = cost + (1 if step == FREE else MINE_COST) + (extra[nx][ny] if extra is not None else 0)
+            move = (dx, dy) if cell == start else first[cell]
+            bx, by = nx + dx, ny + dy
+            beyond = 0 <= bx < width and 0 <= by < height and target[bx][by] and kind[bx][by] == FREE
+            if not stand and step == FREE and beyond:
+                # Walking into (nx, ny) faces the free goal beyond it.
+                heapq.heappush(heap, (new, counter, (nx, ny), move))
+                counter += 1
             if new < best.get((nx, ny), new + 1):
                 best[(nx, ny)] = new
-                first[(nx, ny)] = (dx, dy) if cell == start else first[cell]
-                arrival[(nx, ny)] = (dx, dy)
-                heapq.heappush(heap, (new, counter, (nx, ny)))
+                first[(nx, ny)] = move
+                heapq.heappush(heap, (new, counter, (nx, ny), None))
                 counter += 1
     return None

@@ -1,0 +1,214 @@
+"""Every crafter achievement is a Crafter-Instruct task, and the planner solves each from a fresh
+world: success conditions, the routes it plans with, and bad input."""
+
+from __future__ import annotations
+
+import crafter
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs.crafter_tasks import TASKS
+from envs.data.collect import run_episode
+from envs.experts import make_expert
+from envs.experts.crafter_routes import BLOCKED, FREE, MINABLE, route
+
+ORIGINAL = (
+    "collect_wood",
+    "collect_sapling",
+    "collect_drink",
+    "eat_cow",
+    "place_table",
+    "make_wood_pickaxe",
+    "make_wood_sword",
+    "place_plant",
+    "collect_stone",
+    "place_stone",
+)
+QUICK = (
+    "wake_up",
+    "defeat_zombie",
+    "collect_coal",
+    "place_furnace",
+    "make_stone_pickaxe",
+    "make_stone_sword",
+    "defeat_skeleton",
+)
+LONG = ("collect_iron", "make_iron_pickaxe", "make_iron_sword", "collect_diamond", "eat_plant")
+SEEDS = (3, 4, 6, 9, 1)  # the planner must solve each task on at least one of these worlds
+
+
+def test_every_achievement_is_a_task_with_three_phrasings() -> None:
+    assert set(QUICK + LONG + ORIGINAL) == set(TASKS)
+    assert {task.achievement for task in TASKS.values()} == set(crafter.constants.achievements)
+    for name, task in TASKS.items():
+        assert task.achievement == name and len(set(task.phrasings)) >= 3 and task.step_limit > 0
+    phrasings = [p for task in TASKS.values() for p in task.phrasings]
+    assert len(phrasings) == len(set(phrasings)), "a phrasing names one task only"
+
+
+def test_the_original_tasks_keep_their_phrasings_and_limits() -> None:
+    # Trained checkpoints and published results depend on these.
+    assert list(TASKS)[:10] == list(ORIGINAL)
+    assert [TASKS[name].step_limit for name in ORIGINAL] == [100, 100, 100, 150, 150, 200, 200, 150, 250, 250]
+    assert TASKS["collect_wood"].phrasings[0] == "collect wood"
+
+
+def solved(task: str) -> tuple[int, list[int]]:
+    """The first seed of SEEDS the planner solves ``task`` on, and its actions."""
+    env = gym.make(envs.CRAFTER_ID, task=task)
+    for seed in SEEDS:
+        episode = run_episode(env, make_expert("crafter_planner"), seed, None, envs.CRAFTER_ID)
+        if episode.success:
+            assert episode.length <= TASKS[task].step_limit
+            return seed, [int(a) for a in episode.actions]
+    raise AssertionError(f"the planner solved {task} on none of the seeds {SEEDS}")
+
+
+def check_unlocks_on_the_last_action(task: str) -> None:
+    """Replaying the planner's actions in a fresh env: no success before the last action, success
+    (reward 1, terminated) on it; the same actions one short of that never succeed."""
+    seed, actions = solved(task)
+    env = gym.make(envs.CRAFTER_ID, task=task, step_limit=len(actions) + 5)
+    env.reset(seed=seed)
+    for action in actions[:-1]:
+        _, reward, terminated, _, info = env.step(action)
+        assert not info["success"] and reward == 0.0 and not terminated
+    assert info["achievements"][task] == 0
+    _, reward, terminated, truncated, info = env.step(actions[-1])
+    assert info["success"] and reward == 1.0 and terminated and not truncated
+    assert info["achievements"][task] == 1
+    # Without the last action the achievement never comes, however long the player waits. A
+    # sleeper wakes whatever it presses: for wake_up, the counter-example never lies down.
+    if task == "wake_up":
+        sleep = env.unwrapped.action_names.index("sleep")
+        without = [0 if action == sleep else action for action in actions]
+    else:
+        without = actions[:-1]
+    env.reset(seed=seed)
+    for action in [*without, 0, 0, 0]:
+        _, _, _, _, info = env.step(action)
+        assert not info["success"]
+
+
+@pytest.mark.parametrize("task", QUICK)
+def test_new_task_succeeds_exactly_when_its_achievement_unlocks(task: str) -> None:
+    check_unlocks_on_the_last_action(task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", LONG)
+def test_long_task_succeeds_exactly_when_its_achievement_unlocks(task: str) -> None:
+    check_unlocks_on_the_last_action(task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ORIGINAL)
+def test_planner_solves_the_original_tasks(task: str) -> None:
+    solved(task)
+
+
+def test_success_needs_the_instructed_achievement_not_any() -> None:
+    """The wake_up actions unlock wake_up, never another task's success."""
+    seed, actions = solved("wake_up")
+    env = gym.make(envs.CRAFTER_ID, task="collect_coal", step_limit=len(actions))
+    env.reset(seed=seed)
+    for action in actions:
+        _, reward, terminated, truncated, info = env.step(action)
+        assert not info["success"] and reward == 0.0
+    assert info["achievements"]["wake_up"] == 1 and truncated and not terminated
+
+
+def test_an_impossible_world_ends_as_a_failed_episode() -> None:
+    """No diamond anywhere: the planner explores until the step limit truncates the episode."""
+    env = gym.make(envs.CRAFTER_ID, task="collect_diamond", step_limit=150)
+    obs, info = env.reset(seed=4)
+    world = env.unwrapped.world
+    world._mat_map[world._mat_map == world._mat_ids["diamond"]] = world._mat_ids["stone"]
+    expert = make_expert("crafter_planner")
+    expert.reset(env, obs, info)
+    for _ in range(150):
+        obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
+        if terminated or truncated:
+            break
+    assert truncated and not info["success"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, True, "100"])
+def test_step_limit_must_be_a_positive_integer(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"step_limit must be a positive integer, got"):
+        gym.make(envs.CRAFTER_ID, step_limit=bad)
+    assert gym.make(envs.CRAFTER_ID, step_limit=np.int64(5)).unwrapped.step_limit == 5
+
+
+def test_unknown_task_lists_the_valid_names() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"unknown Crafter-Instruct task\(s\) \['mine_gold'\]; known tasks: .*collect_diamond",
+    ):
+        gym.make(envs.CRAFTER_ID, task=["collect_coal", "mine_gold"])
+    env = gym.make(envs.CRAFTER_ID)
+    with pytest.raises(
+        ValueError, match=r"unknown Crafter-Instruct task 'mine_gold'; known tasks: .*wake_up"
+    ):
+        env.reset(seed=0, options={"task": "mine_gold"})
+
+
+# -- routes ---------------------------------------------------------------------------------
+def grid(rows: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Cells and goal from a picture: '.' free, '#' minable, 'X' blocked, 'G' blocked goal,
+    'g' free goal; rows are y, columns x."""
+    kinds = {".": FREE, "#": MINABLE, "X": BLOCKED, "G": BLOCKED, "g": FREE}
+    cells = np.array([[kinds[c] for c in row] for row in rows]).T
+    goal = np.array([[c in "Gg" for c in row] for row in rows]).T
+    return cells, goal
+
+
+def test_route_digs_through_rock_when_walking_around_costs_more() -> None:
+    cells, goal = grid(["..#..G", "XXXXXX"])
+    found = route(cells, goal, (0, 0), (1, 0))
+    assert found is not None and found.direction == (1, 0) and not found.arrived
+    assert found.cost == 1 + 3 + 1 + 1  # walk, dig-and-step, walk, walk; then face G
+    cells, goal = grid(["..X..G", "XXXXXX"])
+    assert route(cells, goal, (0, 0), (1, 0)) is None  # nothing to dig, no way round
+
+
+def test_route_prefers_a_walk_round_to_a_long_dig() -> None:
+    cells, goal = grid([".##.G", "....X"])
+    found = route(cells, goal, (0, 0), (1, 0))
+    assert found is not None and found.direction == (0, 1)  # 5 steps round beat 2 digs (7)
+
+
+def test_a_free_goal_is_faced_only_by_arriving_toward_it() -> None:
+    # Standing next to a free goal while facing away: the route must come back round to face it.
+    cells, goal = grid([".....", ".....", "..g..", ".....", "....."])
+    found = route(cells, goal, (2, 1), (1, 0))
+    assert found is not None and not found.arrived and found.cost > 0  # walk round to face it
+    found = route(cells, goal, (2, 1), (0, 1))  # already facing it
+    assert found is not None and found.arrived and found.direction == (0, 1) and found.cost == 0
+    # A blocked goal next to the player: just turn toward it.
+    cells, goal = grid(["...", ".G.", "..."])
+    found = route(cells, goal, (1, 0), (1, 0))
+    assert found is not None and found.arrived and found.direction == (0, 1)
+
+
+def test_route_extra_cost_steers_round_danger() -> None:
+    cells, goal = grid(["....G", "....."])
+    danger = np.zeros(cells.shape, np.int64)
+    danger[1:4, 0] = 10
+    found = route(cells, goal, (0, 0), (1, 0), extra_cost=danger)
+    assert found is not None and found.direction == (0, 1)
+
+
+def test_lava_is_never_free_or_minable() -> None:
+    env = gym.make(envs.CRAFTER_ID, task="collect_diamond")
+    obs, info = env.reset(seed=0)
+    expert = make_expert("crafter_planner")
+    expert.reset(env, obs, info)
+    world = env.unwrapped.world
+    world._mat_map[:, :] = world._mat_ids["lava"]
+    player = env.unwrapped.player
+    for tool in ("wood_pickaxe", "stone_pickaxe", "iron_pickaxe"):
+        player.inventory[tool] = 1
+    assert (expert._cells(tunnel=True) == BLOCKED).all()
