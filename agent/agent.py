@@ -129,6 +129,30 @@ class Agent:
         if instruction is not None:
             self._state = self.policy.initial_state([instruction])
 
+    @torch.no_grad()
+    def switch_instruction(self, instruction: str | None, truncate: bool | None = None) -> None:
+        """Follow ``instruction`` from the next ``act`` on, keeping the episode's history (a plan
+        moving to its next step). With cross-attention only the query changes; a fusion whose
+        cache read the old text (FiLM, self-attention) re-encodes the held frames under the new
+        one, so either way the next action is what an agent told ``instruction`` from the start
+        of the same frames would choose. None means the learned null instruction."""
+        if not self._started:
+            raise RuntimeError("call agent.reset(instruction) at the start of each episode")
+        truncate = self._truncate if truncate is None else truncate
+        if instruction is not None:
+            self.check_instruction(instruction, truncate)
+        self.instruction = instruction
+        if self._state is None or not self.history:
+            self._state = self.policy.initial_state([instruction])
+            return
+        if self.policy.switch_instruction(self._state, [instruction]):
+            return
+        state = self.policy.initial_state([instruction])
+        state.time[:] = self.step_count - len(self.history)
+        for frame in self.history:
+            self.policy.step(state, self._frame_tensor(frame))
+        self._state = state
+
     def _frame_tensor(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, H, W, 3) uint8 on the device."""
         image = np.asarray(image)

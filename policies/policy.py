@@ -363,6 +363,16 @@ class InstructionPolicy(nn.Module):
             text, self.fusion.initial_state(text), torch.zeros(batch, dtype=torch.long, device=self.device)
         )
 
+    def switch_instruction(self, state: PolicyState, instructions: Sequence[str | None]) -> bool:
+        """Give every row a new instruction mid-episode, in place, when the fusion's cache holds
+        nothing computed from the text (cross-attention caches the frames' keys and values, so
+        only the query changes). Returns False, leaving ``state`` as it was, for a fusion whose
+        cache read the old text: the caller re-encodes the history under the new one."""
+        if self.fusion.cache_reads_text:
+            return False
+        state.text = self.encode_instructions(instructions)
+        return True
+
     def reset_rows(
         self,
         state: PolicyState,

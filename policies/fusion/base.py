@@ -170,6 +170,10 @@ class Fusion(nn.Module):
     """
 
     modalities: int = 1  # > 1: features hold one vector per modality (late fusion)
+    # Whether ``step``'s cache holds anything computed from the text. When it does not (the
+    # frames' keys and values, a mean of frame vectors), a new instruction mid-episode changes
+    # only the text the next steps read, and the cache stays valid.
+    cache_reads_text: bool = True
 
     def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
         super().__init__()

@@ -49,6 +49,8 @@ class CrossAttentionBlock(nn.Module):
 
 
 class CrossAttentionFusion(Fusion):
+    cache_reads_text = False  # the cache holds the frames' keys and values; text is the query
+
     def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
         super().__init__(config, tokens_per_frame)
         self.blocks = nn.ModuleList([CrossAttentionBlock(config) for _ in range(config.num_blocks)])

@@ -10,6 +10,8 @@ from policies.fusion.history import HistoryMeanFusion
 
 
 class FiLMFusion(HistoryMeanFusion):
+    cache_reads_text = True  # every cached frame vector was modulated by the instruction
+
     def __init__(self, config, tokens_per_frame: int) -> None:
         super().__init__(config, tokens_per_frame)
         dim = config.projection_dim

@@ -18,6 +18,8 @@ from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
 
 
 class HistoryMeanFusion(Fusion):
+    cache_reads_text = False  # the cache holds frame vectors (text-free unless frame_vector reads it)
+
     def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
         super().__init__(config, tokens_per_frame)
         dim = config.projection_dim
