@@ -22,7 +22,12 @@ import torch
 import torch.distributed as dist
 
 from policies import ConfigError, InstructionPolicy, PolicyConfig, with_legacy_defaults
-from policies.persist import CheckpointWriteError, atomic_directory, describe_write_failure
+from policies.persist import (
+    CheckpointWriteError,
+    atomic_directory,
+    describe_irregular,
+    describe_write_failure,
+)
 from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
 
 # A run's output folder holds CHECKPOINT/, a policy checkpoint (config.json + model.safetensors,
@@ -148,6 +153,8 @@ def refuse_unapplied_policy_settings(
         return
     directory = Path(checkpoint)
     directory = directory / CHECKPOINT if (directory / CHECKPOINT).is_dir() else directory
+    if describe_irregular(directory / CONFIG_NAME):
+        return  # a named pipe is never read; loading the checkpoint refuses it in its own words
     try:
         saved_dict = json.loads((directory / CONFIG_NAME).read_text())["policy"]
         saved = PolicyConfig.from_dict(with_legacy_defaults(saved_dict))

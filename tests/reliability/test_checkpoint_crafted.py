@@ -298,3 +298,20 @@ def test_the_tokenize_wrapper_echoes_only_the_start_of_a_long_instruction() -> N
     message = str(raised.value)
     assert len(message) < 400 and f"({len(HUGE)} characters)" in message, message
     env.close()
+
+
+def test_rl_refuses_named_pipes_in_a_checkpoint_without_blocking(tmp_path: Path) -> None:
+    """``rl --resume`` reads trainer.pt and ``rl --init`` reads config.json: a named pipe in
+    either place is named at once instead of blocking the run forever."""
+    from train.rl.run import check_init_matches_env, load_trainer_state
+
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    os.mkfifo(directory / "trainer.pt")
+    os.mkfifo(directory / "config.json")
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"trainer.pt is a named pipe"):
+        load_trainer_state(None, directory)  # refused before the algorithm is touched
+    with pytest.raises(CheckpointError, match=r"--init .*config.json is a named pipe"):
+        check_init_matches_env(str(directory), None, "instructcraft/Crafter-Instruct-v0", "--init")
+    assert time.monotonic() - start < 10

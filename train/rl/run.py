@@ -24,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import action_space_spec
 from envs.wrappers import make_tokenized_env
-from policies import ActionSpaceConfig, PolicyConfig, with_legacy_defaults
+from policies import ActionSpaceConfig, CheckpointError, PolicyConfig, with_legacy_defaults
+from policies.persist import describe_irregular
 from policies.policy import CONFIG_NAME, NonFiniteWeightsError
 from train.common import (
     CHECKPOINT,
@@ -134,6 +135,9 @@ def save_rl_checkpoint(
 
 def load_trainer_state(algo: SequencePPO, checkpoint: Path) -> None:
     """Continue from ``checkpoint``'s optimizer, step counts, KL coefficient and RNG."""
+    problem = describe_irregular(checkpoint / TRAINER_STATE)
+    if problem:  # a named pipe would block the read forever
+        raise CheckpointError(problem)
     state = torch.load(checkpoint / TRAINER_STATE, map_location=algo.device, weights_only=True)
     algo.policy.optimizer.load_state_dict(state["optimizer"])
     algo.num_timesteps = int(state["num_timesteps"])
@@ -179,6 +183,9 @@ class _StopWhenRequested(BaseCallback):
 def check_init_matches_env(checkpoint: str, env: VecEnv, env_id: str, flag: str) -> None:
     """Refuse a checkpoint built for another action space or frame size, before any rollout."""
     path = Path(checkpoint) / CONFIG_NAME
+    problem = describe_irregular(path)
+    if problem:
+        raise CheckpointError(f"{flag} {checkpoint}: {problem}")
     try:
         config = PolicyConfig.from_dict(with_legacy_defaults(json.loads(path.read_text())["policy"]))
     except (OSError, ValueError, KeyError) as error:
