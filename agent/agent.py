@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.plan import Plan, PlanFollower
 from policies import CheckpointError, InstructionPolicy, PolicyState
 
 
@@ -54,6 +55,7 @@ class Agent:
         self._truncate = False
         # Instructions cut to the text encoder's limit (only with reset(..., truncate=True)).
         self.truncated_instructions: list[str] = []
+        self.plan: PlanFollower | None = None  # the plan being followed this episode, if any
 
     @classmethod
     def from_pretrained(
@@ -110,13 +112,30 @@ class Agent:
             )
 
     @torch.no_grad()
-    def reset(self, instruction: str | None = None, truncate: bool = False) -> None:
+    def reset(
+        self,
+        instruction: str | None = None,
+        truncate: bool = False,
+        *,
+        plan: Plan | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         """Start an episode. ``instruction`` None: taken from the first observation.
 
         An instruction longer than the text encoder's ``max_tokens`` raises ValueError;
         ``truncate=True`` keeps its first tokens, warns once and records it in
         ``truncated_instructions``.
+
+        With a ``plan`` (and the reset's ``info``) the agent follows the plan's instructions in
+        turn instead: call ``observe(info)`` after every env step so it can move on.
         """
+        self.plan = None
+        if plan is not None:
+            if instruction is not None:
+                raise ValueError("pass an instruction or a plan, not both")
+            plan.check_lengths(self.policy.text_encoder.token_count, self.policy.config.text.max_tokens)
+            self.plan = PlanFollower(plan)
+            instruction = self.plan.start(info or {})
         if instruction is not None:
             self.check_instruction(instruction, truncate)
         self.instruction = instruction
@@ -128,6 +147,17 @@ class Agent:
         self._truncate = truncate
         if instruction is not None:
             self._state = self.policy.initial_state([instruction])
+
+    def observe(self, info: dict[str, Any]) -> str | None:
+        """Tell a plan-following agent what the env step it just acted on reported (its info);
+        the plan moves on when that step unlocked its current achievement or used up its budget,
+        and the next ``act`` reads the new instruction. Without a plan nothing changes. Returns
+        the instruction in effect for the next step."""
+        if self.plan is not None:
+            instruction = self.plan.observe(info)
+            if instruction != self.instruction:
+                self.switch_instruction(instruction)
+        return self.instruction
 
     @torch.no_grad()
     def switch_instruction(self, instruction: str | None, truncate: bool | None = None) -> None:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
+from agent.plan import Plan
 from agent.rollout import action_name
 from envs.episodes import Step, play_episode
 from envs.video import upscale
@@ -51,6 +52,8 @@ class AttentionRecording:
     tokens_per_frame: int = 1
     source: str = "rollout"
     success: bool = False
+    # With a plan: (first step, instruction) each time the instruction in effect changed.
+    instruction_changes: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -108,9 +111,11 @@ def record_rollout(
     cfg_scale: float = 0.0,
     env_kwargs: dict[str, Any] | None = None,
     task: str | None = None,
+    plan: Plan | None = None,
 ) -> AttentionRecording:
     """Roll one episode with attention captured at every step (``task``: the task that judges
-    success, for envs with a task choice)."""
+    success, for envs with a task choice). With a ``plan`` the agent follows it and the
+    recording keeps when each instruction took effect (the viewer shows the one of each step)."""
     if not agent.capture_attention:
         raise ValueError("the agent must be created with capture_attention=True")
     env = gym.make(env_id, **(env_kwargs or {}))
@@ -122,6 +127,11 @@ def record_rollout(
     )
 
     def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        if plan is not None:
+            agent.reset(plan=plan, info=info)
+            recording.instruction = agent.instruction or ""
+            recording.instruction_changes.append((0, recording.instruction))
+            return
         recording.instruction = instruction if instruction is not None else info["instruction"]
         agent.reset(recording.instruction or None)
 
@@ -132,6 +142,10 @@ def record_rollout(
         recording.probabilities.append(agent.last_action_probability())
         recording.rewards.append(float(step.reward))
         recording.success = step.success
+        if plan is not None:
+            before = agent.instruction
+            if agent.observe(step.info) != before:  # in effect from the next step
+                recording.instruction_changes.append((step.index, agent.instruction or ""))
 
     play_episode(
         env,
@@ -322,6 +336,7 @@ def viewer_payload(
             extras[name] = [np.round(v, 4).reshape(-1).tolist() for v in values]
     return {
         "instruction": recording.instruction,
+        "instruction_changes": [[int(t), text] for t, text in recording.instruction_changes],
         "fusion_type": recording.fusion_type,
         "source": recording.source,
         "success": recording.success,

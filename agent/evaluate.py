@@ -22,7 +22,7 @@ import numpy as np
 
 import envs
 from agent.agent import Agent
-from agent.plan import Plan, PlanFollower
+from agent.plan import Plan
 from envs.crafter_score import crafter_score as score_of_rates
 from envs.crafter_score import stats_record, success_rates
 from envs.crafter_tasks import TASKS
@@ -98,12 +98,12 @@ class EpisodeJob:
 def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
     told: list[str] = []  # the instruction the agent is given
     frames: list[np.ndarray] = []
-    follower = PlanFollower(job.plan) if job.plan is not None else None
 
     def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
         instruction = info["instruction"]
-        if follower is not None:
-            instruction = follower.start(info)
+        if job.plan is not None:
+            agent.reset(plan=job.plan, info=info)
+            instruction = agent.instruction
         elif job.instruction is not None:
             instruction = job.instruction
         elif job.mode == "swapped":
@@ -111,19 +111,15 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         elif job.mode == "blank":
             instruction = ""
         told.append(instruction)
-        # A blank instruction means the learned null instruction (the observation carries no text).
-        agent.reset(instruction or None)
+        if job.plan is None:
+            # A blank instruction means the learned null instruction (no text in the observation).
+            agent.reset(instruction or None)
         agent.generator.manual_seed(job.seed)  # sampled actions are reproducible per episode
         if job.video:
             frames.append(env.render())
 
     def on_step(step: Any) -> None:
-        if follower is not None:
-            # The instruction for the next action: the plan moves on after the step that
-            # unlocked its current achievement (or used up its budget).
-            instruction = follower.observe(step.info)
-            if instruction != agent.instruction:
-                agent.switch_instruction(instruction)
+        agent.observe(step.info)  # a plan moves on after the step that completed its instruction
         if job.video:
             frames.append(env.render())
 
@@ -133,7 +129,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         seed=job.seed,
         task=job.task,
         on_reset=start,
-        on_step=on_step if job.video or follower is not None else None,
+        on_step=on_step,
     )
     if job.video:
         write_video(job.video, frames, scale=4)  # upscaled so small observations stay legible
@@ -151,11 +147,11 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         counts = {name: int(count) for name, count in outcome.info["achievements"].items()}
         row["achievements"] = sorted(name for name, count in counts.items() if count > 0)
         row["achievement_counts"] = counts
-    if follower is not None:
+    if agent.plan is not None:
         row["plan"] = {
-            "completed": follower.completed,
-            "switches": len(follower.events) - 1,
-            "last_instruction": follower.current,
+            "completed": agent.plan.completed,
+            "switches": len(agent.plan.events) - 1,
+            "last_instruction": agent.plan.current,
         }
     return row
 

@@ -17,7 +17,7 @@ many steps before it may fire again, so an unreachable need cannot hold the agen
 Plan file::
 
     loop: true          # after the last step, start again from the first (false: hold the last)
-    budget: 300         # default steps per instruction
+    budget: 300         # steps per instruction (default: each task's own step limit)
     steps:
       - collect wood                             # a phrasing of a task, or a task name
       - {task: place_table, budget: 200}         # the task's first phrasing
@@ -40,7 +40,6 @@ import yaml
 
 from envs.crafter_tasks import TASKS, task_of_phrasing
 
-DEFAULT_BUDGET = 300
 MAX_PLAN_BYTES = 1 << 20  # a plan is a short list; a bigger file is a mistake
 # The numbers crafter draws in its status bar and inventory (crafter.constants.items).
 VISIBLE_NUMBERS: tuple[str, ...] = (
@@ -105,11 +104,10 @@ class Condition:
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One instruction, the achievement that completes it (None: only the budget ends it) and
-    its budget in env steps."""
+    """One instruction, the achievement that completes it and its budget in env steps."""
 
     instruction: str
-    achievement: str | None
+    achievement: str
     budget: int
 
 
@@ -133,7 +131,7 @@ class Plan:
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
-    def parse(cls, text: str, budget: int = DEFAULT_BUDGET, loop: bool = False) -> Plan:
+    def parse(cls, text: str, budget: int | None = None, loop: bool = False) -> Plan:
         """A plan from ``"collect wood; place a table; ..."`` (the ``--plan`` flag's inline form)."""
         entries = [part.strip() for part in text.split(";") if part.strip()]
         return cls.from_dict({"steps": entries, "budget": budget, "loop": loop}, source="--plan")
@@ -175,7 +173,9 @@ class Plan:
         unknown = sorted(set(data) - {"steps", "rules", "loop", "budget"})
         if unknown:
             raise PlanError(f"{source}: unknown key(s) {unknown}; a plan has steps, rules, loop, budget")
-        budget = _budget(data.get("budget", DEFAULT_BUDGET), f"{source}: budget")
+        budget = data.get("budget")
+        if budget is not None:
+            budget = _budget(budget, f"{source}: budget")
         loop = data.get("loop", False)
         if not isinstance(loop, bool):
             raise PlanError(f"{source}: loop must be true or false, got {_short(loop)}")
@@ -334,8 +334,8 @@ def _budget(value: Any, where: str) -> int:
     return value
 
 
-def _task_and_instruction(instruction: Any, task: Any, where: str) -> tuple[str, str | None]:
-    """The instruction text and the achievement that completes it."""
+def _task_and_instruction(instruction: Any, task: Any, where: str) -> tuple[str, str]:
+    """The instruction text and its task."""
     if task is not None:
         if task not in TASKS:
             raise PlanError(f"{where}: unknown task {_short(task)}; known tasks: {', '.join(sorted(TASKS))}")
@@ -354,13 +354,18 @@ def _task_and_instruction(instruction: Any, task: Any, where: str) -> tuple[str,
                 )
     if not isinstance(text, str) or not text.strip():
         raise PlanError(f"{where}: the instruction must be non-empty text, got {_short(text)}")
-    return " ".join(text.split()), TASKS[task].achievement
+    return " ".join(text.split()), task
 
 
-def _step(entry: Any, budget: int, where: str) -> PlanStep:
+def _budget_for(value: Any, task: str, where: str) -> int:
+    """A given budget, else the task's own step limit (what the expert needs, with margin)."""
+    return TASKS[task].step_limit if value is None else _budget(value, where)
+
+
+def _step(entry: Any, budget: int | None, where: str) -> PlanStep:
     if isinstance(entry, str):
-        text, achievement = _task_and_instruction(entry, None, where)
-        return PlanStep(text, achievement, budget)
+        text, task = _task_and_instruction(entry, None, where)
+        return PlanStep(text, TASKS[task].achievement, _budget_for(budget, task, f"{where}: budget"))
     if not isinstance(entry, dict):
         raise PlanError(f"{where}: expected an instruction or a mapping, got {_kind(entry)}")
     unknown = sorted(set(entry) - {"instruction", "task", "budget"})
@@ -368,11 +373,13 @@ def _step(entry: Any, budget: int, where: str) -> PlanStep:
         raise PlanError(f"{where}: unknown key(s) {unknown}; a step has instruction, task, budget")
     if entry.get("instruction") is None and entry.get("task") is None:
         raise PlanError(f"{where}: give an instruction, a task, or both")
-    text, achievement = _task_and_instruction(entry.get("instruction"), entry.get("task"), where)
-    return PlanStep(text, achievement, _budget(entry.get("budget", budget), f"{where}: budget"))
+    text, task = _task_and_instruction(entry.get("instruction"), entry.get("task"), where)
+    return PlanStep(
+        text, TASKS[task].achievement, _budget_for(entry.get("budget", budget), task, f"{where}: budget")
+    )
 
 
-def _rule(entry: Any, budget: int, where: str) -> Rule:
+def _rule(entry: Any, budget: int | None, where: str) -> Rule:
     if not isinstance(entry, dict):
         raise PlanError(f"{where}: expected a mapping with when, instruction, until; got {_kind(entry)}")
     unknown = sorted(set(entry) - {"when", "instruction", "task", "until", "budget"})
@@ -386,10 +393,10 @@ def _rule(entry: Any, budget: int, where: str) -> Rule:
     if entry.get("instruction") is None and entry.get("task") is None:
         raise PlanError(f"{where}: give an instruction, a task, or both")
     # A rule ends on its numbers, not on an unlock: every sip of water counts as collect_drink.
-    text, _ = _task_and_instruction(entry.get("instruction"), entry.get("task"), where)
+    text, task = _task_and_instruction(entry.get("instruction"), entry.get("task"), where)
     return Rule(
         when=Condition.parse(entry["when"], f"{where}: when"),
         instruction=text,
         until=Condition.parse(entry["until"], f"{where}: until"),
-        budget=_budget(entry.get("budget", budget), f"{where}: budget"),
+        budget=_budget_for(entry.get("budget", budget), task, f"{where}: budget"),
     )

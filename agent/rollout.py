@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
+from agent.plan import Plan
 from envs.episodes import Step, play_episode
 from envs.video import upscale, write_video
 
@@ -81,23 +82,30 @@ def rollout_episode(
     max_steps: int | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     task: str | None = None,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
-    """One episode; ``instruction`` overrides the env's; the env judges success by its task:
-    ``task`` when given (envs with a task choice), else the one it draws for ``seed``.
+    """One episode; ``instruction`` overrides the env's, or the agent follows ``plan``; the env
+    judges success by its task: ``task`` when given (envs with a task choice), else the one it
+    draws for ``seed``. Each caption shows the instruction the next action is taken under.
 
     Returns stats plus ``captioned`` frames (one per observation)."""
     told: list[str] = []  # the instruction the agent is given
     frames: list[np.ndarray] = []
 
     def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
-        text = instruction if instruction is not None else info["instruction"]
+        if plan is not None:
+            agent.reset(plan=plan, info=info)
+            text = agent.instruction or ""
+        else:
+            text = instruction if instruction is not None else info["instruction"]
+            agent.reset(text or None)
         told.append(text)
-        agent.reset(text or None)
-        frames.append(caption(observation["image"], [text, "step 0"]))
+        frames.append(caption(observation["image"], [_instruction_line(agent), "step 0"]))
 
     def record(step: Step) -> None:
         probability = agent.last_action_probability()
         name = action_name(env, step.action)
+        agent.observe(step.info)  # a plan may move on: the caption shows what comes next
         if on_step is not None:
             on_step(
                 {
@@ -112,7 +120,7 @@ def rollout_episode(
             caption(
                 step.next_observation["image"],
                 [
-                    told[0],
+                    _instruction_line(agent),
                     f"step {step.index}  action {name} (p={probability:.2f})",
                     f"reward {step.reward:+.2f}  return {step.total_reward:+.2f}",
                 ],
@@ -128,7 +136,7 @@ def rollout_episode(
         on_step=record,
         max_steps=max_steps,
     )
-    return {
+    row = {
         "seed": seed,
         "task": outcome.info.get("task"),
         "instruction": told[0],
@@ -137,6 +145,23 @@ def rollout_episode(
         "return": outcome.total_reward,
         "captioned": frames,
     }
+    if agent.plan is not None:
+        row["plan"] = {
+            "completed": agent.plan.completed,
+            "events": [{"step": t, "instruction": text, "why": why} for t, text, why in agent.plan.events],
+        }
+    return row
+
+
+def _instruction_line(agent: Agent) -> str:
+    """The caption's first line: the instruction in effect, and the plan step or rule behind it."""
+    text = agent.instruction or "(no instruction)"
+    if agent.plan is None:
+        return text
+    source = agent.plan.source
+    if source.startswith("step"):
+        source += f" of {len(agent.plan.plan.steps)}"
+    return f"{text}  [{source}]"
 
 
 def rollout(
@@ -151,15 +176,19 @@ def rollout(
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     task: str | None = None,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """``episodes`` episodes: ``episode_XXX.mp4``/``.gif`` and ``stats.json`` in ``out``.
-    ``task`` (see ``judging_task``) decides success; the stats name it per episode."""
+    ``task`` (see ``judging_task``) decides success; the stats name it per episode. With a
+    ``plan`` the agent follows it and the stats record when each instruction took effect."""
     env = gym.make(env_id, **(env_kwargs or {}))
     agent.check_env(env)
     root = Path(out)
     rows = []
     for index in range(episodes):
-        row = rollout_episode(agent, env, seed + index, instruction, deterministic, cfg_scale, task=task)
+        row = rollout_episode(
+            agent, env, seed + index, instruction, deterministic, cfg_scale, task=task, plan=plan
+        )
         row.update(write_videos(row.pop("captioned"), root / f"episode_{index:03d}"))
         rows.append(row)
         if progress is not None:

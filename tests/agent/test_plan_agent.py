@@ -102,3 +102,27 @@ def test_eval_with_a_plan_advances_on_the_budget_and_reports_it(tmp_path) -> Non
         # 10 steps at 4 a step: two budget expiries, the third instruction held to the end.
         assert row["plan"] == {"completed": 0, "switches": 2, "last_instruction": "drink water"}
     assert result["plan"]["steps"][2]["instruction"] == "drink water"
+
+
+def test_rollout_and_attention_follow_a_plan_and_show_each_steps_instruction(tmp_path) -> None:
+    from agent.attention import record_rollout, viewer_payload
+    from agent.rollout import rollout_episode
+
+    plan = Plan.from_dict({"budget": 3, "steps": ["collect wood", "place a table"]})
+    agent = tiny_agent("cross_attention")
+    env = gym.make(envs.CRAFTER_ID, task="collect_stone", step_limit=7)
+    row = rollout_episode(agent, env, seed=1, plan=plan)
+    assert [(e["step"], e["instruction"]) for e in row["plan"]["events"]] == [
+        (0, "collect wood"),
+        (3, "place a table"),
+        (6, "place a table"),  # the second budget ran out: the plan holds its last step
+    ]
+    assert len(row["captioned"]) == row["length"] + 1 == 8
+    agent = Agent(agent.policy, capture_attention=True)
+    recording = record_rollout(
+        agent, envs.CRAFTER_ID, seed=1, plan=plan, env_kwargs={"task": "collect_stone", "step_limit": 7}
+    )
+    assert recording.instruction_changes == [(0, "collect wood"), (3, "place a table")]
+    assert viewer_payload(recording)["instruction_changes"] == [[0, "collect wood"], [3, "place a table"]]
+    with pytest.raises(ValueError, match="an instruction or a plan, not both"):
+        agent.reset("collect wood", plan=plan, info={})

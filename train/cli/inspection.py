@@ -216,6 +216,26 @@ def _add_agent_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--task", default=None, help=f"the task that judges success ({task_default})")
 
 
+def _add_plan_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plan",
+        default=None,
+        help="follow a plan instead of one instruction: a YAML/JSON file or an inline "
+        "'collect wood; place a table; ...' (docs/plans.md)",
+    )
+
+
+def _plan_for(args: argparse.Namespace) -> Any:
+    """``--plan`` read and checked before the checkpoint loads; it replaces ``--instruction``."""
+    if args.plan is None:
+        return None
+    from agent.plan import Plan
+
+    if args.instruction is not None:
+        raise ValueError("--plan gives the agent its instructions: drop --instruction")
+    return Plan.from_arg(args.plan)
+
+
 def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rollout", help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats"
@@ -226,6 +246,7 @@ def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     common.add_seed_flag(p, 0, "first episode seed")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
     p.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    _add_plan_flag(p)
     common.add_device_flag(p)
     common.add_json_flag(p, "print JSON")
     p.set_defaults(func=run_rollout)
@@ -237,6 +258,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     from agent import Agent
     from agent.rollout import judging_task, rollout
 
+    plan = _plan_for(args)
     task, judged = judging_task(args.env, args.instruction, args.task)
     print(judged)
     agent = Agent.from_pretrained(args.checkpoint, device=args.device, seed=args.seed)
@@ -246,6 +268,7 @@ def run_rollout(args: argparse.Namespace) -> int:
         args.env,
         args.out,
         task=task,
+        plan=plan,
         deterministic=not args.sample,
         progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
         **common.same_named(args, "episodes", "seed", "instruction", "cfg_scale"),
@@ -280,6 +303,7 @@ def add_attention_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--episode", type=common.non_negative_int, default=0, help="episode index in --from-dataset"
     )
+    _add_plan_flag(p)
     common.add_device_flag(p)
     p.set_defaults(func=run_attention)
 
@@ -296,6 +320,9 @@ def run_attention(args: argparse.Namespace) -> int:
         viewer_html,
     )
 
+    plan = _plan_for(args)
+    if plan is not None and args.from_dataset:
+        raise ValueError("--from-dataset replays a recorded episode's instruction: drop --plan")
     agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
     if args.from_dataset:
         from envs import env_kind
@@ -313,7 +340,7 @@ def run_attention(args: argparse.Namespace) -> int:
         task, judged = judging_task(args.env, args.instruction, args.task)
         print(judged)
         recording = record_rollout(
-            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps, task=task
+            agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps, task=task, plan=plan
         )
     out = Path(args.out)
     last = len(recording) - 1
