@@ -50,7 +50,8 @@ def env_kind(env_id: str) -> EnvKind:
 def _register(env_id: str, entry_point: str, kind: EnvKind, **kwargs: object) -> None:
     KINDS[env_id] = kind
     if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, disable_env_checker=True)
+        # gymnasium's passive env checker stays on (its default): every id passes check_env.
+        gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
 
 
 def register_envs() -> None:
