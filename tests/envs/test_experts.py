@@ -9,11 +9,14 @@ from envs.data.collect import collect, make_jobs, run_episode
 from envs.data.store import Dataset
 from envs.experts import default_expert_for, make_expert
 
-SEEDS = range(100, 112)  # CI-sized; the table in docs/environments.md uses 50 seeds a task
+SEEDS = range(100, 112)  # CI-sized; docs/tasks.md's table uses 50 seeds a task
+# The ten short tasks the first agents were trained on; the tech-tree tasks (hundreds of steps,
+# rates measured in docs/tasks.md) are solved on fixed seeds in tests/envs/test_tech_tree.py.
+SHORT_TASKS = list(TASKS)[:10]
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-def test_crafter_expert_solves_every_task(task: str) -> None:
+@pytest.mark.parametrize("task", SHORT_TASKS)
+def test_crafter_expert_solves_every_short_task(task: str) -> None:
     env = gym.make(envs.CRAFTER_ID, task=task)
     expert = make_expert("crafter_planner")
     results = [run_episode(env, expert, seed, None, envs.CRAFTER_ID) for seed in SEEDS]
