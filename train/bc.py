@@ -25,8 +25,9 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import Dataset, DatasetError
-from policies import ActionSpaceConfig, InstructionPolicy
+from policies import ActionSpaceConfig, FactorizedCategorical, InstructionPolicy
 from policies.policy import NonFiniteWeightsError
+from train.batch import Batch, BCLoss, bc_loss
 from train.bc_checkpoint import last_good_checkpoint, resume_training, save_checkpoint
 from train.common import (
     CHECKPOINT,
@@ -80,33 +81,25 @@ def check_dataset(dataset: Dataset, skip_bad: bool) -> list[int]:
 
 
 @torch.no_grad()
-def outputs_finite(
-    policy: InstructionPolicy, batch: dict[str, Any], device: str, autocast: str | None
-) -> bool:
+def outputs_finite(policy: InstructionPolicy, batch: Batch, device: str, autocast: str | None) -> bool:
     """Whether the current weights give finite logits and values on ``batch`` (weights can be
     finite yet so large that every output overflows); ``autocast``: the device type of bf16
     autocast (``autocast_device``) or None."""
     was_training = policy.training
     policy.eval()  # no dropout, so no draw from the global RNG
     try:
+        batch = batch.to(device)
         with torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None):
-            output = policy(
-                batch["frames"].to(device),
-                list(batch["instruction"]),
-                times=batch["times"].to(device),
-                frame_mask=batch["mask"].to(device),
-            )
-        mask = batch["mask"].to(device)
+            output = policy(batch.frames, batch.instructions, times=batch.times, frame_mask=batch.frame_mask)
+        mask = batch.frame_mask
         return bool(torch.isfinite(output.logits[mask]).all() and torch.isfinite(output.value[mask]).all())
     finally:
         policy.train(was_training)
 
 
-def _accuracies(
-    policy: InstructionPolicy, logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor
-) -> list[float]:
-    distribution = policy.distribution(logits)
-    mode = distribution.mode()
+def _accuracies(distribution: FactorizedCategorical, batch: Batch) -> list[float]:
+    """Per action component: how often the most likely action is the batch's, over real steps."""
+    mode, actions, mask = distribution.mode().detach(), batch.actions, batch.frame_mask
     if mode.dim() == mask.dim():
         mode, actions = mode[..., None], actions[..., None]
     hits = (mode == actions) & mask[..., None]
@@ -232,11 +225,8 @@ def _open_logs(
 @dataclass
 class _StepResult:
     samples: int  # real (unpadded) steps of the batch, all ranks together
-    policy_loss: torch.Tensor
-    value_loss: torch.Tensor
-    logits: torch.Tensor
-    actions: torch.Tensor
-    mask: torch.Tensor
+    terms: BCLoss
+    batch: Batch  # on the device
     grad_norm: torch.Tensor
 
 
@@ -266,30 +256,16 @@ class _Trainer:
     def autocast(self) -> str | None:
         return autocast_device(self.device, self.run.train.amp)
 
-    def train_step(self, batch: dict[str, Any]) -> _StepResult:
+    def train_step(self, batch: Batch) -> _StepResult:
         """One optimizer step on ``batch`` (augmented, then moved to the device)."""
-        cfg, device = self.run.train, self.device
+        cfg = self.run.train
         generator = torch.Generator().manual_seed(
             cfg.seed * 1_000_003 + self.step * 7919 + self.distributed.rank
         )
-        frames = random_shift(batch["frames"], cfg.augment_shift, generator)
-        frames = frames.to(device, non_blocking=True)
-        actions = batch["actions"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
-        times = batch["times"].to(device, non_blocking=True)
-        returns = batch["returns"].to(device, non_blocking=True)
-        segments = batch["segments"].to(device, non_blocking=True) if cfg.pack else None
-        with torch.autocast(self.autocast or "cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
-            output = self.model(
-                frames, list(batch["instruction"]), times=times, frame_mask=mask, segments=segments
-            )
-        logits = output.logits.float()
-        log_prob = self.policy.distribution(logits).log_prob(actions)
-        steps_real = mask.sum().clamp_min(1)
-        policy_loss = -(log_prob * mask).sum() / steps_real
-        # The value term also keeps every output in the graph, as DDP requires.
-        value_loss = ((output.value.float() - returns).square() * mask).sum() / steps_real
-        loss = policy_loss + cfg.value_coef * value_loss
+        batch = dataclasses.replace(batch, frames=random_shift(batch.frames, cfg.augment_shift, generator))
+        batch = batch.to(self.device, non_blocking=True)
+        terms = bc_loss(self.model, batch, autocast=self.autocast)
+        loss = terms.policy + cfg.value_coef * terms.value
         self.loss_value = float(loss.detach())
         if not math.isfinite(self.loss_value):
             raise TrainingDiverged(
@@ -298,9 +274,9 @@ class _Trainer:
             )
         grad_norm = self._gradient_step(loss)
         self.step += 1
-        samples = int(mask.sum()) * self.distributed.world_size
+        samples = int(batch.frame_mask.sum()) * self.distributed.world_size
         self.samples_since_log += samples
-        return _StepResult(samples, policy_loss, value_loss, logits, actions, mask, grad_norm)
+        return _StepResult(samples, terms, batch, grad_norm)
 
     def _gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward, clip, step; returns the gradient norm before clipping."""
@@ -324,9 +300,9 @@ class _Trainer:
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - self.last_log
             writer.add_scalar("train/loss", self.loss_value, step)
-            writer.add_scalar("train/policy_loss", float(result.policy_loss.detach()), step)
-            writer.add_scalar("train/value_loss", float(result.value_loss.detach()), step)
-            accuracies = _accuracies(self.policy, result.logits.detach(), result.actions, result.mask)
+            writer.add_scalar("train/policy_loss", float(result.terms.policy.detach()), step)
+            writer.add_scalar("train/value_loss", float(result.terms.value.detach()), step)
+            accuracies = _accuracies(result.terms.distribution, result.batch)
             for head, accuracy in enumerate(accuracies):
                 writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
             writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
@@ -341,7 +317,7 @@ class _Trainer:
         if self.bar:
             self.bar.update(1)
 
-    def save(self, batch: dict[str, Any]) -> None:
+    def save(self, batch: Batch) -> None:
         """Write the checkpoint (rank 0), after checking the weights give finite outputs on ``batch``."""
         step = self.step
         if not outputs_finite(self.policy, batch, self.device, self.autocast):
@@ -361,7 +337,7 @@ class _Trainer:
 
 def _between_steps(
     trainer: _Trainer,
-    batch: dict[str, Any],
+    batch: Batch,
     stop: StopRequest,
     loaded: _Data,
     summary: dict[str, Any],

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from envs.data.store import Dataset
+from train.batch import Batch
 
 
 def trainable(entry: dict[str, Any], only_success: bool) -> bool:
@@ -26,7 +27,7 @@ def trainable(entry: dict[str, Any], only_success: bool) -> bool:
 
 class ChunkDataset(torch.utils.data.Dataset):
     """Item i = one row of L steps: frames uint8 (L, H, W, 3), actions long (L,) or (L, A),
-    mask bool (L,) True = real step, times long (L,) absolute step in its episode, segments long
+    frame_mask bool (L,) True = real step, times long (L,) absolute step in its episode, segments long
     (L,) which piece of the row a step belongs to, returns float (L,) discounted reward-to-go,
     instruction str, task str.
 
@@ -152,7 +153,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         return {
             "frames": torch.from_numpy(frames),
             "actions": torch.from_numpy(actions),
-            "mask": torch.from_numpy(mask),
+            "frame_mask": torch.from_numpy(mask),
             "times": torch.from_numpy(times),
             "segments": torch.from_numpy(segments),
             "returns": torch.from_numpy(returns),
@@ -233,9 +234,11 @@ class ResumableSampler(Sampler[int]):
 def make_loader(
     dataset: ChunkDataset, batch_size: int, workers: int, seed: int, start_sample: int, pin_memory: bool
 ) -> DataLoader:
+    """Endless ``Batch``es of ``batch_size`` rows (``ResumableSampler``: resumable at any sample)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        collate_fn=Batch.collate,
         sampler=ResumableSampler(len(dataset), seed, start_sample),
         num_workers=workers,
         pin_memory=pin_memory,

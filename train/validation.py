@@ -11,6 +11,7 @@ Shape legend: B rows, L steps per row, A action components.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from envs.data.store import Dataset
 from policies import InstructionPolicy
+from train.batch import Batch, bc_loss
 from train.data import ChunkDataset, trainable
 
 
@@ -60,21 +62,6 @@ def swapped_instructions(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], 
     return swaps
 
 
-def _actions_given(
-    policy: InstructionPolicy, batch: dict[str, torch.Tensor], texts: list[str], device: str
-) -> Any:
-    """The policy's action distribution over a validation batch read with ``texts``."""
-    output = policy(
-        batch["frames"].to(device),
-        texts,
-        times=batch["times"].to(device),
-        frame_mask=batch["mask"].to(device),
-        segments=batch["segments"].to(device),
-        drop_instruction=torch.zeros(len(texts), dtype=torch.bool),
-    )
-    return policy.distribution(output.logits.float())
-
-
 @torch.no_grad()
 def validate(
     policy: InstructionPolicy,
@@ -100,18 +87,13 @@ def validate(
     swapped_log_prob, swapped_hits = 0.0, 0
     try:
         for start in range(0, len(rows), batch_size):
-            items = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-            batch = {
-                key: torch.stack([item[key] for item in items])
-                for key in items[0]
-                if key not in ("instruction", "task")
-            }
-            mask = batch["mask"].to(device)
-            distribution = _actions_given(policy, batch, [item["instruction"] for item in items], device)
-            actions = batch["actions"].to(device)
-            total_log_prob += float((distribution.log_prob(actions) * mask).sum())
+            batch = Batch.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            batch = batch.to(device)
+            mask, actions = batch.frame_mask, batch.actions
+            given = bc_loss(policy, batch, keep_instructions=True)
+            total_log_prob += float(given.log_likelihood)
             steps += int(mask.sum())
-            mode = distribution.mode()
+            mode = given.distribution.mode()
             if mode.dim() == mask.dim():  # one component: (B, L) -> (B, L, 1)
                 mode, actions = mode[..., None], actions[..., None]
             hits = (mode == actions) & mask[..., None]  # (B, L, A)
@@ -123,15 +105,17 @@ def validate(
                 per_action.setdefault(label, [0, 0])[0] += int(hit)
                 per_action[label][1] += 1
             all_hit = hits.all(-1)
-            for row, item in enumerate(items):
-                entry = per_task.setdefault(item["task"], [0, 0])
+            for row, task in enumerate(batch.tasks):
+                entry = per_task.setdefault(task, [0, 0])
                 entry[0] += int(all_hit[row][mask[row]].sum())
                 entry[1] += int(mask[row].sum())
             if swaps:
-                texts = [swaps[(item["task"], item["instruction"])] for item in items]
-                other = _actions_given(policy, batch, texts, device)
-                swapped_log_prob += float((other.log_prob(batch["actions"].to(device)) * mask).sum())
-                other_mode = other.mode()
+                texts = [swaps[pair] for pair in zip(batch.tasks, batch.instructions, strict=True)]
+                other = bc_loss(
+                    policy, dataclasses.replace(batch, instructions=texts), keep_instructions=True
+                )
+                swapped_log_prob += float(other.log_likelihood)
+                other_mode = other.distribution.mode()
                 if other_mode.dim() == mask.dim():
                     other_mode = other_mode[..., None]
                 swapped_hits += int(((other_mode == actions).all(-1) & mask).sum())

@@ -15,6 +15,7 @@ import envs
 from envs.data.collect import collect
 from envs.data.store import Dataset
 from policies import InstructionPolicy
+from train.batch import Batch
 from train.bc import train_bc, train_bc_policy
 from train.common import TrainingDiverged
 from train.config import load_run_config
@@ -104,10 +105,10 @@ def test_resume_with_loader_workers_reads_the_same_batches(
             for batch in self.loader:
                 consumed.append(
                     (
-                        tuple(batch["instruction"]),
-                        batch["times"].tolist(),
-                        batch["actions"].tolist(),
-                        int(batch["frames"].long().sum()),
+                        tuple(batch.instructions),
+                        batch.times.tolist(),
+                        batch.actions.tolist(),
+                        int(batch.frames.long().sum()),
                     )
                 )
                 yield batch
@@ -208,15 +209,12 @@ def dataset_fit(
 ) -> tuple[float, float]:
     """Loss and accuracy of ``policy`` over every step of ``data`` (instructions mapped by ``rename``)."""
     chunks = ChunkDataset(data, 32)
-    items = [chunks[i] for i in range(len(chunks))]
-    batch = {
-        key: torch.stack([item[key] for item in items]) for key in ("frames", "actions", "mask", "times")
-    }
-    texts = [(rename or {}).get(item["instruction"], item["instruction"]) for item in items]
+    batch = Batch.collate([chunks[i] for i in range(len(chunks))])
+    texts = [(rename or {}).get(text, text) for text in batch.instructions]
     policy.eval()
     with torch.no_grad():
-        logits = policy(batch["frames"], texts, times=batch["times"], frame_mask=batch["mask"]).logits
-    mask, actions = batch["mask"], batch["actions"]
+        logits = policy(batch.frames, texts, times=batch.times, frame_mask=batch.frame_mask).logits
+    mask, actions = batch.frame_mask, batch.actions
     loss = -(policy.distribution(logits).log_prob(actions) * mask).sum() / mask.sum()
     accuracy = ((logits.argmax(-1) == actions) & mask).sum() / mask.sum()
     return float(loss), float(accuracy)

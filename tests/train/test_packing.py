@@ -41,7 +41,7 @@ def test_packed_rows_hold_every_step_once_with_one_instruction(demos: str) -> No
         item = packed[index]
         row = packed.rows[index]
         assert {packed.data.episodes[n]["instruction"] for n, _, _ in row} == {item["instruction"]}
-        mask, segments, times = item["mask"], item["segments"], item["times"]
+        mask, segments, times = item["frame_mask"], item["segments"], item["times"]
         real = int(mask.sum())
         assert real == sum(stop - start for _, start, stop in row) and bool(mask[:real].all())
         for segment, (number, start, stop) in enumerate(row):

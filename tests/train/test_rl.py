@@ -77,12 +77,10 @@ def test_rollout_log_probs_equal_the_update_forward() -> None:
     assert any(s.context > 0 for s in segments), "the test must exercise context from an earlier rollout"
     batch = algo._minibatch(segments)
     with torch.no_grad():
-        out = algo.model(
-            batch["frames"], batch["texts"], times=batch["times"], frame_mask=batch["frame_mask"]
-        )
-    mask = batch["loss_mask"]
-    recomputed = algo.model.distribution(out.logits[mask]).log_prob(batch["actions"][mask])
-    torch.testing.assert_close(recomputed, batch["log_prob"][mask], atol=1e-5, rtol=0)
+        out = algo.model(batch.frames, batch.instructions, times=batch.times, frame_mask=batch.frame_mask)
+    mask = batch.loss_mask
+    recomputed = algo.model.distribution(out.logits[mask]).log_prob(batch.actions[mask])
+    torch.testing.assert_close(recomputed, batch.old_log_prob[mask], atol=1e-5, rtol=0)
     env.close()
 
 

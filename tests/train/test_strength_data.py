@@ -48,7 +48,7 @@ def test_chunks_carry_absolute_times_edge_masks_and_returns(tmp_path: Path, cach
         item = chunks[index % len(chunks)]
         steps = min(4, len(REWARDS[number]) - start)
         assert item["times"].tolist() == list(range(start, start + 4))  # absolute, not chunk-relative
-        assert item["mask"].tolist() == [True] * steps + [False] * (4 - steps)
+        assert item["frame_mask"].tolist() == [True] * steps + [False] * (4 - steps)
         frames = item["frames"][:, 0, 0, 0].tolist()
         assert frames == [10 * t + number for t in range(start, start + steps)] + [0] * (4 - steps)
         assert item["actions"][:steps].tolist() == [(t + number) % 5 for t in range(start, start + steps)]

@@ -98,19 +98,15 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     }
 
 
-def _bc_step(policy: Any, optimizer: Any, batch: dict[str, Any], packed: bool, bf16: bool = False) -> None:
-    import torch
+def _bc_step(policy: Any, optimizer: Any, batch: Any, packed: bool, bf16: bool = False) -> None:
+    """One BC step on ``batch`` (a ``train.batch.Batch``); ``packed``: rows hold several pieces."""
+    import dataclasses
 
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = policy(
-            batch["frames"],
-            list(batch["instruction"]),
-            times=batch["times"],
-            frame_mask=batch["mask"],
-            segments=batch["segments"] if packed else None,
-        )
-    log_prob = policy.distribution(out.logits.float()).log_prob(batch["actions"])
-    loss = -(log_prob * batch["mask"]).sum() / batch["mask"].sum()
+    from train.batch import bc_loss
+
+    if not packed:  # one piece a row: no block-causal mask, as training an unpacked run does
+        batch = dataclasses.replace(batch, segments=None)
+    loss = bc_loss(policy, batch, autocast="cpu" if bf16 else None).policy
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -143,7 +139,7 @@ def _loader_over_memory(
     if warm:
         for _ in range(-(-len(chunks) // 16)):
             next(batches)
-    held: list[dict[str, Any]] = []
+    held: list[Any] = []
 
     def from_loader() -> float:
         held.clear()  # the last round's batches are let go before the clock starts
@@ -224,6 +220,6 @@ def _previous_and_default(
     seconds = interleaved({name: timed(partial(train_on, run)) for name, run in runs.items()}, rounds)
     for name, run in runs.items():
         run["seconds"] = seconds[name]
-        run["real"] = rounds * int(sum(batch["mask"].sum() for batch in run["batches"]))
-        run["padded"] = rounds * sum(batch["mask"].numel() for batch in run["batches"])
+        run["real"] = rounds * int(sum(batch.frame_mask.sum() for batch in run["batches"]))
+        run["padded"] = rounds * sum(batch.frame_mask.numel() for batch in run["batches"])
     return runs

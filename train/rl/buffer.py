@@ -18,6 +18,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer
 
+from train.batch import Batch
 from train.rl.policy import SB3PolicyAdapter
 
 
@@ -36,7 +37,7 @@ class SequenceRolloutBuffer(DictRolloutBuffer):
         adapter: SB3PolicyAdapter,
         context_features: dict[int, torch.Tensor] | None = None,
         context_frames: bool = True,
-    ) -> dict[str, Any]:
+    ) -> RolloutBatch:
         """Pad the segments (context + rollout steps) into (S, L) tensors on the buffer's device;
         with ``context_features`` ({env: (C_env, P, C)}), also the context frames' encodings, and
         then ``context_frames=False`` leaves the context's pixels out (zeros: the forward reads
@@ -82,16 +83,33 @@ class SequenceRolloutBuffer(DictRolloutBuffer):
         if isinstance(self.action_space, spaces.Discrete):
             actions = actions[..., 0]
         device = self.device
-        return {
-            "frames": frames.to(device),
-            "times": times.to(device),
-            "frame_mask": frame_mask.to(device),
-            "loss_mask": loss_mask.to(device),
-            "actions": actions.to(device),
-            "texts": texts,
-            "context_features": features,
-            **{name: value.to(device) for name, value in fields.items()},
-        }
+        return RolloutBatch(
+            frames=frames.to(device),
+            instructions=texts,
+            times=times.to(device),
+            frame_mask=frame_mask.to(device),
+            actions=actions.to(device),
+            returns=fields["returns"].to(device),
+            loss_mask=loss_mask.to(device),
+            old_log_prob=fields["log_prob"].to(device),
+            advantages=fields["advantages"].to(device),
+            context_features=features,
+        )
+
+
+@dataclasses.dataclass(kw_only=True)
+class RolloutBatch(Batch):
+    """A PPO minibatch: S segments (context frames, then rollout steps) padded to L steps, in
+    ``Batch``'s fields (one segment a row, so no ``segments``) plus what the PPO loss reads."""
+
+    loss_mask: torch.Tensor
+    """bool (S, L): the rollout steps (the loss is taken there; context and padding are not)"""
+    old_log_prob: torch.Tensor
+    """float (S, L): the rollout policy's log-probability of each action"""
+    advantages: torch.Tensor
+    """float (S, L)"""
+    context_features: torch.Tensor | None = None
+    """(S, L, P, C): the context frames' encodings, computed once per update (None: not given)"""
 
 
 @dataclasses.dataclass

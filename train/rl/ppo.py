@@ -28,9 +28,17 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from policies import InstructionPolicy
+from train.batch import bc_loss
 from train.common import TrainingDiverged
 from train.data import ChunkDataset, make_loader
-from train.rl.buffer import Segment, SequenceRolloutBuffer, kl_divergence, pack_minibatches, split_segments
+from train.rl.buffer import (
+    RolloutBatch,
+    Segment,
+    SequenceRolloutBuffer,
+    kl_divergence,
+    pack_minibatches,
+    split_segments,
+)
 from train.rl.policy import SB3PolicyAdapter
 from train.rl.rollout import SequenceRollouts
 
@@ -76,7 +84,7 @@ class SequencePPO(SequenceRollouts, PPO):
 
     def _minibatch(
         self, segments: list[Segment], context_features: dict[int, torch.Tensor] | None = None
-    ) -> dict[str, Any]:
+    ) -> RolloutBatch:
         """The segments padded into (S, L) tensors (``SequenceRolloutBuffer.padded_batch``); the
         context's pixels only when the reference policy reads them (it has no cached encodings)."""
         with_reference = self.reference is not None and self.kl_coef > 0
@@ -85,20 +93,12 @@ class SequencePPO(SequenceRollouts, PPO):
         )
 
     def _bc_loss(self) -> torch.Tensor:
-        batch = next(self._bc_batches)
-        mask = batch["mask"].to(self.device)
-        output = self.model(
-            batch["frames"].to(self.device),
-            list(batch["instruction"]),
-            times=batch["times"].to(self.device),
-            frame_mask=mask,
-            drop_instruction=torch.zeros(mask.shape[0], dtype=torch.bool),
-        )
-        log_prob = self.model.distribution(output.logits).log_prob(batch["actions"].to(self.device))
-        return -(log_prob * mask).sum() / mask.sum().clamp_min(1)
+        """The BC term on the next batch of demonstrations (every instruction given)."""
+        batch = next(self._bc_batches).to(self.device)
+        return bc_loss(self.model, batch, keep_instructions=True).policy
 
     def _reference_logits(
-        self, batch: dict[str, Any], segments: list[Segment], cache: dict[tuple[int, int], torch.Tensor]
+        self, batch: RolloutBatch, segments: list[Segment], cache: dict[tuple[int, int], torch.Tensor]
     ) -> torch.Tensor:
         """The reference policy's logits at the minibatch's rollout steps, in ``logits[mask]``
         order (row by row), from ``cache`` for segments seen in an earlier epoch."""
@@ -106,13 +106,13 @@ class SequencePPO(SequenceRollouts, PPO):
         if missing:
             with torch.no_grad():
                 logits = self.reference(
-                    batch["frames"][missing],
-                    [batch["texts"][row] for row in missing],
-                    times=batch["times"][missing],
-                    frame_mask=batch["frame_mask"][missing],
-                    query_mask=batch["loss_mask"][missing],
+                    batch.frames[missing],
+                    [batch.instructions[row] for row in missing],
+                    times=batch.times[missing],
+                    frame_mask=batch.frame_mask[missing],
+                    query_mask=batch.loss_mask[missing],
                 ).logits
-            mask = batch["loss_mask"][missing]
+            mask = batch.loss_mask[missing]
             for index, row in enumerate(missing):
                 seg = segments[row]
                 cache[(seg.env, seg.start)] = logits[index][mask[index]]
@@ -168,7 +168,7 @@ class SequencePPO(SequenceRollouts, PPO):
 
     def _minibatch_loss(
         self,
-        batch: dict[str, Any],
+        batch: RolloutBatch,
         segments: list[Segment],
         clip_range: float,
         reference_logits: dict[tuple[int, int], torch.Tensor],
@@ -177,31 +177,31 @@ class SequencePPO(SequenceRollouts, PPO):
         """The clipped PPO loss of one minibatch (plus the KL and BC terms when they are on) and
         the approximate KL to the rollout policy; each term is appended to ``logs``."""
         model = self.model
-        mask = batch["loss_mask"]
+        mask = batch.loss_mask
         output = model(
-            batch["frames"],
-            batch["texts"],
-            times=batch["times"],
-            frame_mask=batch["frame_mask"],
-            drop_instruction=torch.zeros(len(batch["texts"]), dtype=torch.bool),
+            batch.frames,
+            batch.instructions,
+            times=batch.times,
+            frame_mask=batch.frame_mask,
+            drop_instruction=torch.zeros(len(batch), dtype=torch.bool),
             context_mask=~mask,  # earlier frames: keys/values only, no encoder gradient
-            context_features=batch["context_features"],
+            context_features=batch.context_features,
             query_mask=mask,  # outputs at the rollout steps only, not at the context or padding
         )
         logits = output.logits[mask]
         distribution = model.distribution(logits)
-        log_prob = distribution.log_prob(batch["actions"][mask])
+        log_prob = distribution.log_prob(batch.actions[mask])
         entropy = distribution.entropy()
         values = output.value[mask]
-        advantages = batch["advantages"][mask]
+        advantages = batch.advantages[mask]
         if self.normalize_advantage and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        log_ratio = log_prob - batch["log_prob"][mask]
+        log_ratio = log_prob - batch.old_log_prob[mask]
         ratio = log_ratio.exp()
         policy_loss = -torch.min(
             advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
         ).mean()
-        value_loss = torch.nn.functional.mse_loss(values, batch["returns"][mask])
+        value_loss = torch.nn.functional.mse_loss(values, batch.returns[mask])
         entropy_loss = -entropy.mean()
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
         if self.reference is not None and self.kl_coef > 0:
