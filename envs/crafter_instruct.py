@@ -165,8 +165,9 @@ class CrafterInstructEnv(gym.Env):
             "success": False,
             "achievements": dict(self._env._player.achievements),
             "inventory": dict(self._env._player.inventory),
+            "dead": False,
             "world_seed": self.world_seed,
-        }
+        }  # the same keys as step's: recorders such as Minari's DataCollector require it
         return {"image": self._frame, "instruction": self.instruction}, info
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -190,6 +191,7 @@ class CrafterInstructEnv(gym.Env):
             "achievements": achievements,
             "inventory": crafter_info["inventory"],
             "dead": bool(dead),
+            "world_seed": self.world_seed,
         }
         return {"image": frame, "instruction": self.instruction}, reward, terminated, truncated, info
 
