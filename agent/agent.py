@@ -65,7 +65,11 @@ class Agent:
         seed: int | None = None,
         capture_attention: bool = False,
     ) -> Agent:
-        """Load a checkpoint directory; any failure is a ``CheckpointError`` naming it."""
+        """Load a checkpoint directory, or a shipped agent as ``"pretrained:<name>"``
+        (``agent.pretrained``); any failure is a ``CheckpointError`` naming it."""
+        from agent.pretrained import resolve_checkpoint
+
+        directory = resolve_checkpoint(directory)
         try:
             policy = InstructionPolicy.from_pretrained(directory, map_location="cpu")
         except CheckpointError:
