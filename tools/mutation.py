@@ -93,7 +93,7 @@ MODULES: dict[str, Module] = {
     "episodes": Module(
         files=("envs/episodes.py",),
         functions=("x_task_options", "x_play_episode"),
-        tests=("tests/envs/test_episodes.py",),
+        tests=("tests/envs/test_episodes.py", "tests/envs/test_episode_loop.py"),
     ),
     # Aggregation of rounds, expert relabelling, the beta schedule, resuming rounds.
     "dagger": Module(
@@ -115,7 +115,11 @@ MODULES: dict[str, Module] = {
     "plan": Module(
         files=("agent/plan.py",),
         functions=("*",),
-        tests=("tests/agent/test_plan.py",),
+        tests=(
+            "tests/agent/test_plan.py",
+            "tests/agent/test_plan_files.py",
+            "tests/agent/test_plan_rules.py",
+        ),
     ),
 }
 
