@@ -12,13 +12,8 @@ from policies.config import (
 )
 from policies.fusion import FUSIONS
 from policies.heads import FactorizedCategorical
-from policies.policy import (
-    CheckpointError,
-    InstructionPolicy,
-    PolicyOutput,
-    PolicyState,
-    with_legacy_defaults,
-)
+from policies.persist import CheckpointError, with_legacy_defaults
+from policies.policy import InstructionPolicy, PolicyOutput, PolicyState
 
 __all__ = [
     "FUSIONS",

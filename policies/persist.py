@@ -1,118 +1,263 @@
-"""Checkpoint files on disk: atomic directory writes (a reader sees the old directory or the
-complete new one), what a failed write says, and which paths are safe to read."""
+"""A policy's checkpoint: ``config.json`` (the config and what training adds) beside
+``model.safetensors``. Writing refuses NaN or inf weights and replaces the folder atomically;
+loading never unpickles, and checks a checkpoint (input from anyone) before building it: regular
+files only, every config field present, the model the config describes matched against the
+weights file's header on the meta device.
+
+``InstructionPolicy.save_pretrained`` and ``from_pretrained`` call these functions; the model
+itself (policies/policy.py) knows nothing of files.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import json
 import os
-import shutil
-import stat
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
+
+from policies.config import ConfigError, PolicyConfig, VisionConfig
+from policies.files import atomic_directory, describe_irregular
+from policies.text import make_text_encoder
+
+# The policy class is passed in (``InstructionPolicy.from_pretrained`` passes itself): the model
+# imports this module, never the reverse.
+Policy = TypeVar("Policy", bound=nn.Module)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+# A policy config is a few KB; anything far larger is no config worth reading into memory.
+MAX_CONFIG_BYTES = 16 * 2**20
+# Tensors a config may build beyond those its weights file holds before the build stops (the
+# file decides the size; the margin only keeps a future non-saved buffer from tripping this).
+EXTRA_TENSORS = 64
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """Weights holding NaN or inf (a diverged run): they are never written and never loaded."""
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or inf."""
+    return [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def with_legacy_defaults(policy: Any) -> Any:
+    """Checkpoints written before a config field existed were built without it: a missing
+    ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
+    and a missing ``vision.token_pooling`` means averaging (today's defaults may differ). The
+    cell encoder's own fields came with ``vision.encoder``: without it they are unused."""
+    if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
+        legacy: dict[str, Any] = {
+            "position_embedding": False,
+            "encoder": "impala",
+            "token_pooling": "average",
+        }
+        if "encoder" not in policy["vision"]:
+            legacy.update(cell_size=VisionConfig.cell_size, cell_blocks=VisionConfig.cell_blocks)
+        policy = {**policy, "vision": {**legacy, **policy["vision"]}}
+    return policy
+
+
+class _TooManyTensors(Exception):
+    """Raised inside a bounded build once it registers more tensors than allowed."""
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a staging directory; on success it replaces ``directory`` in one rename.
+def _bounded_build(limit: int) -> Iterator[None]:
+    """Modules built in this block (by this thread) go on the meta device, so no weight takes
+    memory, and the build stops with ``_TooManyTensors`` once it registers more than ``limit``
+    parameters and buffers: a config claiming a million blocks stops after a few."""
+    thread, count = threading.get_ident(), 0
 
-    If the body raises, ``directory`` is left as it was (the last good checkpoint survives).
-    """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    def hook(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        nonlocal count
+        if tensor is None or threading.get_ident() != thread:
+            return
+        count += 1
+        if count > limit:
+            raise _TooManyTensors
+
+    handles = [
+        register_module_parameter_registration_hook(hook),
+        register_module_buffer_registration_hook(hook),
+    ]
     try:
-        yield staging
-        _fsync_tree(staging)
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(staging, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with torch.device("meta"):
+            yield
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        for handle in handles:
+            handle.remove()
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+def _saved_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read)."""
+    with safe_open(str(weights_path), framework="pt") as handle:
+        names = handle.keys()  # a safe_open handle has keys() but cannot be iterated
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
 
 
-# torch.save reports a failed write without an errno ("[enforce fail at inline_container.cc] ...
-# file write failed"): below this much free space the cause is taken to be a full disk.
-_NEARLY_FULL_BYTES = 64 * 2**20
-
-
-def mount_point(path: str | os.PathLike[str]) -> Path:
-    """The mount point (the device, to a user) holding ``path``."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    while not os.path.ismount(path) and path != path.parent:
-        path = path.parent
-    return path
-
-
-def is_disk_full(error: BaseException, path: str | os.PathLike[str]) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if "no space left" in str(error).lower():
-        return True
+def read_checkpoint_config(config_path: Path) -> PolicyConfig:
+    """A checkpoint's policy config: every field present (legacy ones aside), since a default
+    may not be the value its weights were trained with."""
+    size = config_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{config_path} is {size} bytes, not a policy config (those are a few KB): "
+            "it does not belong to a checkpoint"
+        )
     try:
-        return shutil.disk_usage(mount_point(path)).free < _NEARLY_FULL_BYTES
-    except OSError:
-        return False
+        payload = json.loads(config_path.read_text())
+        return PolicyConfig.from_dict(with_legacy_defaults(payload["policy"]), complete=True)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ConfigError) as error:
+        raise CheckpointError(f"{config_path} is not a valid policy config: {error}") from None
 
 
-def describe_write_failure(error: BaseException, file: str | os.PathLike[str], intact: str) -> str:
-    """One line for a failed write of ``file``: "no space left on DEVICE while writing FILE; ``intact``"
-    when the disk is full, else the file and the error."""
-    if is_disk_full(error, file):
-        return f"no space left on {mount_point(file)} while writing {file}; {intact}"
-    return f"could not write {file} ({type(error).__name__}: {error}); {intact}"
+def _saved_state(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint holds: all but a frozen text backbone (it is loaded by name)."""
+    frozen_prefix = "text_encoder.backbone."
+    state = policy.state_dict()
+    if not policy.config.text.finetune:
+        state = {k: v for k, v in state.items() if not k.startswith(frozen_prefix)}
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-_KINDS = (
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a directory"),
-)
+def write_policy_files(policy: nn.Module, directory: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic).
+
+    Raises ``NonFiniteWeightsError`` before writing anything if a weight is NaN or inf."""
+    state = _saved_state(policy)
+    bad = non_finite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(
+            f"the weights hold NaN or inf values (tensor {bad[0]!r}{more}): the model diverged, "
+            "so they are not saved; lower the learning rate"
+        )
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    payload = {"policy": policy.config.to_dict(), **(extra or {})}
+    (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
 
 
-def irregular_kind(path: str | os.PathLike[str]) -> str | None:
-    """What ``path`` is when it exists but is no regular file ("a named pipe", "a directory",
-    ...), else None. Reading a named pipe blocks until a writer comes and a device may never
-    end, so a file of a checkpoint is checked before it is opened. Links are followed: a link
-    to a regular file is one (model folders link their weights into a shared cache)."""
+def save_policy(
+    policy: nn.Module, directory: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors``; the directory is replaced atomically."""
+    with atomic_directory(directory) as staging:
+        write_policy_files(policy, staging, extra)
+    return Path(directory)
+
+
+def load_policy(
+    cls: type[Policy], directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> Policy:
+    """Load ``config.json`` + ``model.safetensors``. Never unpickles anything.
+
+    A checkpoint is input from anyone: its files must be regular files, its config must name
+    every field, and the model the config describes is checked against the weights file's
+    header (built on the meta device, stopped early if it grows past the file) before any
+    weight takes memory, so a crafted config fails in seconds."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not weights_path.exists():
+        pickles = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"{directory} holds pickle-based weights {pickles} and no {WEIGHTS_NAME}: pickles can run "
+                "code when loaded, so they are refused; re-save the weights with safetensors"
+            )
+        raise CheckpointError(f"{weights_path} is missing: {directory} is not a checkpoint")
+    if not config_path.exists():
+        raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
+    for path in (config_path, weights_path):
+        problem = describe_irregular(path)
+        if problem:
+            raise CheckpointError(problem)
+    config = read_checkpoint_config(config_path)
+    shapes = _saved_shapes(weights_path)
+    text_encoder = None
+    if config.text.encoder != "word":  # pretrained: its size is its own folder's, not the config's
+        try:
+            text_encoder = make_text_encoder(config.text)
+        except (ConfigError, FileNotFoundError) as error:
+            raise CheckpointError(f"{config_path}: {error}") from None
+    _check_shapes(cls, config, text_encoder, shapes, config_path, weights_path)
+    model = cls(config, text_encoder)
+    state = load_file(str(weights_path), device=str(map_location))
+    bad = non_finite_tensors(state)
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(
+            f"{weights_path}: tensor {bad[0]!r}{more} holds NaN or inf values: these weights "
+            "diverged during training and cannot act; use an earlier checkpoint or retrain "
+            "with a lower learning rate"
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = "text_encoder.backbone."
+    missing = [k for k in missing if not (k.startswith(frozen) and not config.text.finetune)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path} does not match {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.to(map_location)
+
+
+def _check_shapes(
+    cls: type[nn.Module],
+    config: PolicyConfig,
+    text_encoder: nn.Module | None,
+    shapes: dict[str, tuple[int, ...]],
+    config_path: Path,
+    weights_path: Path,
+) -> None:
+    """Raise ``CheckpointError`` unless the model ``config`` describes holds exactly the
+    tensors of ``shapes`` (the weights file's header; a frozen text backbone is not saved)."""
+    limit = len(shapes) + EXTRA_TENSORS
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None  # missing or unreadable: the read that follows says so
-    if stat.S_ISREG(mode):
-        return None
-    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
-
-
-def describe_irregular(path: str | os.PathLike[str]) -> str | None:
-    """One phrase for a checkpoint file that is no regular file, or None when it is one (or absent)."""
-    kind = irregular_kind(path)
-    if kind is None:
-        return None
-    return f"{path} is {kind}, not a regular file: a checkpoint's files are plain files; replace it with the file training wrote"
+        with _bounded_build(limit):
+            skeleton = cls(config, text_encoder)
+    except _TooManyTensors:
+        raise CheckpointError(
+            f"{weights_path} does not match {config_path}: the config describes a model of more than "
+            f"{limit} tensors and the file holds {len(shapes)}; use the config.json written with these weights"
+        ) from None
+    frozen = "text_encoder.backbone."
+    expected = {
+        name: tuple(tensor.shape)
+        for name, tensor in skeleton.state_dict().items()
+        if config.text.finetune or not name.startswith(frozen)
+    }
+    wrong = [name for name in expected if name in shapes and expected[name] != shapes[name]]
+    missing = [name for name in expected if name not in shapes]
+    unexpected = [name for name in shapes if name not in expected]
+    if not (wrong or missing or unexpected):
+        return
+    problems = [
+        f"tensor {name!r} is {expected[name]} in the config's model but {shapes[name]} in the file"
+        for name in wrong[:3]
+    ]
+    if len(wrong) > 3:
+        problems.append(f"{len(wrong) - 3} more tensors differ in shape")
+    if missing or unexpected:
+        problems.append(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    raise CheckpointError(f"{weights_path} does not match {config_path}: {'; '.join(problems)}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from policies.config import ConfigError, TextConfig
-from policies.persist import irregular_kind
+from policies.files import irregular_kind
 
 _WORD = re.compile(r"[a-z0-9]+")
 

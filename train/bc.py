@@ -2,9 +2,10 @@
 
 Shape legend: B chunks, L steps per chunk, K sum of action sizes.
 
-One module for the whole loop (building the run, the step, logging, checkpoints, validation and
-interruption) so a reader follows a BC step from data to checkpoint in one file; saving and
-resuming live in ``train/bc_checkpoint.py``, what BC shares with RL in ``train/common.py``.
+``BCTrainer``'s constructor builds a run (process group, checked dataset, policy, optimizer,
+schedule, this rank's data, logs); ``BCTrainer.fit`` is the loop, on one screen: batch -> loss
+-> step -> log -> checkpoint / validate / evaluate. The loss and the batch are train/batch.py's,
+the checkpoint train/checkpoint.py's, what BC shares with RL train/common.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import Dataset, DatasetError
 from policies import ActionSpaceConfig, FactorizedCategorical, InstructionPolicy
-from policies.policy import NonFiniteWeightsError
+from policies.persist import NonFiniteWeightsError
 from train.batch import Batch, BCLoss, bc_loss
-from train.bc_checkpoint import last_good_checkpoint, resume_training, save_checkpoint
+from train.checkpoint import CHECKPOINT, last_good_checkpoint, resume_training, save_bc_checkpoint
 from train.common import (
-    CHECKPOINT,
-    Distributed,
     StopRequest,
     TrainingDiverged,
     TrainingInterrupted,
@@ -42,7 +40,7 @@ from train.common import (
     run_folder_lock,
     setup_distributed,
 )
-from train.config import RunConfig, TrainConfig
+from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
 from train.validation import action_names, log_validation, split_episodes, validate
 
@@ -111,7 +109,7 @@ def _accuracies(distribution: FactorizedCategorical, batch: Batch) -> list[float
 INIT_POLICY_FIELDS = ("policy.instruction_dropout",)
 
 
-def _fit_to_dataset(
+def fit_to_dataset(
     run: RunConfig, dataset: Dataset, data: str, init: str | None, resume: str | None, device: str
 ) -> tuple[RunConfig, InstructionPolicy]:
     """The run's policy config adjusted to the dataset (it decides the action space and the frame
@@ -143,144 +141,131 @@ def _fit_to_dataset(
     return run, policy
 
 
-@dataclass
-class _Data:
-    chunks: ChunkDataset  # this rank's training chunks
-    loader: Any
-    validation_episodes: list[int]
-    held_out: ChunkDataset | None  # validation chunks, on rank 0
-    names: Any  # action names for the validation report
+class BCTrainer:
+    """A BC run: the constructor sets it up (fresh, from ``init``'s weights, or resumed from
+    ``resume``); ``fit()`` trains it to ``run.train.steps`` and returns the summary.
+    ``evaluate_fn(policy, step, writer) -> dict`` runs the periodic evaluation on rank 0."""
 
-
-def _load_data(
-    data: str,
-    dataset: Dataset,
-    cfg: TrainConfig,
-    distributed: Distributed,
-    skipped: list[int],
-    start_step: int,
-    device: str,
-) -> _Data:
-    """This rank's shard of the training episodes (no skipped or validation ones) as a loader
-    that continues at ``start_step``; the validation chunks on rank 0."""
-    _, validation_episodes = split_episodes(dataset, cfg.val_fraction, cfg.seed)
-    shard = dataset.shard(distributed.rank, distributed.world_size)
-    shard = sorted(set(shard) - set(skipped) - set(validation_episodes))
-    chunks = ChunkDataset(
-        data,
-        cfg.chunk_length,
-        episodes=shard,
-        gamma=cfg.gamma,
-        pack=cfg.pack,
-        seed=cfg.seed,
-        cache_mib=cfg.cache_mib,
-    )
-    held_out, names = None, None
-    if validation_episodes and distributed.main:
-        held_out = ChunkDataset(
-            data,
-            cfg.chunk_length,
-            episodes=sorted(set(validation_episodes) - set(skipped)),
-            gamma=cfg.gamma,
-            pack=cfg.pack,
+    def __init__(
+        self,
+        run: RunConfig,
+        data: str,
+        out_dir: Path,
+        *,
+        resume: str | None = None,
+        init: str | None = None,
+        progress: bool = True,
+        evaluate_fn: Any = None,
+    ) -> None:
+        cfg = run.train
+        self.distributed = setup_distributed(resolve_device(cfg.device))
+        self.device = resolve_device(cfg.device, self.distributed.local_rank)
+        self.data, self.out_dir, self.evaluate_fn = data, out_dir, evaluate_fn
+        self.checkpoint_dir = out_dir / CHECKPOINT
+        dataset = Dataset(data)
+        skipped = check_dataset(dataset, cfg.skip_bad_episodes)
+        self.run, self.policy = fit_to_dataset(run, dataset, data, init, resume, self.device)
+        self.autocast = autocast_device(self.device, cfg.amp)
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         )
-        names = action_names(dataset.metadata.get("env_id", ""))
-    loader = make_loader(
-        chunks,
-        cfg.batch_size,
-        cfg.workers,
-        seed=cfg.seed * 1000 + distributed.rank,
-        start_sample=start_step * cfg.batch_size,
-        pin_memory=device.startswith("cuda"),
-    )
-    return _Data(chunks, loader, validation_episodes, held_out, names)
-
-
-def _open_logs(
-    run: RunConfig,
-    data: str,
-    out_dir: Path,
-    skipped: list[int],
-    changed: dict[str, tuple[Any, Any]],
-    start_step: int,
-    resume: bool,
-) -> SummaryWriter:
-    """Rank 0's notes on stderr, ``config.resolved.yaml`` and the TensorBoard writer."""
-    if skipped:
-        print(
-            f"note: skipping {len(skipped)} unreadable episode(s) of {data} "
-            f"(train.skip_bad_episodes): {skipped[:20]}{' ...' if len(skipped) > 20 else ''}",
-            file=sys.stderr,
+        self.step, changed = (
+            resume_training(resume, self.run, self.policy, self.optimizer, self.scheduler, self.device)
+            if resume
+            else (0, {})
         )
-    if changed:
-        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        print(f"note: resuming at step {start_step} with changed settings: {listed}", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.resolved.yaml").write_text(yaml.safe_dump(run.to_dict(), sort_keys=False))
-    # Purge only what a crashed run logged after its checkpoint: the checkpoint's own step
-    # stays, and the resumed run logs from the step after it.
-    return SummaryWriter(str(out_dir / "tb"), purge_step=start_step + 1 if resume else None)
+        self.model: torch.nn.Module = self.policy
+        if self.distributed.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.policy,
+                device_ids=[self.distributed.local_rank] if self.device.startswith("cuda") else None,
+                find_unused_parameters=True,
+            )
+        self._load_data(dataset, skipped)
+        self.writer: SummaryWriter | None = None
+        self.bar: Any = None  # a tqdm progress bar on rank 0
+        if self.distributed.main:
+            self.writer = self._open_logs(skipped, changed, bool(resume))
+            if progress:
+                from tqdm import tqdm
 
+                self.bar = tqdm(
+                    total=cfg.steps, initial=self.step, unit="step", desc="bc", dynamic_ncols=True
+                )
+        self.summary: dict[str, Any] = {
+            "evaluations": [],
+            "skipped_episodes": skipped,
+            "validation_episodes": len(self.validation_episodes),
+            "real_fraction": self.chunks.real_fraction,
+        }
+        self.last_good = ""  # ``last_good_checkpoint``'s phrase, for the errors that stop a run
+        self.loss_value = float("nan")
+        self.samples_since_log, self.last_log = 0, time.perf_counter()
 
-@dataclass
-class _StepResult:
-    samples: int  # real (unpadded) steps of the batch, all ranks together
-    terms: BCLoss
-    batch: Batch  # on the device
-    grad_norm: torch.Tensor
+    def fit(self) -> dict[str, Any]:
+        """Train to ``run.train.steps``; SIGINT or SIGTERM finishes the step, writes the checkpoint
+        and raises ``TrainingInterrupted``."""
+        cfg, main = self.run.train, self.distributed.main
+        self.policy.train()
+        self.last_good = last_good_checkpoint(self.checkpoint_dir)
+        real_steps, train_seconds = 0, 0.0
+        with children_ignore_interrupts():  # DataLoader workers start here
+            batches = iter(self.loader)
+        stop = StopRequest()
+        try:
+            with stop.catching():
+                while self.step < cfg.steps:
+                    began = time.perf_counter()
+                    batch = next(batches)
+                    on_device = self._augment(batch).to(self.device, non_blocking=True)
+                    terms = bc_loss(self.model, on_device, autocast=self.autocast)
+                    grad_norm = self._gradient_step(terms.policy + cfg.value_coef * terms.value)
+                    self.step += 1
+                    samples = int(on_device.frame_mask.sum()) * self.distributed.world_size
+                    real_steps += samples
+                    self.samples_since_log += samples
+                    train_seconds += time.perf_counter() - began
+                    self._log(terms, on_device, grad_norm)
+                    # Every rank stops at the same step, after rank 0 wrote a checkpoint of it.
+                    stopping = stop.agreed(self.distributed, self.device) and self.step < cfg.steps
+                    due = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stopping
+                    if main and due:
+                        self._save(batch)
+                    validation_due = (self.step % cfg.val_every == 0) if cfg.val_every else due
+                    if self.held_out is not None and (validation_due or self.step == cfg.steps):
+                        self._validate()
+                    if stopping:
+                        self._stop(stop)
+                    periodic = cfg.eval_every and self.step % cfg.eval_every == 0
+                    if main and cfg.eval_episodes > 0 and (periodic or self.step == cfg.steps):
+                        self._evaluate()
+        finally:
+            if self.bar:
+                self.bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        return self._finish(real_steps / max(train_seconds, 1e-9))
 
-
-@dataclass
-class _Trainer:
-    """A BC run in progress: the model and its optimizer, and what the steps log to."""
-
-    run: RunConfig
-    data: str
-    policy: InstructionPolicy
-    model: torch.nn.Module  # ``policy``, or its DDP wrapper
-    trainable: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    device: str
-    distributed: Distributed
-    checkpoint_dir: Path
-    writer: SummaryWriter | None
-    bar: Any  # a tqdm progress bar or None
-    step: int
-    last_good: str = ""  # ``last_good_checkpoint``'s phrase
-    loss_value: float = float("nan")
-    samples_since_log: int = 0
-    last_log: float = dataclasses.field(default_factory=time.perf_counter)
-
-    @property
-    def autocast(self) -> str | None:
-        return autocast_device(self.device, self.run.train.amp)
-
-    def train_step(self, batch: Batch) -> _StepResult:
-        """One optimizer step on ``batch`` (augmented, then moved to the device)."""
+    # -- the parts of a step ------------------------------------------------------------
+    def _augment(self, batch: Batch) -> Batch:
+        """One random shift a row, drawn from the step (a resumed run draws the same)."""
         cfg = self.run.train
-        generator = torch.Generator().manual_seed(
-            cfg.seed * 1_000_003 + self.step * 7919 + self.distributed.rank
-        )
-        batch = dataclasses.replace(batch, frames=random_shift(batch.frames, cfg.augment_shift, generator))
-        batch = batch.to(self.device, non_blocking=True)
-        terms = bc_loss(self.model, batch, autocast=self.autocast)
-        loss = terms.policy + cfg.value_coef * terms.value
+        seed = cfg.seed * 1_000_003 + self.step * 7919 + self.distributed.rank
+        frames = random_shift(batch.frames, cfg.augment_shift, torch.Generator().manual_seed(seed))
+        return dataclasses.replace(batch, frames=frames)
+
+    def _gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, clip, step; returns the gradient norm before clipping. A NaN or inf loss
+        stops the run (``TrainingDiverged``) before it touches the weights."""
+        cfg, trainable = self.run.train, self.trainable
         self.loss_value = float(loss.detach())
         if not math.isfinite(self.loss_value):
             raise TrainingDiverged(
                 f"loss is {self.loss_value} at step {self.step}: training stopped; {self.last_good}. "
                 "Lower train.lr or check the data."
             )
-        grad_norm = self._gradient_step(loss)
-        self.step += 1
-        samples = int(batch.frame_mask.sum()) * self.distributed.world_size
-        self.samples_since_log += samples
-        return _StepResult(samples, terms, batch, grad_norm)
-
-    def _gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip, step; returns the gradient norm before clipping."""
-        cfg, trainable = self.run.train, self.trainable
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
@@ -294,19 +279,18 @@ class _Trainer:
         self.scheduler.step()
         return grad_norm
 
-    def log(self, result: _StepResult) -> None:
+    def _log(self, terms: BCLoss, batch: Batch, grad_norm: torch.Tensor) -> None:
         """TensorBoard scalars every ``log_every`` steps and at the last; the progress bar."""
         step, writer, cfg = self.step, self.writer, self.run.train
         if writer is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             elapsed = time.perf_counter() - self.last_log
             writer.add_scalar("train/loss", self.loss_value, step)
-            writer.add_scalar("train/policy_loss", float(result.terms.policy.detach()), step)
-            writer.add_scalar("train/value_loss", float(result.terms.value.detach()), step)
-            accuracies = _accuracies(result.terms.distribution, result.batch)
-            for head, accuracy in enumerate(accuracies):
+            writer.add_scalar("train/policy_loss", float(terms.policy.detach()), step)
+            writer.add_scalar("train/value_loss", float(terms.value.detach()), step)
+            for head, accuracy in enumerate(_accuracies(terms.distribution, batch)):
                 writer.add_scalar(f"train/accuracy_head{head}", accuracy, step)
             writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", float(result.grad_norm), step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
             writer.add_scalar("train/samples_per_s", self.samples_since_log / max(elapsed, 1e-9), step)
             if self.bar:
                 self.bar.set_postfix(
@@ -317,7 +301,7 @@ class _Trainer:
         if self.bar:
             self.bar.update(1)
 
-    def save(self, batch: Batch) -> None:
+    def _save(self, batch: Batch) -> None:
         """Write the checkpoint (rank 0), after checking the weights give finite outputs on ``batch``."""
         step = self.step
         if not outputs_finite(self.policy, batch, self.device, self.autocast):
@@ -327,97 +311,118 @@ class _Trainer:
                 "Lower train.lr or check the data."
             )
         try:
-            save_checkpoint(
+            save_bc_checkpoint(
                 self.checkpoint_dir, self.policy, self.optimizer, self.scheduler, step, self.run, self.data
             )
         except NonFiniteWeightsError as error:
             raise TrainingDiverged(f"step {step}: {error}; training stopped; {self.last_good}") from None
         self.last_good = last_good_checkpoint(self.checkpoint_dir)
 
+    def _validate(self) -> None:
+        assert self.held_out is not None
+        result = validate(
+            self.policy, self.held_out, self.run.train.batch_size, self.device, self.action_names
+        )
+        self.summary["validation"] = {"step": self.step, **result}
+        if self.writer is not None:
+            log_validation(self.writer, result, self.step)
 
-def _between_steps(
-    trainer: _Trainer,
-    batch: Batch,
-    stop: StopRequest,
-    loaded: _Data,
-    summary: dict[str, Any],
-    evaluate_fn: Any,
-    out_dir: Path,
-) -> None:
-    """After a step: the checkpoint when due (or when stopping), validation, the end of an
-    interrupted run (``TrainingInterrupted``) and the periodic evaluation."""
-    cfg, distributed, step = trainer.run.train, trainer.distributed, trainer.step
-    stopping = stop.agreed(distributed, trainer.device) and step < cfg.steps
-    due = step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping
-    if distributed.main and due:
-        trainer.save(batch)
-    validation_due = (step % cfg.val_every == 0) if cfg.val_every else due
-    if loaded.held_out is not None and (validation_due or step == cfg.steps):
-        result = validate(trainer.policy, loaded.held_out, cfg.batch_size, trainer.device, loaded.names)
-        summary["validation"] = {"step": step, **result}
-        if trainer.writer is not None:
-            log_validation(trainer.writer, result, step)
-    if stopping:
-        if distributed.world_size > 1:
+    def _stop(self, stop: StopRequest) -> None:
+        """End an interrupted run, saying how to resume it (the checkpoint is written)."""
+        if self.distributed.world_size > 1:
             dist.barrier()  # every rank waits until rank 0 has written the checkpoint
         assert stop.signal_number is not None
+        out_dir = self.out_dir
         raise TrainingInterrupted(
-            f"interrupted at step {step} of {cfg.steps}: checkpoint written to {trainer.checkpoint_dir}; "
-            f"resume with `instructcraft bc --config {out_dir / 'config.resolved.yaml'} "
-            f"--data {trainer.data} --out {out_dir} --resume {out_dir}`",
+            f"interrupted at step {self.step} of {self.run.train.steps}: checkpoint written to "
+            f"{self.checkpoint_dir}; resume with `instructcraft bc --config "
+            f"{out_dir / 'config.resolved.yaml'} --data {self.data} --out {out_dir} --resume {out_dir}`",
             stop.signal_number,
         )
-    periodic = cfg.eval_every and step % cfg.eval_every == 0
-    final = step == cfg.steps and cfg.eval_episodes > 0
-    if distributed.main and evaluate_fn is not None and cfg.eval_episodes > 0 and (periodic or final):
-        trainer.policy.eval()
-        result = evaluate_fn(trainer.policy, step, trainer.writer)
-        trainer.policy.train()
-        summary["evaluations"].append({"step": step, **result})
 
+    def _evaluate(self) -> None:
+        if self.evaluate_fn is None:
+            return
+        self.policy.eval()
+        result = self.evaluate_fn(self.policy, self.step, self.writer)
+        self.policy.train()
+        self.summary["evaluations"].append({"step": self.step, **result})
 
-def _start(
-    run: RunConfig, data: str, out_dir: Path, resume: str | None, progress: bool, init: str | None
-) -> tuple[_Trainer, _Data, list[int]]:
-    """Everything a run needs before its first step: the process group and device, the checked
-    dataset (and the episodes skipped), the policy, optimizer and schedule (fresh, from ``init``
-    or resumed), this rank's data, and on rank 0 the logs and progress bar."""
-    cfg = run.train
-    device = resolve_device(cfg.device)
-    distributed = setup_distributed(device)
-    device = resolve_device(cfg.device, distributed.local_rank)
-    dataset = Dataset(data)
-    skipped = check_dataset(dataset, cfg.skip_bad_episodes)
-    run, policy = _fit_to_dataset(run, dataset, data, init, resume, device)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    )
-    start_step, changed = (
-        resume_training(resume, run, policy, optimizer, scheduler, device) if resume else (0, {})
-    )
-    model: torch.nn.Module = policy
-    if distributed.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            policy,
-            device_ids=[distributed.local_rank] if device.startswith("cuda") else None,
-            find_unused_parameters=True,
+    def _finish(self, real_steps_per_s: float) -> dict[str, Any]:
+        """The summary (``summary.json`` on rank 0), once every rank is done."""
+        if self.distributed.world_size > 1:
+            dist.barrier()
+        self.summary.update(
+            {
+                "steps": self.step,
+                "final_loss": self.loss_value,
+                "checkpoint": str(self.checkpoint_dir),
+                "out": str(self.out_dir),
+                # Real (unpadded) steps per second of training, loading included.
+                "real_steps_per_s": real_steps_per_s,
+            }
         )
-    loaded = _load_data(data, dataset, cfg, distributed, skipped, start_step, device)
-    writer = None
-    if distributed.main:
-        writer = _open_logs(run, data, out_dir, skipped, changed, start_step, bool(resume))
-    bar = None
-    if progress and distributed.main:
-        from tqdm import tqdm
+        if self.distributed.main:
+            (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=str))
+        return self.summary
 
-        bar = tqdm(total=cfg.steps, initial=start_step, unit="step", desc="bc", dynamic_ncols=True)
-    trainer = _Trainer(
-        run, data, policy, model, trainable, optimizer, scheduler, device, distributed,
-        out_dir / CHECKPOINT, writer, bar, start_step,
-    )  # fmt: skip
-    return trainer, loaded, skipped
+    # -- set-up -------------------------------------------------------------------------
+    def _load_data(self, dataset: Dataset, skipped: list[int]) -> None:
+        """This rank's shard of the training episodes (no skipped or validation ones) as a
+        loader that continues at the current step; the validation chunks on rank 0."""
+        cfg, distributed = self.run.train, self.distributed
+        _, self.validation_episodes = split_episodes(dataset, cfg.val_fraction, cfg.seed)
+        shard = dataset.shard(distributed.rank, distributed.world_size)
+        shard = sorted(set(shard) - set(skipped) - set(self.validation_episodes))
+        self.chunks = ChunkDataset(
+            self.data,
+            cfg.chunk_length,
+            episodes=shard,
+            gamma=cfg.gamma,
+            pack=cfg.pack,
+            seed=cfg.seed,
+            cache_mib=cfg.cache_mib,
+        )
+        self.held_out: ChunkDataset | None = None
+        self.action_names: list[str] | None = None
+        if self.validation_episodes and distributed.main:
+            self.held_out = ChunkDataset(
+                self.data,
+                cfg.chunk_length,
+                episodes=sorted(set(self.validation_episodes) - set(skipped)),
+                gamma=cfg.gamma,
+                pack=cfg.pack,
+            )
+            self.action_names = action_names(dataset.metadata.get("env_id", ""))
+        self.loader = make_loader(
+            self.chunks,
+            cfg.batch_size,
+            cfg.workers,
+            seed=cfg.seed * 1000 + distributed.rank,
+            start_sample=self.step * cfg.batch_size,
+            pin_memory=self.device.startswith("cuda"),
+        )
+
+    def _open_logs(
+        self, skipped: list[int], changed: dict[str, tuple[Any, Any]], resume: bool
+    ) -> SummaryWriter:
+        """Rank 0's notes on stderr, ``config.resolved.yaml`` and the TensorBoard writer."""
+        if skipped:
+            print(
+                f"note: skipping {len(skipped)} unreadable episode(s) of {self.data} "
+                f"(train.skip_bad_episodes): {skipped[:20]}{' ...' if len(skipped) > 20 else ''}",
+                file=sys.stderr,
+            )
+        if changed:
+            listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            print(f"note: resuming at step {self.step} with changed settings: {listed}", file=sys.stderr)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.resolved.yaml").write_text(
+            yaml.safe_dump(self.run.to_dict(), sort_keys=False)
+        )
+        # Purge only what a crashed run logged after its checkpoint: the checkpoint's own step
+        # stays, and the resumed run logs from the step after it.
+        return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if resume else None)
 
 
 def train_bc_policy(
@@ -447,62 +452,10 @@ def train_bc_policy(
         refuse_existing_run(out_dir, "bc", f"--resume {out_dir}", resume)
     distributed = setup_distributed(resolve_device(run.train.device))
     with run_folder_lock(out_dir, held=distributed.main):
-        return _train(run, data, out_dir, resume, progress, evaluate_fn, init)
-
-
-def _train(
-    run: RunConfig,
-    data: str,
-    out_dir: Path,
-    resume: str | None,
-    progress: bool,
-    evaluate_fn: Any,
-    init: str | None,
-) -> tuple[InstructionPolicy, dict[str, Any]]:
-    """``train_bc_policy`` once ``out_dir`` is checked and locked."""
-    trainer, loaded, skipped = _start(run, data, out_dir, resume, progress, init)
-    trainer.policy.train()
-    summary: dict[str, Any] = {
-        "evaluations": [],
-        "skipped_episodes": skipped,
-        "validation_episodes": len(loaded.validation_episodes),
-        "real_fraction": loaded.chunks.real_fraction,
-    }
-    real_steps, train_seconds = 0, 0.0
-    trainer.last_good = last_good_checkpoint(trainer.checkpoint_dir)
-    with children_ignore_interrupts():  # DataLoader workers start here
-        batches = iter(loaded.loader)
-    stop = StopRequest()
-    try:
-        with stop.catching():
-            while trainer.step < run.train.steps:
-                began = time.perf_counter()
-                batch = next(batches)
-                result = trainer.train_step(batch)
-                real_steps += result.samples
-                train_seconds += time.perf_counter() - began
-                trainer.log(result)
-                _between_steps(trainer, batch, stop, loaded, summary, evaluate_fn, out_dir)
-    finally:
-        if trainer.bar:
-            trainer.bar.close()
-        if trainer.writer is not None:
-            trainer.writer.close()
-    if trainer.distributed.world_size > 1:
-        dist.barrier()
-    summary.update(
-        {
-            "steps": trainer.step,
-            "final_loss": trainer.loss_value,
-            "checkpoint": str(trainer.checkpoint_dir),
-            "out": str(out_dir),
-            # Real (unpadded) steps per second of training, loading included.
-            "real_steps_per_s": real_steps / max(train_seconds, 1e-9),
-        }
-    )
-    if trainer.distributed.main:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return trainer.policy, summary
+        trainer = BCTrainer(
+            run, data, out_dir, resume=resume, init=init, progress=progress, evaluate_fn=evaluate_fn
+        )
+        return trainer.policy, trainer.fit()
 
 
 def train_bc(run: RunConfig, data: str, out: str, **options: Any) -> dict[str, Any]:

@@ -1,15 +1,13 @@
 """What behavioral cloning (train/bc.py) and PPO (train/rl/) share: the device and the process
 group (torchrun) a run trains on, the run's output folder (refused when it holds another run,
-locked while a run writes it), the files of a training checkpoint and how they are written, and
-how a run stops early (``TrainingDiverged`` for NaN or inf, ``TrainingInterrupted`` for SIGINT or
-SIGTERM).
+locked while a run writes it) and how a run stops early (``TrainingDiverged`` for NaN or inf,
+``TrainingInterrupted`` for SIGINT or SIGTERM). The checkpoint itself: train/checkpoint.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import threading
@@ -21,20 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from policies import ConfigError, InstructionPolicy, PolicyConfig, with_legacy_defaults
-from policies.persist import (
-    CheckpointWriteError,
-    atomic_directory,
-    describe_irregular,
-    describe_write_failure,
-)
-from policies.policy import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError
+from train.checkpoint import CHECKPOINT, checkpoint_dir
 
-# A run's output folder holds CHECKPOINT/, a policy checkpoint (config.json + model.safetensors,
-# what the agent loads) plus the trainer's state and the run's config, to resume from.
-CHECKPOINT = "checkpoint"
-TRAINER_STATE = "trainer.pt"
-RUN_CONFIG = "run.json"
 # Held (flock) by the run writing the folder; the dataset store names its writer's lock the same.
 RUN_LOCK = ".lock"
 
@@ -67,11 +53,8 @@ def refuse_existing_run(out_dir: Path, command: str, resume_flag: str, resume: s
     existing = out_dir / CHECKPOINT
     if not existing.exists():
         return
-    if resume is not None:
-        continued = Path(resume)
-        continued = continued / CHECKPOINT if (continued / CHECKPOINT).is_dir() else continued
-        if continued.resolve() == existing.resolve():
-            return
+    if resume is not None and checkpoint_dir(resume).resolve() == existing.resolve():
+        return
     continuing = f" (--resume {resume} would replace it with another run)" if resume is not None else ""
     raise RunFolderError(
         f"{out_dir} already holds a {command} run ({existing}){continuing}: pass {resume_flag} to "
@@ -126,62 +109,6 @@ def run_folder_lock(out_dir: Path, held: bool = True) -> Iterator[None]:
         lock.close()
 
 
-def _flatten(data: dict[str, Any], prefix: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-def refuse_unapplied_policy_settings(
-    checkpoint: str | Path,
-    policy: PolicyConfig,
-    overrides: list[str],
-    flag: str,
-    applied: tuple[str, ...] = (),
-) -> None:
-    """A run that takes its policy from ``checkpoint`` (``flag``: --init, --resume) trains that
-    checkpoint's architecture, so a ``--set policy.*`` among ``overrides`` that gives another
-    value than the checkpoint's would be ignored: refuse it, naming it. ``applied``: the fields
-    the run does take from its config (``policy`` is the config's resolved policy)."""
-    keys = [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
-    keys = [key for key in keys if key.startswith("policy.")]
-    if not keys:
-        return
-    directory = Path(checkpoint)
-    directory = directory / CHECKPOINT if (directory / CHECKPOINT).is_dir() else directory
-    if describe_irregular(directory / CONFIG_NAME):
-        return  # a named pipe is never read; loading the checkpoint refuses it in its own words
-    try:
-        saved_dict = json.loads((directory / CONFIG_NAME).read_text())["policy"]
-        saved = PolicyConfig.from_dict(with_legacy_defaults(saved_dict))
-    except (OSError, ValueError, KeyError):
-        return  # not a checkpoint: the code that loads it says so, in its own words
-    before, now = _flatten(saved.to_dict(), "policy."), _flatten(policy.to_dict(), "policy.")
-    ignored = sorted(
-        field
-        for key in keys
-        for field in now
-        if (field == key or field.startswith(key + "."))
-        and field not in applied
-        and before.get(field) != now[field]
-    )
-    if ignored:
-        listed = ", ".join(
-            f"{field}={now[field]!r} (the checkpoint has {before.get(field)!r})" for field in ignored
-        )
-        remedy = (
-            "start a new run in another --out" if flag == "--resume" else f"train a new policy without {flag}"
-        )
-        raise ConfigError(
-            f"{flag} {checkpoint}: the run trains the checkpoint's policy as it was built, so --set "
-            f"{listed} cannot apply: drop those overrides, or {remedy}"
-        )
-
-
 def resolve_device(name: str, local_rank: int = 0) -> str:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -227,40 +154,6 @@ def setup_distributed(device: str) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def intact_phrase(directory: Path) -> str:
-    """What a failed write leaves behind, said before writing ``directory``."""
-    return "the previous checkpoint is intact" if directory.exists() else "no checkpoint was written"
-
-
-def write_checkpoint(
-    directory: Path,
-    policy: InstructionPolicy,
-    extra: dict[str, Any],
-    trainer_state: dict[str, Any],
-    run_record: dict[str, Any],
-) -> None:
-    """``directory`` (CHECKPOINT) written atomically: the policy's files with ``extra`` in its
-    config, ``trainer_state`` (TRAINER_STATE) and ``run_record`` (RUN_CONFIG).
-
-    Weights with NaN or inf raise ``NonFiniteWeightsError``; a failed write (a full disk) raises
-    ``CheckpointWriteError`` naming the file. Either way the previous checkpoint is left as it was.
-    """
-    intact = intact_phrase(directory)
-    writing = directory / WEIGHTS_NAME
-    try:
-        with atomic_directory(directory) as staging:
-            policy.write_files(staging, extra=extra)
-            writing = directory / TRAINER_STATE
-            torch.save(trainer_state, staging / TRAINER_STATE)
-            writing = directory / RUN_CONFIG
-            (staging / RUN_CONFIG).write_text(json.dumps(run_record, indent=2))
-            writing = directory
-    except NonFiniteWeightsError:
-        raise
-    except (OSError, RuntimeError) as error:
-        raise CheckpointWriteError(describe_write_failure(error, writing, intact)) from None
 
 
 class StopRequest:

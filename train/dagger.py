@@ -42,9 +42,9 @@ from envs.experts import Expert, make_expert
 from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env, map_jobs
 from policies import InstructionPolicy
-from policies.persist import atomic_directory
 from train.bc import train_bc_policy
-from train.common import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, StopRequest, TrainingInterrupted
+from train.checkpoint import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, checkpoint_step, copy_checkpoint
+from train.common import StopRequest, TrainingInterrupted
 from train.config import ConfigError, RunConfig
 
 STATE = "dagger.json"
@@ -194,13 +194,6 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
     temporary = out / f".{STATE}.tmp"
     temporary.write_text(json.dumps(state, indent=2, default=str))
     temporary.replace(out / STATE)
-
-
-def _copy_checkpoint(source: Path, target: Path) -> None:
-    with atomic_directory(target) as staging:
-        for path in source.iterdir():
-            if path.is_file():
-                shutil.copy2(path, staging / path.name)
 
 
 def _copy_demonstrations(data: str, aggregate: Path, skip_bad: bool) -> list[int]:
@@ -528,11 +521,9 @@ def run_dagger(
             train()
         except TrainingInterrupted as error:
             checkpoint = round_dir / CHECKPOINT
-            try:
-                step = json.loads((checkpoint / "config.json").read_text())["trained_steps"]
-                what = f"checkpoint at step {step} written to {checkpoint}"
-            except (OSError, ValueError, KeyError):
-                what = f"checkpoint written to {checkpoint}"
+            step = checkpoint_step(checkpoint)
+            at = f" at step {step}" if step is not None else ""
+            what = f"checkpoint{at} written to {checkpoint}"
             raise interrupted(number, "training")(what, error.exit_code - 128) from None
 
     def finish_round(number: int, checkpoint: Path, extra: dict[str, Any]) -> None:
@@ -568,7 +559,7 @@ def run_dagger(
     round_dir = root / "round_00"
     if 0 not in done:
         if init is not None:
-            _copy_checkpoint(Path(init), round_dir / CHECKPOINT)
+            copy_checkpoint(Path(init), round_dir / CHECKPOINT)
         else:
             # A round 0 that was interrupted continues from its checkpoint.
             partial = str(round_dir) if (round_dir / CHECKPOINT / TRAINER_STATE).exists() else None
@@ -606,7 +597,7 @@ def run_dagger(
         statistics = _round_statistics(_round_entries(aggregate, jobs, number))
         finish_round(number, previous, {"beta": dagger.beta_for(number), **statistics})
     writer.close()
-    _copy_checkpoint(previous, root / CHECKPOINT)
+    copy_checkpoint(previous, root / CHECKPOINT)
     state["checkpoint"] = str(root / CHECKPOINT)
     _save_state(root, state)
     return state

@@ -26,7 +26,7 @@ from agent import Agent
 from envs.wrappers import TokenizeInstruction
 from policies import CheckpointError, InstructionPolicy, PolicyConfig, TextConfig
 from policies.text import default_model_path
-from train.bc_checkpoint import last_good_checkpoint, resume_training
+from train.checkpoint import last_good_checkpoint, read_trainer_state, resume_training
 
 # Under an address-space limit of argv[1] bytes (0: none), loads each checkpoint in argv[2:]
 # and prints one JSON line for each: the seconds the load took and the CheckpointError's
@@ -303,7 +303,7 @@ def test_the_tokenize_wrapper_echoes_only_the_start_of_a_long_instruction() -> N
 def test_rl_refuses_named_pipes_in_a_checkpoint_without_blocking(tmp_path: Path) -> None:
     """``rl --resume`` reads trainer.pt and ``rl --init`` reads config.json: a named pipe in
     either place is named at once instead of blocking the run forever."""
-    from train.rl.run import check_init_matches_env, load_trainer_state
+    from train.rl.run import check_init_matches_env
 
     directory = tmp_path / "checkpoint"
     directory.mkdir()
@@ -311,7 +311,7 @@ def test_rl_refuses_named_pipes_in_a_checkpoint_without_blocking(tmp_path: Path)
     os.mkfifo(directory / "config.json")
     start = time.monotonic()
     with pytest.raises(CheckpointError, match=r"trainer.pt is a named pipe"):
-        load_trainer_state(None, directory)  # refused before the algorithm is touched
+        read_trainer_state(directory, "cpu")  # what `rl --resume` reads first
     with pytest.raises(CheckpointError, match=r"--init .*config.json is a named pipe"):
         check_init_matches_env(str(directory), None, "instructcraft/Crafter-Instruct-v0", "--init")
     assert time.monotonic() - start < 10

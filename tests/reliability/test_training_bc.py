@@ -159,9 +159,9 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
     argv += ["--data", demos, "--out", str(out)]
     writes = {"count": 0}
     if failing == "weights":
-        import policies.policy
+        import policies.persist
 
-        original = policies.policy.save_file
+        original = policies.persist.save_file
 
         def save_file(state, path, metadata=None):
             writes["count"] += 1
@@ -169,7 +169,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
                 raise OSError(errno.ENOSPC, "No space left on device")
             original(state, path, metadata=metadata)
 
-        monkeypatch.setattr(policies.policy, "save_file", save_file)
+        monkeypatch.setattr(policies.persist, "save_file", save_file)
         expected_file = out / "checkpoint" / "model.safetensors"
     else:
         original = torch.save

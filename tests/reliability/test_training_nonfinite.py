@@ -12,7 +12,7 @@ from helpers import make_tiny_config
 from safetensors.torch import load_file, save_file
 
 from policies import InstructionPolicy
-from policies.policy import NonFiniteWeightsError
+from policies.persist import NonFiniteWeightsError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")

@@ -65,19 +65,19 @@ def test_resume_gives_the_same_parameters(demos: str, tmp_path: Path) -> None:
     class Stop(Exception):
         pass
 
-    original = bc.save_checkpoint
+    original = bc.save_bc_checkpoint
 
     def save_then_stop(directory, policy, optimizer, scheduler, step, run, data):
         original(directory, policy, optimizer, scheduler, step, run, data)
         if step == 10:
             raise Stop
 
-    bc.save_checkpoint = save_then_stop
+    bc.save_bc_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             train_bc(straight, demos, str(tmp_path / "b"), progress=False)
     finally:
-        bc.save_checkpoint = original
+        bc.save_bc_checkpoint = original
     assert json.loads((tmp_path / "b" / "checkpoint" / "config.json").read_text())["trained_steps"] == 10
     train_bc(straight, demos, str(tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
     a, b = weights(tmp_path / "a" / "checkpoint"), weights(tmp_path / "b" / "checkpoint")
@@ -122,17 +122,17 @@ def test_resume_with_loader_workers_reads_the_same_batches(
     class Stop(Exception):
         pass
 
-    save = bc.save_checkpoint
+    save = bc.save_bc_checkpoint
 
     def save_then_stop(directory, policy, optimizer, scheduler, step, *args, **kwargs):
         save(directory, policy, optimizer, scheduler, step, *args, **kwargs)
         if step == 4:
             raise Stop
 
-    monkeypatch.setattr(bc, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(bc, "save_bc_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         train_bc(run, demos, str(tmp_path / "b"), progress=False)
-    monkeypatch.setattr(bc, "save_checkpoint", save)
+    monkeypatch.setattr(bc, "save_bc_checkpoint", save)
     train_bc(run, demos, str(tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
     assert len(straight) == 8 and consumed == straight
     a, b = weights(tmp_path / "a" / "checkpoint"), weights(tmp_path / "b" / "checkpoint")

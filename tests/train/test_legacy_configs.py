@@ -12,7 +12,7 @@ import pytest
 from gymnasium import spaces
 
 from policies import PolicyConfig
-from train.bc_checkpoint import settings_changed_on_resume
+from train.checkpoint import settings_changed_on_resume
 from train.config import RunConfig
 from train.rl.run import check_init_matches_env
 

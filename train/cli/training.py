@@ -28,7 +28,7 @@ def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_bc(args: argparse.Namespace) -> int:
     from train.bc import INIT_POLICY_FIELDS, train_bc
-    from train.common import refuse_unapplied_policy_settings
+    from train.checkpoint import refuse_unapplied_policy_settings
     from train.config import load_run_config
     from train.periodic_eval import periodic_evaluator
 
@@ -106,7 +106,7 @@ def run_dagger(args: argparse.Namespace) -> int:
     from envs.experts import default_expert_for
     from train import dagger
     from train.bc import INIT_POLICY_FIELDS
-    from train.common import refuse_unapplied_policy_settings
+    from train.checkpoint import refuse_unapplied_policy_settings
     from train.config import load_run_config
 
     run = load_run_config(args.config, args.set)
@@ -153,7 +153,7 @@ def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_rl(args: argparse.Namespace) -> int:
-    from train.common import CHECKPOINT, refuse_unapplied_policy_settings
+    from train.checkpoint import CHECKPOINT, refuse_unapplied_policy_settings
     from train.config import load_run_config
     from train.rl import train_rl
 

@@ -21,7 +21,7 @@ Modules, in the order data flows through them (SB3 splits its code the same way)
 from train.rl.buffer import Segment, SequenceRolloutBuffer, kl_divergence, pack_minibatches, split_segments
 from train.rl.policy import SB3PolicyAdapter
 from train.rl.ppo import SequencePPO
-from train.rl.run import build_ppo, check_init_matches_env, make_env, save_rl_checkpoint, train_rl
+from train.rl.run import build_ppo, check_init_matches_env, make_env, train_rl
 
 __all__ = [
     "SB3PolicyAdapter",
@@ -33,7 +33,6 @@ __all__ = [
     "kl_divergence",
     "make_env",
     "pack_minibatches",
-    "save_rl_checkpoint",
     "split_segments",
     "train_rl",
 ]

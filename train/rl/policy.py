@@ -18,8 +18,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.data.store import action_space_spec
 from envs.wrappers import ByteTokenizer
-from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig
-from policies.policy import PolicyState
+from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig, PolicyState
 
 
 class SB3PolicyAdapter(BasePolicy):

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from policies import InstructionPolicy
-from policies.policy import PolicyState
+from policies import InstructionPolicy, PolicyState
 from train.rl.buffer import SequenceRolloutBuffer
 
 

@@ -1,5 +1,5 @@
-"""Running PPO: the vector env, the ``SequencePPO`` built from a run config, the checkpoint
-(config.json + model.safetensors, what eval/rollout/attention load, plus the trainer's state),
+"""Running PPO: the vector env, the ``SequencePPO`` built from a run config, its checkpoint (the
+format and the writing: train/checkpoint.py),
 TensorBoard logs that continue across a resume, and ``train_rl``, the driver behind
 ``instructcraft rl``."""
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
@@ -25,20 +24,24 @@ from torch.utils.tensorboard import SummaryWriter
 from envs.data.store import action_space_spec
 from envs.wrappers import make_tokenized_env
 from policies import ActionSpaceConfig, CheckpointError, PolicyConfig, with_legacy_defaults
-from policies.persist import describe_irregular
-from policies.policy import CONFIG_NAME, NonFiniteWeightsError
-from train.common import (
+from policies.files import describe_irregular
+from policies.persist import CONFIG_NAME, NonFiniteWeightsError
+from train.checkpoint import (
     CHECKPOINT,
     TRAINER_STATE,
+    intact_phrase,
+    read_trainer_state,
+    restore_rl_rng,
+    save_rl_checkpoint,
+)
+from train.common import (
     StopRequest,
     TrainingDiverged,
     TrainingInterrupted,
     children_ignore_interrupts,
-    intact_phrase,
     refuse_existing_run,
     resolve_device,
     run_folder_lock,
-    write_checkpoint,
 )
 from train.config import RunConfig
 from train.rl.ppo import SequencePPO
@@ -96,37 +99,15 @@ def build_ppo(
     )
 
 
-def save_rl_checkpoint(
+def save_checkpoint(
     directory: Path, algo: SequencePPO, run: RunConfig, env_id: str, init: str | None
 ) -> None:
-    """config.json + model.safetensors (what eval/rollout/attention load) + trainer state.
-
-    Diverged (NaN or inf) weights raise ``TrainingDiverged`` and a failed write (a full disk)
-    ``CheckpointWriteError``; either way the previous checkpoint is left as it was."""
+    """``save_rl_checkpoint`` of ``algo`` as it stands; diverged (NaN or inf) weights raise
+    ``TrainingDiverged``, leaving the previous checkpoint as it was."""
     intact = intact_phrase(directory)
+    counters = {"num_timesteps": algo.num_timesteps, "n_updates": algo._n_updates, "kl_coef": algo.kl_coef}
     try:
-        write_checkpoint(
-            directory,
-            algo.model,
-            extra={"rl_timesteps": algo.num_timesteps, "env_id": env_id, "init": init, "algorithm": "ppo"},
-            trainer_state={
-                "num_timesteps": algo.num_timesteps,
-                "n_updates": algo._n_updates,
-                "kl_coef": algo.kl_coef,
-                "optimizer": algo.policy.optimizer.state_dict(),
-                # A resumed run samples the same actions an uninterrupted one would.
-                "rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
-            },
-            # The policy trained, not the config's: from a checkpoint (--init, --resume) it is the
-            # checkpoint's, and the env decides the action space.
-            run_record={
-                **run.to_dict(),
-                "policy": algo.model.config.to_dict(),
-                "env_id": env_id,
-                "init": init,
-            },
-        )
+        save_rl_checkpoint(directory, algo.model, counters, algo.policy.optimizer, run, env_id, init)
     except NonFiniteWeightsError as error:
         raise TrainingDiverged(
             f"after {algo.num_timesteps} env steps: {error} (rl.lr); training stopped; {intact}"
@@ -135,18 +116,12 @@ def save_rl_checkpoint(
 
 def load_trainer_state(algo: SequencePPO, checkpoint: Path) -> None:
     """Continue from ``checkpoint``'s optimizer, step counts, KL coefficient and RNG."""
-    problem = describe_irregular(checkpoint / TRAINER_STATE)
-    if problem:  # a named pipe would block the read forever
-        raise CheckpointError(problem)
-    state = torch.load(checkpoint / TRAINER_STATE, map_location=algo.device, weights_only=True)
+    state = read_trainer_state(checkpoint, algo.device)
     algo.policy.optimizer.load_state_dict(state["optimizer"])
     algo.num_timesteps = int(state["num_timesteps"])
     algo._n_updates = int(state["n_updates"])
     algo.kl_coef = float(state["kl_coef"])
-    if "rng" in state:  # building the PPO reseeded torch
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    restore_rl_rng(state)
 
 
 class _ResumableTensorBoard(TensorBoardOutputFormat):
@@ -308,7 +283,7 @@ def _train(
         if resume:
             load_trainer_state(algo, checkpoint)
         logger = attach_logger(algo, out_dir / "tb", resume, verbose)
-        save = partial(save_rl_checkpoint, checkpoint, algo, run, env_id, init)
+        save = partial(save_checkpoint, checkpoint, algo, run, env_id, init)
         start_steps = algo.num_timesteps
         wall = _learn(algo, stop, steps, resume, progress, cfg.checkpoint_every, save)
         save()

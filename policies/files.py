@@ -1,0 +1,119 @@
+"""Files on disk, as the policy's checkpoints need them: atomic directory writes (a reader sees
+the old directory or the complete new one), what a failed write says, and which paths are safe
+to read."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a staging directory; on success it replaces ``directory`` in one rename.
+
+    If the body raises, ``directory`` is left as it was (the last good checkpoint survives).
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        yield staging
+        _fsync_tree(staging)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(staging, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+# torch.save reports a failed write without an errno ("[enforce fail at inline_container.cc] ...
+# file write failed"): below this much free space the cause is taken to be a full disk.
+_NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def mount_point(path: str | os.PathLike[str]) -> Path:
+    """The mount point (the device, to a user) holding ``path``."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def is_disk_full(error: BaseException, path: str | os.PathLike[str]) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "no space left" in str(error).lower():
+        return True
+    try:
+        return shutil.disk_usage(mount_point(path)).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def describe_write_failure(error: BaseException, file: str | os.PathLike[str], intact: str) -> str:
+    """One line for a failed write of ``file``: "no space left on DEVICE while writing FILE; ``intact``"
+    when the disk is full, else the file and the error."""
+    if is_disk_full(error, file):
+        return f"no space left on {mount_point(file)} while writing {file}; {intact}"
+    return f"could not write {file} ({type(error).__name__}: {error}); {intact}"
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def irregular_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is no regular file ("a named pipe", "a directory",
+    ...), else None. Reading a named pipe blocks until a writer comes and a device may never
+    end, so a file of a checkpoint is checked before it is opened. Links are followed: a link
+    to a regular file is one (model folders link their weights into a shared cache)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: the read that follows says so
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def describe_irregular(path: str | os.PathLike[str]) -> str | None:
+    """One phrase for a checkpoint file that is no regular file, or None when it is one (or absent)."""
+    kind = irregular_kind(path)
+    if kind is None:
+        return None
+    return f"{path} is {kind}, not a regular file: a checkpoint's files are plain files; replace it with the file training wrote"
