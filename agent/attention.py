@@ -19,12 +19,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
 from agent.plan import Plan
-from agent.rollout import action_name
+from agent.rollout import action_name, caption_font
 from envs.episodes import Step, play_episode
 from envs.video import upscale
 
@@ -212,15 +212,29 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def _panel(matrix: np.ndarray, title: str, size: int) -> Image.Image:
-    scaled = matrix / max(float(matrix.max()), 1e-9)
-    heat = Image.fromarray(colormap(scaled)).resize((size, size), Image.NEAREST)
-    panel = Image.new("RGB", (size + 30, size + 40), "white")
-    panel.paste(heat, (25, 20))
+    """One heat map with step numbers down the side, frame times along the bottom and a colour
+    scale from 0 to the panel's largest weight."""
+    peak = max(float(matrix.max()), 1e-9)
+    heat = Image.fromarray(colormap(matrix / peak)).resize((size, size), Image.NEAREST)
+    left, top, bar = 34, 20, 12
+    panel = Image.new("RGB", (left + size + bar + 44, top + size + 34), "white")
+    panel.paste(heat, (left, top))
     draw = ImageDraw.Draw(panel)
-    font = ImageFont.load_default()
-    draw.text((25, 4), title, fill="black", font=font)
-    draw.text((25, size + 24), "frame in history ->", fill="black", font=font)
-    draw.text((2, 20), "step", fill="black", font=font)
+    font = caption_font(10)
+    draw.text((left, 4), title, fill="black", font=font)
+    steps = len(matrix)
+    for value in sorted({0, (steps - 1) // 2, steps - 1}):  # ticks: first, middle, last step
+        offset = int((value + 0.5) * size / max(steps, 1))
+        draw.line([(left - 3, top + offset), (left - 1, top + offset)], fill="black")
+        draw.text((2, top + offset - 6), str(value), fill="black", font=font)
+        draw.line([(left + offset, top + size + 1), (left + offset, top + size + 3)], fill="black")
+        draw.text((left + offset - 4, top + size + 4), str(value), fill="black", font=font)
+    draw.text((left, top + size + 18), "frame in history (step it was seen) ->", fill="black", font=font)
+    draw.text((2, top - 12), "step", fill="black", font=font)
+    scale = colormap(np.linspace(1, 0, size, dtype=np.float32)[:, None].repeat(bar, 1))
+    panel.paste(Image.fromarray(scale), (left + size + 4, top))
+    draw.text((left + size + bar + 6, top - 2), f"{peak:.2g}", fill="black", font=font)
+    draw.text((left + size + bar + 6, top + size - 10), "0", fill="black", font=font)
     return panel
 
 
@@ -238,7 +252,9 @@ def timeline_png(recording: AttentionRecording, path: str | Path, size: int = 32
     for panel in panels:
         sheet.paste(panel, (x, 18))
         x += panel.width
-    ImageDraw.Draw(sheet).text((4, 2), f"{recording.instruction!r}  ({recording.fusion_type})", fill="black")
+    ImageDraw.Draw(sheet).text(
+        (4, 2), f"{recording.instruction!r}  ({recording.fusion_type})", fill="black", font=caption_font(11)
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
@@ -278,7 +294,7 @@ def overlays_png(recording: AttentionRecording, step: int, path: str | Path) -> 
     draw = ImageDraw.Draw(sheet)
     for i, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
         sheet.paste(Image.fromarray(tile), (i * (width + 6), 16))
-        draw.text((i * (width + 6) + 2, 2), label, fill="black")
+        draw.text((i * (width + 6) + 2, 2), label, fill="black", font=caption_font(10))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,26 @@ from envs.video import upscale, write_video
 CAPTION_HEIGHT = 44
 
 
+@functools.lru_cache(maxsize=8)
+def caption_font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (matplotlib ships it; it covers Latin, Greek and Cyrillic, so an instruction
+    such as "öffne die Tür" is drawn, not boxes), else a system DejaVu, else Pillow's own font."""
+    candidates = []
+    try:
+        from matplotlib import font_manager
+
+        candidates.append(font_manager.findfont("DejaVu Sans", fallback_to_default=False))
+    except (ImportError, ValueError):
+        pass
+    candidates.append("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    for path in candidates:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
 def action_name(env: gym.Env, action: Any) -> str:
     names = getattr(env.unwrapped, "action_names", None)
     if names is not None and np.ndim(action) == 0:
@@ -33,7 +54,7 @@ def caption(frame: np.ndarray, lines: list[str], scale: int = 4) -> np.ndarray:
     image = Image.new("RGB", (big.shape[1], big.shape[0] + CAPTION_HEIGHT))
     image.paste(Image.fromarray(big), (0, 0))
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    font = caption_font()
     for row, line in enumerate(lines[:3]):
         draw.text((4, big.shape[0] + 2 + 14 * row), line, fill=(255, 255, 255), font=font)
     return np.asarray(image)
