@@ -1,11 +1,13 @@
 """The README and the guides under docs/ cannot drift from the code: every Python snippet in them
-runs against what `make demo` writes (a tiny demo, few episodes and a few BC steps on
+runs on its own, in a fresh interpreter, against what `make demo` writes (a tiny demo, few episodes and a few BC steps on
 configs/tiny.yaml, stands in for outputs/demo), every relative link leads to a file that exists
 (and to a heading that exists, where it names one), and the README stays an entry point."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_ROOT = "outputs/demo"  # where `make demo` writes (see the Makefile)
 README_MAX_LINES = 350
 
-# Reading order, which is also the order the snippets run in, in one namespace: the README, then
-# the guides by file name.
+# Reading order: the README, then the guides by file name.
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^```.*?^```", flags=re.DOTALL | re.MULTILINE)
@@ -102,14 +103,17 @@ def test_every_relative_link_resolves(page: Path) -> None:
 
 
 @pytest.mark.slow
-def test_every_snippet_runs_after_the_demo(tiny_demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_snippet_runs_alone_after_the_demo(tiny_demo: Path) -> None:
+    """Each snippet in a fresh interpreter, as a reader who copies just that one runs it: a
+    snippet that needs a name another one defines fails here."""
     found = snippets()
     assert len(found) >= 3
-    namespace: dict[str, object] = {"__name__": "readme"}
-    # One namespace, in reading order: a snippet may use names an earlier one defines.
+    failures = []
     for page, number, snippet in found:
         code = snippet.replace(DEMO_ROOT, str(tiny_demo))
-        try:
-            exec(compile(code, f"{page} python snippet {number}", "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"{page} python snippet {number} failed: {error!r}\n{snippet}") from error
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO
+        )
+        if result.returncode != 0:
+            failures.append(f"{page} python snippet {number}:\n{snippet}\n{result.stderr[-2000:]}")
+    assert not failures, "\n\n".join(failures)
