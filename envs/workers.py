@@ -29,24 +29,30 @@ from typing import Any, TypeVar
 
 import gymnasium as gym
 
+from envs.errors import EnvsError
+
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 State = TypeVar("State")
 
 
-class WorkerError(RuntimeError):
+class WorkerError(EnvsError, RuntimeError):
     """A worker process failed to start or died; the message says which work and why."""
 
 
+class EnvIdError(EnvsError, ValueError):
+    """An env id that is not registered, or a task choice the env does not take."""
+
+
 def check_env_id(env_id: str) -> None:
-    """Raise ValueError naming the close matches when ``env_id`` is not a registered id."""
+    """Raise ``EnvIdError`` naming the close matches when ``env_id`` is not a registered id."""
     import envs  # noqa: F401  (registers the instructcraft ids)
 
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"unknown env id {env_id!r}{hint}: `instructcraft envs` lists the ids")
+    raise EnvIdError(f"unknown env id {env_id!r}{hint}: `instructcraft envs` lists the ids")
 
 
 def make_env(env_id: str, tasks: list[str] | None = None, **env_kwargs: Any) -> gym.Env:
@@ -57,7 +63,7 @@ def make_env(env_id: str, tasks: list[str] | None = None, **env_kwargs: Any) -> 
         return gym.make(env_id, **env_kwargs, **({"task": tasks} if tasks else {}))
     except TypeError as error:
         if tasks and "task" in str(error):
-            raise ValueError(f"{env_id} has no task choice: drop --tasks") from None
+            raise EnvIdError(f"{env_id} has no task choice: drop --tasks") from None
         raise
 
 

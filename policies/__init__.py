@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from policies.config import (
-    ActionSpaceConfig,
+from policies.config import ActionSpaceConfig, FusionConfig, PolicyConfig, TextConfig, VisionConfig
+from policies.errors import (
+    CheckpointError,
+    CheckpointWriteError,
     ConfigError,
-    FusionConfig,
-    PolicyConfig,
-    TextConfig,
-    VisionConfig,
+    NonFiniteWeightsError,
+    PoliciesError,
 )
 from policies.fusion import FUSIONS
 from policies.heads import FactorizedCategorical
-from policies.persist import CheckpointError, with_legacy_defaults
+from policies.persist import with_legacy_defaults
 from policies.policy import InstructionPolicy, PolicyOutput, PolicyState
 
 __all__ = [
     "FUSIONS",
     "ActionSpaceConfig",
     "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "FactorizedCategorical",
     "FusionConfig",
     "InstructionPolicy",
+    "NonFiniteWeightsError",
+    "PoliciesError",
     "PolicyConfig",
     "PolicyOutput",
     "PolicyState",

@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.errors import ConfigError
+
 POOLINGS = ("last", "mean", "cls")
 TEXT_ENCODERS = ("minilm", "hf", "word")
 # The fusion registry's keys (policies.fusion.FUSIONS), named here: the fusions import config.
 FUSION_TYPES = (
     "cross_attention", "self_attention", "pooling", "gmu", "concat", "add", "mul", "bilinear", "film", "late",
 )  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A config value that breaks a rule; the message names field, value and rule."""
 
 
 def _require(condition: bool, message: str) -> None:

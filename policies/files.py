@@ -50,10 +50,6 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
-
-
 # torch.save reports a failed write without an errno ("[enforce fail at inline_container.cc] ...
 # file write failed"): below this much free space the cause is taken to be a full disk.
 _NEARLY_FULL_BYTES = 64 * 2**20

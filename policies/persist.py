@@ -27,7 +27,8 @@ from torch.nn.modules.module import (
     register_module_parameter_registration_hook,
 )
 
-from policies.config import ConfigError, PolicyConfig, VisionConfig
+from policies.config import PolicyConfig, VisionConfig
+from policies.errors import CheckpointError, ConfigError, NonFiniteWeightsError
 from policies.files import atomic_directory, describe_irregular
 from policies.text import make_text_encoder
 
@@ -43,14 +44,6 @@ MAX_CONFIG_BYTES = 16 * 2**20
 # Tensors a config may build beyond those its weights file holds before the build stops (the
 # file decides the size; the margin only keeps a future non-saved buffer from tripping this).
 EXTRA_TENSORS = 64
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded as asked; the message names the file and the fix."""
-
-
-class NonFiniteWeightsError(CheckpointError):
-    """Weights holding NaN or inf (a diverged run): they are never written and never loaded."""
 
 
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from policies.config import ActionSpaceConfig, PolicyConfig
+from policies.errors import CheckpointError
 from policies.fusion import FUSIONS
 from policies.heads import ActionHeads, FactorizedCategorical, ValueHead, guide
-from policies.persist import CheckpointError, load_policy, save_policy
+from policies.persist import load_policy, save_policy
 from policies.text import make_text_encoder
 from policies.vision import FrameEncoder
 

@@ -19,6 +19,7 @@ from envs.data.store import Dataset, action_space_spec
 from envs.workers import make_env
 from train.bc import train_bc
 from train.config import load_run_config
+from train.errors import SettingError
 from train.rl import train_rl
 
 
@@ -56,7 +57,7 @@ def check_dataset_fits_env(dataset: Dataset, env_id: str, tasks: list[str] | Non
     env.close()
     for key, value in actual.items():
         if dataset.metadata[key] != value:
-            raise ValueError(
+            raise SettingError(
                 f"{dataset.root} has {key} {dataset.metadata[key]} but the eval env {env_id} has {value}: "
                 "evaluate on the env the data comes from (drop --env) or use data from this env"
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,14 +24,11 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import Dataset, DatasetError
-from policies import ActionSpaceConfig, FactorizedCategorical, InstructionPolicy
-from policies.persist import NonFiniteWeightsError
+from policies import ActionSpaceConfig, FactorizedCategorical, InstructionPolicy, NonFiniteWeightsError
 from train.batch import Batch, BCLoss, bc_loss
 from train.checkpoint import CHECKPOINT, last_good_checkpoint, resume_training, save_bc_checkpoint
 from train.common import (
     StopRequest,
-    TrainingDiverged,
-    TrainingInterrupted,
     autocast_device,
     children_ignore_interrupts,
     refuse_existing_run,
@@ -42,6 +38,7 @@ from train.common import (
 )
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
+from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
 from train.validation import action_names, log_validation, split_episodes, validate
 
 
@@ -59,16 +56,16 @@ def check_dataset(dataset: Dataset, skip_bad: bool) -> list[int]:
     problems = dataset.check()
     if not problems:
         return []
-    found = [re.search(r"\(episode (\d+)\)", line) for line in problems]
-    bad = sorted({int(match.group(1)) for match in found if match})
-    if skip_bad and all(found):
+    per_episode = all(problem.episode is not None for problem in problems)
+    bad = sorted({problem.episode for problem in problems if problem.episode is not None})
+    if skip_bad and per_episode:
         return bad
-    listed = "\n  ".join(problems[:5]) + (
+    listed = "\n  ".join(str(problem) for problem in problems[:5]) + (
         f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
     )
     remedy = (
         f"or set train.skip_bad_episodes=true to train on the other {len(dataset) - len(bad)} episodes"
-        if all(found)
+        if per_episode
         else "(these problems are not tied to one episode, so they cannot be skipped)"
     )
     raise DatasetError(
@@ -127,11 +124,11 @@ def fit_to_dataset(
     if init is None:
         return run, InstructionPolicy(run.policy).to(device)
     if resume:
-        raise ValueError("pass --init (start from weights) or --resume (continue a run), not both")
+        raise SettingError("pass --init (start from weights) or --resume (continue a run), not both")
     policy = InstructionPolicy.from_pretrained(init, map_location=device)
     policy.check_action_space(spec)
     if tuple(policy.config.vision.image_size) != image_shape:
-        raise ValueError(
+        raise SettingError(
             f"{init} was trained on {tuple(policy.config.vision.image_size)} frames but {data} holds "
             f"{image_shape}: fine-tune on data of the same frame size"
         )

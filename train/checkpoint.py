@@ -17,16 +17,19 @@ from typing import Any
 
 import torch
 
-from policies import CheckpointError, ConfigError, InstructionPolicy, PolicyConfig, with_legacy_defaults
-from policies.files import (
+from policies import (
+    CheckpointError,
     CheckpointWriteError,
-    atomic_directory,
-    describe_irregular,
-    describe_write_failure,
-    irregular_kind,
+    ConfigError,
+    InstructionPolicy,
+    NonFiniteWeightsError,
+    PolicyConfig,
+    with_legacy_defaults,
 )
-from policies.persist import CONFIG_NAME, WEIGHTS_NAME, NonFiniteWeightsError, write_policy_files
+from policies.files import atomic_directory, describe_irregular, describe_write_failure, irregular_kind
+from policies.persist import CONFIG_NAME, WEIGHTS_NAME, write_policy_files
 from train.config import RunConfig
+from train.errors import SettingError
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer.pt"
@@ -216,7 +219,7 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
     ]
     if architecture:
         listed = ", ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in architecture)
-        raise ValueError(
+        raise SettingError(
             f"--resume {resume_dir}: the checkpoint's policy differs from the config ({listed}); "
             "a resumed run keeps the architecture: drop those overrides (the checkpoint's run.json "
             "holds its config) or start a new run without --resume"
@@ -245,7 +248,7 @@ def resume_training(
     settings that changed since (``settings_changed_on_resume``)."""
     resume_dir = checkpoint_dir(resume)
     if not (resume_dir / TRAINER_STATE).exists():
-        raise ValueError(
+        raise SettingError(
             f"{resume_dir} has no {TRAINER_STATE}: it is not a training checkpoint written by "
             "`instructcraft bc`, so it cannot be resumed (start a new run instead)"
         )

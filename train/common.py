@@ -20,28 +20,10 @@ import torch
 import torch.distributed as dist
 
 from train.checkpoint import CHECKPOINT, checkpoint_dir
+from train.errors import RunFolderError
 
 # Held (flock) by the run writing the folder; the dataset store names its writer's lock the same.
 RUN_LOCK = ".lock"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, the outputs or the weights became NaN or inf; the last good checkpoint is left
-    as it was."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped training after a finished step and a resumable checkpoint.
-    ``exit_code`` is the shell's convention for the signal: 130 for Ctrl-C, 143 for SIGTERM."""
-
-    def __init__(self, message: str, signal_number: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(signal_number)
-
-
-class RunFolderError(ValueError):
-    """``--out`` names a folder that holds another run's checkpoint, or one another run is
-    writing now: starting there would replace or interleave that run's files."""
 
 
 def refuse_existing_run(out_dir: Path, command: str, resume_flag: str, resume: str | None = None) -> None:

@@ -37,15 +37,16 @@ import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent import Agent
 from agent.evaluate import evaluate
 from envs.data.collect import next_seed, record_episode
-from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode, atomic_write_bytes
 from envs.experts import Expert, make_expert
 from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env, map_jobs
 from policies import InstructionPolicy
 from train.bc import train_bc_policy
 from train.checkpoint import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, checkpoint_step, copy_checkpoint
-from train.common import StopRequest, TrainingInterrupted
+from train.common import StopRequest
 from train.config import ConfigError, RunConfig
+from train.errors import TrainingInterrupted
 
 STATE = "dagger.json"
 # The run config the rounds train with, written as a file that ``--config`` reads back.
@@ -191,9 +192,8 @@ def _load_state(out: Path) -> dict[str, Any]:
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
-    temporary = out / f".{STATE}.tmp"
-    temporary.write_text(json.dumps(state, indent=2, default=str))
-    temporary.replace(out / STATE)
+    """``dagger.json`` replaced atomically and synced: a crash leaves the last state whole."""
+    atomic_write_bytes(out / STATE, json.dumps(state, indent=2, default=str).encode())
 
 
 def _copy_demonstrations(data: str, aggregate: Path, skip_bad: bool) -> list[int]:

@@ -14,7 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from envs.data.store import Dataset
+from policies import ConfigError
 from train.batch import Batch
+from train.errors import SettingError
 
 
 def trainable(entry: dict[str, Any], only_success: bool) -> bool:
@@ -58,7 +60,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         cache_mib: int = 0,
     ) -> None:
         if cache_mib < 0:
-            raise ValueError(f"cache_mib must be >= 0, got {cache_mib}")
+            raise ConfigError(f"cache_mib must be >= 0, got {cache_mib}")
         self.data = Dataset(path)
         self.cache_limit = cache_mib * 2**20
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
@@ -77,7 +79,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 (number, start, min(start + chunk_length, length)) for start in range(0, length, chunk_length)
             )
         if not pieces:
-            raise ValueError(f"{path}: no episodes to train on (empty shard or no successful episodes)")
+            raise SettingError(f"{path}: no episodes to train on (empty shard or no successful episodes)")
         self.rows: list[list[tuple[int, int, int]]] = (
             self._pack(pieces, np.random.default_rng([seed, 31_337])) if pack else [[p] for p in pieces]
         )

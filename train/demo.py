@@ -17,6 +17,7 @@ from envs.experts import default_expert_for
 from train.bc import train_bc
 from train.config import load_run_config
 from train.dagger import DaggerConfig, run_dagger
+from train.errors import SettingError
 
 DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
 EVAL_SEED = 100_000  # evaluation episode i uses seed EVAL_SEED + i: worlds training never saw
@@ -47,7 +48,7 @@ def run_demo(
     training = (seed, seed + episodes + dagger_rounds * dagger_episodes - 1)  # demonstrations, then DAgger
     evaluation = (EVAL_SEED, EVAL_SEED + eval_episodes - 1)
     if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
-        raise ValueError(
+        raise SettingError(
             f"demo --seed {seed}: training episodes use seeds {training[0]}..{training[1]}, which overlap the "
             f"evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
             f"{EVAL_SEED - (training[1] - training[0] + 1)} or above {evaluation[1]}"

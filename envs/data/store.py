@@ -49,6 +49,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from envs.errors import EnvsError
 from envs.spaces import action_space_spec  # re-exported: callers import it from the store too
 
 FORMAT = "instructcraft.trajectories"
@@ -70,8 +71,20 @@ MAX_FRAMES_PER_BLOCK = 65_536
 READ_PIECE = 4 * 2**20
 
 
-class DatasetError(RuntimeError):
+class DatasetError(EnvsError, RuntimeError):
     """A dataset that cannot be read or written as asked; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What ``Dataset.check`` found wrong: ``episode`` (None: the dataset as a whole) and one
+    line naming the file (``str(problem)``)."""
+
+    episode: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -821,16 +834,17 @@ class Dataset:
             "unreadable": self.unreadable(),
         }
 
-    def check(self) -> list[str]:
+    def check(self) -> list[Problem]:
         """Verify every episode: its checksum, every member against the index and metadata.json
-        (shape, dtype), actions inside the action space and finite rewards. Returns one line per
-        bad episode, naming its file. Members are read one at a time, never a whole episode."""
-        problems: list[str] = []
+        (shape, dtype), actions inside the action space and finite rewards. Returns one problem
+        per bad episode, its message naming the file. Members are read one at a time, never a
+        whole episode."""
+        problems: list[Problem] = []
         for number in range(len(self.episodes)):
             try:
                 self._check_episode(number)
             except DatasetError as error:
-                problems.append(str(error))
+                problems.append(Problem(number, str(error)))
         return problems
 
     def _check_episode(self, number: int) -> None:

@@ -168,7 +168,9 @@ def test_corrupt_episode_file_names_file_and_episode(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"000001\.npz \(episode 1\) is corrupt or truncated"):
         dataset.chunk(1, 0, 5)
     problems = dataset.check()
-    assert len(problems) == 1 and "000001.npz (episode 1)" in problems[0]
+    assert [problem.episode for problem in problems] == [1] and "000001.npz (episode 1)" in problems[
+        0
+    ].message
 
 
 def test_corrupt_index_and_metadata(tmp_path: Path) -> None:

@@ -197,7 +197,8 @@ def test_a_zip_bomb_member_is_refused_without_inflating_it(demos: Path) -> None:
         cap = size * 1024 + 64 * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         problems = dataset.check()
-        assert len(problems) == 1 and "(episode 1)" in problems[0], problems
+        assert len(problems) == 1 and problems[0].episode == 1, problems
+        assert "(episode 1)" in problems[0].message, problems
         try:
             dataset.images(1, 0, 4)
         except DatasetError as error:
@@ -260,10 +261,11 @@ def test_data_check_refuses_episodes_the_metadata_does_not_describe(
 ) -> None:
     rewrite_members(demos, 1, **wrong(demos, kind))
     problems = Dataset(demos).check()
-    assert len(problems) == 1 and "000001.npz (episode 1)" in problems[0] and needle in problems[0], problems
+    message = problems[0].message
+    assert len(problems) == 1 and "000001.npz (episode 1)" in message and needle in message, problems
     result = cli("data", "check", str(demos))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert problems[0] in result.stdout
+    assert message in result.stdout
 
 
 def test_bc_refuses_an_out_of_range_action_before_step_one(demos: Path, tmp_path: Path) -> None:
@@ -370,5 +372,6 @@ def test_data_check_refuses_a_multidiscrete_component_out_of_range(tmp_path: Pat
     ) as writer:
         writer.add(episode)
     (problem,) = Dataset(tmp_path / "d").check()
-    assert "000000.npz (episode 0): action [0, 3] at step 4 is outside" in problem
-    assert "MultiDiscrete([2, 3])" in problem
+    assert problem.episode == 0
+    assert "000000.npz (episode 0): action [0, 3] at step 4 is outside" in problem.message
+    assert "MultiDiscrete([2, 3])" in problem.message

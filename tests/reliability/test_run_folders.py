@@ -16,8 +16,9 @@ import pytest
 from helpers import SCRIPT, make_tiny_config, run_cli
 from signal_env import SIGNAL_ID
 
-from train.common import RunFolderError, run_folder_lock
+from train.common import run_folder_lock
 from train.config import RLConfig, RunConfig
+from train.errors import RunFolderError
 from train.rl import train_rl
 
 REPO = Path(__file__).resolve().parents[2]

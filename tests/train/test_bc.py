@@ -17,9 +17,9 @@ from envs.data.store import Dataset
 from policies import InstructionPolicy
 from train.batch import Batch
 from train.bc import train_bc, train_bc_policy
-from train.common import TrainingDiverged
 from train.config import load_run_config
 from train.data import ChunkDataset
+from train.errors import TrainingDiverged
 from train.validation import validate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -137,8 +137,8 @@ def run_data(args: argparse.Namespace) -> int:
         print(f"note: {path} is not in index.jsonl (left by an interrupted write; safe to delete)")
     for path in dataset.foreign():
         print(f"note: {path} was not written by instructcraft (not part of the dataset; left alone)")
-    for line in problems:
-        print(line)
+    for problem in problems:
+        print(problem)
     if problems:
         print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1

@@ -218,11 +218,12 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_ablate(args: argparse.Namespace) -> int:
     from policies import FUSIONS
     from train.ablate import ablate
+    from train.errors import SettingError
 
     fusions = [name.strip() for name in args.fusion.split(",") if name.strip()]
     unknown = [name for name in fusions if name not in FUSIONS]
     if unknown:
-        raise ValueError(f"unknown fusion type(s) {unknown}; known: {sorted(FUSIONS)}")
+        raise SettingError(f"unknown fusion type(s) {unknown}; known: {sorted(FUSIONS)}")
     summary = ablate(
         fusions,
         args.data,

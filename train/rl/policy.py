@@ -19,6 +19,7 @@ from stable_baselines3.common.policies import BasePolicy
 from envs.data.store import action_space_spec
 from envs.wrappers import ByteTokenizer
 from policies import ActionSpaceConfig, InstructionPolicy, PolicyConfig, PolicyState
+from train.errors import SettingError
 
 
 class SB3PolicyAdapter(BasePolicy):
@@ -43,12 +44,12 @@ class SB3PolicyAdapter(BasePolicy):
         keys = set(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else set()
         missing = {"image", "instruction_ids", "instruction_mask"} - keys
         if missing:
-            raise ValueError(
+            raise SettingError(
                 f"the fusion policy needs observations with {sorted(missing)}; wrap the env with "
                 "envs.wrappers.make_tokenized_env (or TokenizeInstruction)"
             )
         if not isinstance(action_space, (spaces.Discrete, spaces.MultiDiscrete)):
-            raise ValueError(
+            raise SettingError(
                 f"PPO with the fusion policy needs Discrete or MultiDiscrete actions, got {action_space}"
             )
         spec = action_space_spec(action_space)

@@ -29,8 +29,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from policies import InstructionPolicy
 from train.batch import bc_loss
-from train.common import TrainingDiverged
 from train.data import ChunkDataset, make_loader
+from train.errors import SettingError, TrainingDiverged
 from train.rl.buffer import (
     RolloutBatch,
     Segment,
@@ -69,7 +69,7 @@ class SequencePPO(SequenceRollouts, PPO):
         reference = reference or init
         if kl_coef > 0:
             if not reference:
-                raise ValueError("rl.kl_coef > 0 pulls toward the --init policy: pass --init DIR")
+                raise SettingError("rl.kl_coef > 0 pulls toward the --init policy: pass --init DIR")
             self.reference = InstructionPolicy.from_pretrained(reference, map_location=self.device).eval()
             self.reference.requires_grad_(False)
         self.bc_coef = bc_coef

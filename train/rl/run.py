@@ -23,9 +23,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import action_space_spec
 from envs.wrappers import make_tokenized_env
-from policies import ActionSpaceConfig, CheckpointError, PolicyConfig, with_legacy_defaults
+from policies import (
+    ActionSpaceConfig,
+    CheckpointError,
+    NonFiniteWeightsError,
+    PolicyConfig,
+    with_legacy_defaults,
+)
 from policies.files import describe_irregular
-from policies.persist import CONFIG_NAME, NonFiniteWeightsError
+from policies.persist import CONFIG_NAME
 from train.checkpoint import (
     CHECKPOINT,
     TRAINER_STATE,
@@ -36,14 +42,13 @@ from train.checkpoint import (
 )
 from train.common import (
     StopRequest,
-    TrainingDiverged,
-    TrainingInterrupted,
     children_ignore_interrupts,
     refuse_existing_run,
     resolve_device,
     run_folder_lock,
 )
 from train.config import RunConfig
+from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
 from train.rl.ppo import SequencePPO
 
 
@@ -164,19 +169,19 @@ def check_init_matches_env(checkpoint: str, env: VecEnv, env_id: str, flag: str)
     try:
         config = PolicyConfig.from_dict(with_legacy_defaults(json.loads(path.read_text())["policy"]))
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(
+        raise SettingError(
             f"{flag} {checkpoint}: {path} is not a policy checkpoint's config ({error})"
         ) from None
     expected, actual = config.action_space.to_spec(), action_space_spec(env.action_space)
     if ActionSpaceConfig.from_spec(actual) != config.action_space:
-        raise ValueError(
+        raise SettingError(
             f"{flag} {checkpoint}: the checkpoint acts in {expected} but {env_id} has {actual}; "
             f"use a checkpoint trained on {env_id} (or train from scratch without {flag})"
         )
     image = env.observation_space["image"].shape
     size = tuple(image[1:]) if image[0] == 3 and image[-1] != 3 else tuple(image[:2])
     if tuple(config.vision.image_size) != size:
-        raise ValueError(
+        raise SettingError(
             f"{flag} {checkpoint}: the checkpoint reads {tuple(config.vision.image_size)} frames but "
             f"{env_id} gives {size}; use a checkpoint trained on {env_id}"
         )
@@ -266,7 +271,7 @@ def _train(
     start_from = init
     if resume:
         if not (checkpoint / TRAINER_STATE).exists():
-            raise ValueError(
+            raise SettingError(
                 f"--resume: {out_dir} holds no RL checkpoint ({checkpoint / TRAINER_STATE} does not exist), "
                 "so there is nothing to continue: run without --resume to start it"
             )
