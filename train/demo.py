@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -45,14 +46,7 @@ def run_demo(
     ``dagger_rounds`` 0 skips DAgger and evaluates the BC policy.
     """
     tasks = tasks or DEMO_TASKS
-    training = (seed, seed + episodes + dagger_rounds * dagger_episodes - 1)  # demonstrations, then DAgger
-    evaluation = (EVAL_SEED, EVAL_SEED + eval_episodes - 1)
-    if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
-        raise SettingError(
-            f"demo --seed {seed}: training episodes use seeds {training[0]}..{training[1]}, which overlap the "
-            f"evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
-            f"{EVAL_SEED - (training[1] - training[0] + 1)} or above {evaluation[1]}"
-        )
+    _check_seeds(seed, episodes + dagger_rounds * dagger_episodes, eval_episodes)
     root = Path(out)
     if root.exists():
         shutil.rmtree(root)
@@ -66,23 +60,7 @@ def run_demo(
     print(
         f"[1/{stages}] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})"
     )
-    bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
-    stats = collect(
-        str(data),
-        envs.CRAFTER_ID,
-        default_expert_for(envs.CRAFTER_ID),
-        episodes,
-        tasks=tasks,
-        workers=workers,
-        seed=seed,
-        only_success=True,
-        noise=0.25,  # DART: demonstrations that show recoveries from mistakes
-        progress=lambda episode, running: (
-            bar.update(1),
-            bar.set_postfix(success=f"{running['success_rate']:.2f}"),
-        ),
-    )
-    bar.close()
+    stats = _collect(data, tasks, episodes, workers, seed)
     timings["collect"] = time.perf_counter() - start
     summary = Dataset(data).summary()
 
@@ -143,6 +121,65 @@ def run_demo(
         envs.CRAFTER_ID, 1, checkpoint=checkpoint, tasks=tasks[:1], video_dir=str(video_dir), seed=EVAL_SEED
     )["videos"]
 
+    _print_table(tasks, summary, results, timings, stats)
+    report = {
+        "dataset": summary,
+        "bc": trained,
+        "dagger": dagger,
+        "checkpoint": checkpoint,
+        "eval": results,
+        "timings_s": timings,
+        "video": video,
+    }
+    (root / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+    _print_outputs(root, data, checkpoint, video)
+    return 0
+
+
+def _check_seeds(seed: int, training_episodes: int, eval_episodes: int) -> None:
+    """Refuse a --seed whose training episodes (demonstrations, then DAgger's) would reuse the
+    evaluation's seeds: the evaluation must run on worlds training never saw."""
+    training = (seed, seed + training_episodes - 1)
+    evaluation = (EVAL_SEED, EVAL_SEED + eval_episodes - 1)
+    if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
+        raise SettingError(
+            f"demo --seed {seed}: training episodes use seeds {training[0]}..{training[1]}, which overlap the "
+            f"evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
+            f"{EVAL_SEED - (training[1] - training[0] + 1)} or above {evaluation[1]}"
+        )
+
+
+def _collect(data: Path, tasks: list[str], episodes: int, workers: int, seed: int) -> dict[str, Any]:
+    """The expert's demonstrations (successful ones only, with DART noise), with a progress bar."""
+    bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
+    stats = collect(
+        str(data),
+        envs.CRAFTER_ID,
+        default_expert_for(envs.CRAFTER_ID),
+        episodes,
+        tasks=tasks,
+        workers=workers,
+        seed=seed,
+        only_success=True,
+        noise=0.25,  # DART: demonstrations that show recoveries from mistakes
+        progress=lambda episode, running: (
+            bar.update(1),
+            bar.set_postfix(success=f"{running['success_rate']:.2f}"),
+        ),
+    )
+    bar.close()
+    return stats
+
+
+def _print_table(
+    tasks: list[str],
+    summary: dict[str, Any],
+    results: dict[str, Any],
+    timings: dict[str, float],
+    stats: dict[str, Any],
+) -> None:
+    """Per task: demonstrations, the expert's success, the policy's with the correct and with a
+    swapped instruction; then the means and the time each stage took."""
     print()
     print(
         f"{'task':18s} {'demos':>6s} {'expert':>7s} {'correct':>11s} {'swapped':>11s} {'95% CI (correct)':>17s}"
@@ -165,20 +202,12 @@ def run_demo(
         "time: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in timings.items()) + "; "
         f"data {summary['episodes']} episodes / {summary['steps']} steps; expert success {stats['success_rate']:.2f}"
     )
-    report = {
-        "dataset": summary,
-        "bc": trained,
-        "dagger": dagger,
-        "checkpoint": checkpoint,
-        "eval": results,
-        "timings_s": timings,
-        "video": video,
-    }
-    (root / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _print_outputs(root: Path, data: Path, checkpoint: str, video: list[str]) -> None:
     print("\noutputs:")
     print(f"  dataset      {data}   (instructcraft data info {data})")
     print(f"  checkpoint   {checkpoint}")
     print(f"  tensorboard  {root}   (tensorboard --logdir {root}: BC, DAgger rounds)")
     print(f"  video        {video[0] if video else '-'}")
     print(f"  summary      {root / 'summary.json'}")
-    return 0

@@ -11,7 +11,7 @@ import pytest
 from helpers import run_cli
 
 import envs
-import envs.data.store
+import envs.data.format
 from envs.data.store import Dataset
 from train.cli import main
 
@@ -97,7 +97,7 @@ def test_a_full_disk_ends_collect_cleanly(
                 return FullDisk(handle)
         return handle
 
-    monkeypatch.setattr(envs.data.store, "open", full_after_two, raising=False)
+    monkeypatch.setattr(envs.data.format, "open", full_after_two, raising=False)
     code = main([*COLLECT, "--episodes", "4", "--out", str(out)])
     error = capsys.readouterr().err
     assert code != 0

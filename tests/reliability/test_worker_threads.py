@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from agent import evaluate
-from train import dagger
+from train import dagger_rollout
 
 
 def test_loading_the_in_process_worker_keeps_the_thread_count(crafter_checkpoint, monkeypatch) -> None:
@@ -15,5 +15,7 @@ def test_loading_the_in_process_worker_keeps_the_thread_count(crafter_checkpoint
         torch, "set_num_threads", lambda n: (_ for _ in ()).throw(AssertionError(f"set to {n}"))
     )
     evaluate._load_worker(str(crafter_checkpoint), "instructcraft/Crafter-Instruct-v0", {})
-    dagger._load_worker(str(crafter_checkpoint), "instructcraft/Crafter-Instruct-v0", "crafter_planner")
+    dagger_rollout.load_worker(
+        str(crafter_checkpoint), "instructcraft/Crafter-Instruct-v0", "crafter_planner"
+    )
     assert torch.get_num_threads() == threads

@@ -1,0 +1,370 @@
+"""The native trajectory dataset's format: its layout, its limits and the crash rules the
+reader (store.py) and the writer (writer.py) share.
+
+Layout of a dataset directory::
+
+    metadata.json        format name + version, env id, image shape, action space
+    index.jsonl          one JSON line per committed episode (the commit log)
+    episodes/000000.npz  images_000, images_001, ... (blocks of frames), actions, rewards,
+                         terminated, truncated
+
+An episode of T steps holds T+1 images (the observation before each action, then the final
+one) and T actions, rewards and flags. Images are split into blocks of ``frames_per_block``
+frames, each a separately deflated member of the npz, so reading a chunk (episode, t0:t0+L)
+inflates only the blocks it touches, and a block only up to the last frame asked for. Frames
+are lossless.
+
+Nothing read is taken on trust: metadata.json is bounded (image sides, action counts, block
+size) and every index field a reader uses has its type (``read_metadata``, ``read_index``).
+
+Appending is crash-safe: an episode file is written to a temporary name, fsynced and renamed
+(``atomic_write_bytes``), and only then is its line appended to the index and fsynced. A
+process killed at any point leaves every earlier episode readable; a torn last index line is
+ignored by readers and cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.errors import EnvsError
+
+FORMAT = "instructcraft.trajectories"
+
+
+FORMAT_VERSION = 1
+
+
+DEFAULT_FRAMES_PER_BLOCK = 32
+
+
+# The names the store itself writes in episodes/: committed files and their temporaries.
+EPISODE_FILE = re.compile(r"\d{6,}\.npz")
+
+
+EPISODE_TEMPORARY = re.compile(r"\.\d{6,}\.npz\.tmp-\d+")
+
+
+# What a dataset folder holds besides episodes/ (a folder with anything else is not a dataset).
+STORE_FILES = re.compile(r"metadata\.json|index\.jsonl|\.lock|\.(metadata\.json|index\.jsonl)\.tmp-\d+")
+
+
+# Bounds on what metadata.json may claim. Readers size their buffers from it (a batch of frames,
+# the policy's action heads), so an absurd value must stop the dataset opening rather than ask
+# for hundreds of GiB later. Each bound is far above any env this project knows.
+MAX_IMAGE_SIDE = 4096
+
+
+MAX_ACTION_COMPONENTS = 256
+
+
+MAX_ACTIONS = 65_536  # actions of a Discrete space, or all components' counts together
+
+
+MAX_FRAMES_PER_BLOCK = 65_536
+
+
+# Members are read in pieces of this size: a partial read never holds a second copy of its rows.
+READ_PIECE = 4 * 2**20
+
+
+class DatasetError(EnvsError, RuntimeError):
+    """A dataset that cannot be read or written as asked; the message names the file."""
+
+
+@dataclass
+class Episode:
+    """One recorded episode. ``images`` has one more entry than the per-step arrays."""
+
+    images: np.ndarray  # uint8 (T+1, H, W, 3)
+    actions: np.ndarray  # int64 (T,) for Discrete, (T, A) for MultiDiscrete
+    rewards: np.ndarray  # float32 (T,)
+    terminated: np.ndarray  # bool (T,)
+    truncated: np.ndarray  # bool (T,)
+    instruction: str
+    task: str
+    env_id: str
+    expert: str = ""
+    seed: int | None = None
+    success: bool | None = False  # None: unknown (an imported dataset without a success signal)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        steps = len(self.actions)
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"expected images (T+1, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
+            )
+        if len(self.images) != steps + 1:
+            raise ValueError(f"expected {steps + 1} images for {steps} actions, got {len(self.images)}")
+        for name in ("rewards", "terminated", "truncated"):
+            if len(getattr(self, name)) != steps:
+                raise ValueError(f"expected {steps} {name}, got {len(getattr(self, name))}")
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of ``data``; a failed
+    write (a full disk) leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.absolute()
+    while not os.path.ismount(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def disk_full_error(path: Path, error: OSError, intact: str) -> DatasetError | OSError:
+    """A one-line DatasetError for a full disk (or quota); other OS errors are returned as is."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return error
+    return DatasetError(
+        f"no space left on device {_mount_point(path.parent)} while writing {path}; {intact}. "
+        "Free some space (or write to another disk) and run the same command again"
+    )
+
+
+def _check_episode_file(root: Path, index_path: Path, number: int, name: Any) -> None:
+    """Refuse an index entry whose file is not a plain relative path inside episodes/."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if (
+        not isinstance(name, str)
+        or os.path.isabs(name)
+        or "\\" in name
+        or len(parts) != 2
+        or parts[0] != "episodes"
+        or parts[1] in ("..", ".")
+    ):
+        raise DatasetError(
+            f"{index_path} line {number}: episode file {name!r} is outside {root / 'episodes'}; "
+            "refusing to read it (the index was edited or comes from an untrusted source)"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as JSON, cut to one short line: a crafted value may be megabytes long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _read_regular(path: Path, root: Path) -> bytes:
+    """The bytes of one of the store's own files; anything but a regular file (a FIFO would block
+    the read forever, a directory cannot be read) is refused before it is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is missing: {root} is not an instructcraft dataset") from None
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{path} is {file_kind(mode)}, not a regular file; refusing to read it")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read: {error.strerror}") from None
+
+
+def file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+# Index fields a reader relies on: name -> (test, what the message says is expected).
+_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
+    "length": (lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0"),
+    "instruction": (lambda v: isinstance(v, str), "a string"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "env_id": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+_OPTIONAL_ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
+    "expert": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "success": (lambda v: v is None or isinstance(v, bool), "true, false or null (unknown)"),
+    "bytes": (lambda v: _is_int(v) and v >= 0, "a whole number of bytes >= 0"),
+    "sha256": (lambda v: isinstance(v, str), "a hex string"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_entry(path: Path, number: int, entry: dict[str, Any]) -> None:
+    for key, (valid, expected) in _ENTRY_FIELDS.items():
+        if key not in entry:
+            raise DatasetError(f'{path} line {number}: "{key}" is missing (expected {expected})')
+        if not valid(entry[key]):
+            raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
+    for key, (valid, expected) in _OPTIONAL_ENTRY_FIELDS.items():
+        if key in entry and not valid(entry[key]):
+            raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
+
+
+def read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
+    """Committed index entries and the byte length of the valid prefix of index.jsonl."""
+    path = root / "index.jsonl"
+    raw = _read_regular(path, root)
+    entries: list[dict[str, Any]] = []
+    valid = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        is_last = number == len(lines)
+        if is_last:
+            # Text after the final newline is a line torn by a killed writer: not committed.
+            break
+        if not line.strip():
+            valid += len(line) + 1
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as error:  # bad JSON or bad UTF-8
+            raise DatasetError(
+                f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
+            ) from None
+        if not isinstance(entry, dict) or entry.get("episode") != len(entries):
+            got = entry.get("episode") if isinstance(entry, dict) else entry
+            raise DatasetError(f"{path} line {number}: expected episode {len(entries)}, got {got!r}")
+        _check_episode_file(root, path, number, entry.get("file"))
+        _check_entry(path, number, entry)
+        entries.append(entry)
+        valid += len(line) + 1
+    return entries, valid
+
+
+def check_layout(path: Path, metadata: dict[str, Any]) -> None:
+    """Refuse metadata whose env id, image shape, action space or block size is of the wrong
+    type or out of bounds, naming the field."""
+
+    def refuse(key: str, expected: str) -> DatasetError:
+        return DatasetError(f"{path}: {key} is {_shown(metadata.get(key))}, expected {expected}")
+
+    if not isinstance(metadata.get("env_id"), str):
+        raise refuse("env_id", "a string")
+    shape = metadata.get("image_shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(_is_int(side) for side in shape)
+        and all(1 <= side <= MAX_IMAGE_SIDE for side in shape[:2])
+        and shape[2] == 3
+    ):
+        raise refuse("image_shape", f"[H, W, 3] with H and W whole numbers in [1, {MAX_IMAGE_SIDE}]")
+    spec = metadata.get("action_space")
+    counts = (
+        [spec.get("n")]
+        if isinstance(spec, dict) and spec.get("type") == "Discrete"
+        else spec.get("nvec")
+        if isinstance(spec, dict) and spec.get("type") == "MultiDiscrete"
+        else None
+    )
+    if not (
+        isinstance(counts, list)
+        and 1 <= len(counts) <= MAX_ACTION_COMPONENTS
+        and all(_is_int(count) and count >= 1 for count in counts)
+        and sum(counts) <= MAX_ACTIONS
+    ):
+        raise refuse(
+            "action_space",
+            f'{{"type": "Discrete", "n": N}} or {{"type": "MultiDiscrete", "nvec": [N, ...]}} with '
+            f"1 to {MAX_ACTION_COMPONENTS} components, each N >= 1 and at most {MAX_ACTIONS} actions in all",
+        )
+    block = metadata.get("frames_per_block")
+    if not (_is_int(block) and 1 <= block <= MAX_FRAMES_PER_BLOCK):
+        raise refuse("frames_per_block", f"a whole number in [1, {MAX_FRAMES_PER_BLOCK}]")
+
+
+def read_metadata(root: Path) -> dict[str, Any]:
+    path = root / "metadata.json"
+    try:
+        metadata = json.loads(_read_regular(path, root))
+    except ValueError as error:  # bad JSON or bad UTF-8
+        raise DatasetError(f"{path} is corrupt ({error})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetError(
+            f"{path}: expected a JSON object (format, env_id, image_shape, ...), got {_json_kind(metadata)}"
+        )
+    if metadata.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: format_version {_shown(version)} is not supported "
+            f"(this instructcraft reads {FORMAT_VERSION})"
+        )
+    check_layout(path, metadata)
+    return metadata
+
+
+def refuse_foreign_folder(root: Path) -> None:
+    """A folder that holds anything but a dataset is the user's: never write into it."""
+    if not root.exists() or (root / "metadata.json").exists():
+        return
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a dataset folder: choose another output path")
+    foreign = sorted(
+        path.name
+        for path in root.iterdir()
+        if not (path.name == "episodes" and path.is_dir()) and not STORE_FILES.fullmatch(path.name)
+    )
+    if (root / "episodes").is_dir():
+        foreign += sorted(
+            f"episodes/{path.name}"
+            for path in (root / "episodes").iterdir()
+            if not EPISODE_TEMPORARY.fullmatch(path.name)
+        )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DatasetError(
+            f"{root} is not empty and is not an instructcraft dataset (it holds {shown}): "
+            "write to a new or empty folder, or to an existing dataset to append to it"
+        )

@@ -1,0 +1,178 @@
+"""The dataset writer: appends episodes to a dataset directory, one writer at a time, by the
+format's crash rules (format.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.data.format import (
+    DEFAULT_FRAMES_PER_BLOCK,
+    FORMAT,
+    FORMAT_VERSION,
+    DatasetError,
+    Episode,
+    atomic_write_bytes,
+    check_layout,
+    disk_full_error,
+    read_index,
+    read_metadata,
+    refuse_foreign_folder,
+)
+from envs.spaces import action_space_spec
+
+
+class DatasetWriter:
+    """Appends episodes to a dataset directory (created if missing). One writer at a time.
+
+    Args:
+        root: dataset directory.
+        env_id: the env the episodes come from.
+        image_shape: (H, W, 3) of every frame.
+        action_space: the env's action space, or its spec from ``action_space_spec``.
+        frames_per_block: frames per deflated block; smaller = cheaper random chunks.
+        info: free-form JSON stored in metadata.json (tasks, collection settings).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        env_id: str,
+        image_shape: tuple[int, int, int],
+        action_space: Any,
+        frames_per_block: int = DEFAULT_FRAMES_PER_BLOCK,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        try:
+            spec = action_space if isinstance(action_space, dict) else action_space_spec(action_space)
+        except ValueError:
+            kind = type(action_space).__name__
+            raise DatasetError(f"the dataset stores Discrete or MultiDiscrete actions, got {kind}") from None
+        # Never write a dataset that readers would refuse to open.
+        layout = {"env_id": env_id, "image_shape": [int(side) for side in image_shape], "action_space": spec}
+        check_layout(self.root / "metadata.json", {**layout, "frames_per_block": int(frames_per_block)})
+        refuse_foreign_folder(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "episodes").mkdir(exist_ok=True)
+        self._lock = open(self.root / ".lock", "w")  # noqa: SIM115  (held for the writer's life)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise DatasetError(f"{self.root} is being written by another process") from None
+        metadata_path = self.root / "metadata.json"
+        if metadata_path.exists():
+            self.metadata = read_metadata(self.root)
+            expected = {"image_shape": list(image_shape), "action_space": spec}
+            for key, value in expected.items():
+                if self.metadata[key] != value:
+                    self.close()
+                    raise DatasetError(
+                        f"{metadata_path}: cannot append, {key} is {self.metadata[key]} but the new "
+                        f"episodes have {value}; write to a new dataset directory"
+                    )
+            entries, valid = read_index(self.root)
+            index_path = self.root / "index.jsonl"
+            if valid != index_path.stat().st_size:
+                with open(index_path, "r+b") as handle:
+                    handle.truncate(valid)
+            self._count = len(entries)
+        else:
+            self.metadata = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "env_id": env_id,
+                "image_shape": list(image_shape),
+                "action_space": spec,
+                "frames_per_block": frames_per_block,
+                "images_per_episode": "steps + 1",
+                "info": info or {},
+            }
+            atomic_write_bytes(metadata_path, json.dumps(self.metadata, indent=2).encode())
+            atomic_write_bytes(self.root / "index.jsonl", b"")
+            self._count = 0
+        self.frames_per_block = int(self.metadata["frames_per_block"])
+        # Unbuffered: a failed append can be cut back to the committed prefix.
+        self._index = open(self.root / "index.jsonl", "ab", buffering=0)  # noqa: SIM115
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, episode: Episode) -> int:
+        """Commit one episode; returns its index."""
+        shape = list(episode.images.shape[1:])
+        if shape != self.metadata["image_shape"]:
+            raise DatasetError(f"expected images {self.metadata['image_shape']}, got {shape}")
+        number = self._count
+        relative = f"episodes/{number:06d}.npz"
+        arrays: dict[str, np.ndarray] = {
+            "actions": np.asarray(episode.actions, np.int64),
+            "rewards": np.asarray(episode.rewards, np.float32),
+            "terminated": np.asarray(episode.terminated, bool),
+            "truncated": np.asarray(episode.truncated, bool),
+        }
+        block = self.frames_per_block
+        for b, start in enumerate(range(0, len(episode.images), block)):
+            arrays[f"images_{b:04d}"] = np.ascontiguousarray(episode.images[start : start + block])
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        data = buffer.getvalue()
+        intact = f"the {number} earlier episodes in {self.root} are intact"
+        try:
+            atomic_write_bytes(self.root / relative, data)
+        except OSError as error:
+            raise disk_full_error(self.root / relative, error, intact) from None
+        entry = {
+            "episode": number,
+            "file": relative,
+            "length": episode.length,
+            "instruction": episode.instruction,
+            "task": episode.task,
+            "env_id": episode.env_id,
+            "expert": episode.expert,
+            "seed": episode.seed,
+            "success": None if episode.success is None else bool(episode.success),
+            "return": float(np.sum(episode.rewards)),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **({"extra": episode.extra} if episode.extra else {}),
+        }
+        fd = self._index.fileno()
+        committed = os.fstat(fd).st_size
+        try:
+            line = memoryview((json.dumps(entry) + "\n").encode())
+            while line:
+                line = line[self._index.write(line) :]
+            os.fsync(fd)
+        except OSError as error:
+            # Undo this episode: the index keeps its committed prefix, the file goes.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, committed)
+            with contextlib.suppress(OSError):
+                (self.root / relative).unlink()
+            raise disk_full_error(self.root / "index.jsonl", error, intact) from None
+        self._count += 1
+        return number
+
+    def close(self) -> None:
+        if getattr(self, "_index", None) is not None and not self._index.closed:
+            self._index.close()
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

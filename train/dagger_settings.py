@@ -1,0 +1,153 @@
+"""DAgger's settings and its state file (``dagger.json``): what a run was started with, what a
+resumed run must match, and the command that resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs.data.store import atomic_write_bytes
+from train.config import ConfigError, RunConfig
+
+STATE = "dagger.json"
+
+# The run config the rounds train with, written as a file that ``--config`` reads back.
+RUN_CONFIG_FILE = "config.resolved.yaml"
+
+# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none).
+FLAGS = {
+    "rounds": "--rounds",
+    "episodes": "--episodes",
+    "beta": "--beta",
+    "beta_decay": "--beta-decay",
+    "steps": "--steps-per-round",
+    "eval_episodes": "--eval-episodes",
+    "workers": "--workers",
+}
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """DAgger settings (each is a flag of ``instructcraft dagger``)."""
+
+    rounds: int = 3
+    """rounds of rollouts + relabelling + fine-tuning after the round-0 policy"""
+    episodes: int = 200
+    """learner episodes rolled out (and labelled) per round"""
+    beta: float = 0.5
+    """probability of executing the expert's action in round 1"""
+    beta_decay: float = 0.5
+    """beta is multiplied by this every round (0 = pure learner rollouts after round 1)"""
+    steps: int = 400
+    """BC fine-tuning steps per round on the aggregated dataset"""
+    eval_episodes: int = 40
+    """learner-only evaluation episodes after each round (0 = off)"""
+    eval_seed: int = 100_000
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "episodes", "steps", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dagger.{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_episodes < 0:
+            raise ConfigError(f"dagger.eval_episodes must be >= 0, got {self.eval_episodes}")
+        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
+            raise ConfigError(
+                f"dagger.beta and dagger.beta_decay must be in [0, 1], got {self.beta} and {self.beta_decay}"
+            )
+
+    def beta_for(self, round_: int) -> float:
+        return self.beta * self.beta_decay ** (round_ - 1)
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    path = out / STATE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is corrupt ({error}): start a new run in another --out") from None
+
+
+def save_state(out: Path, state: dict[str, Any]) -> None:
+    """``dagger.json`` replaced atomically and synced: a crash leaves the last state whole."""
+    atomic_write_bytes(out / STATE, json.dumps(state, indent=2, default=str).encode())
+
+
+def absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def plain(data: Any) -> Any:
+    """``data`` as JSON gives it back (tuples become lists), so stored and new settings compare."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def check_resume(
+    root: Path, state: dict[str, Any], run: RunConfig, dagger: DaggerConfig, settings: dict[str, Any]
+) -> None:
+    """A resumed run continues the same experiment: refuse any setting that changes what the
+    remaining rounds do, naming it. The worker count changes nothing (rollouts are the same
+    whatever it is); a changed training config is allowed and said, as ``bc --resume`` does."""
+    # A run recorded before a setting was kept is not checked on it.
+    started = {flag: state.get(key, value) for flag, (key, value) in settings.items()}
+    for flag in ("--data", "--init"):  # recorded as given by runs that kept relative paths
+        started[flag] = absolute(started[flag])
+    for name, value in dataclasses.asdict(dagger).items():
+        if name != "workers":
+            started[FLAGS.get(name, f"dagger.{name}")] = state.get("dagger", {}).get(name, value)
+    given = {flag: value for flag, (_, value) in settings.items()}
+    given.update(
+        {FLAGS.get(n, f"dagger.{n}"): v for n, v in dataclasses.asdict(dagger).items() if n != "workers"}
+    )
+    changed = [flag for flag in started if plain(started[flag]) != plain(given[flag])]
+    if changed:
+        listed = ", ".join(f"{flag} {started[flag]!r} (now {given[flag]!r})" for flag in changed)
+        raise ConfigError(
+            f"{root} was started with {listed}: resume with the same settings "
+            f"(`{resume_command(root, state)}`), or start a new run in another --out"
+        )
+    if "run" in state:
+        before, now = _flatten(state["run"]), _flatten(plain(run.to_dict()))
+        notes = [
+            f"{key} {before[key]!r} -> {now[key]!r}"
+            for key in before
+            if key in now and before[key] != now[key]
+        ]
+        if notes:
+            print(f"note: resuming {root} with changed settings: {', '.join(notes)}", file=sys.stderr)
+
+
+def resume_command(root: Path, state: dict[str, Any]) -> str:
+    """The ``instructcraft dagger`` command that continues the run in ``root``: every setting
+    the run was started with, read from its state, and ``--resume``."""
+    parts = ["instructcraft", "dagger"]
+    if (root / RUN_CONFIG_FILE).exists():
+        parts += ["--config", str(root / RUN_CONFIG_FILE)]
+    parts += ["--data", state["data"], "--env", state["env_id"], "--out", str(root)]
+    if state.get("expert"):
+        parts += ["--expert", state["expert"]]
+    if state.get("tasks"):
+        parts += ["--tasks", *state["tasks"]]
+    if state.get("init"):
+        parts += ["--init", state["init"]]
+    for name, flag in FLAGS.items():
+        parts += [flag, str(state["dagger"][name])]
+    return shlex.join([*parts, "--resume"])
