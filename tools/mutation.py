@@ -71,6 +71,11 @@ MODULES: dict[str, Module] = {
             "tests/agent/test_strength_evaluate.py::test_swapped_instruction_names_another_evaluated_task",
             "tests/agent/test_strength_evaluate.py::test_sensitivity_reports_the_gap_on_the_same_seeds",
             "tests/agent/test_agent.py::test_crafter_score_matches_the_published_formula",
+            # Plan rows, open-ended counts and an interrupted sensitivity run through a real
+            # policy (2-3 s each); pytest's -x stops a mutant's run at its first failing test.
+            "tests/agent/test_plan_agent.py::test_eval_with_a_plan_advances_on_the_budget_and_reports_it",
+            "tests/agent/test_open_ended_eval.py::test_stats_jsonl_gives_back_the_score_eval_reports",
+            "tests/reliability/test_eval_interrupt.py::test_interrupted_sensitivity_keeps_the_finished_modes",
         ),
     ),
     # Which frames a step sees (causal, window, padding) and the ring that holds them for steps.

@@ -17,6 +17,7 @@ from gymnasium import spaces
 import envs
 from agent.evaluate import (
     EpisodeJob,
+    EvaluationInterrupted,
     crafter_score,
     run_episode,
     sensitivity,
@@ -24,6 +25,7 @@ from agent.evaluate import (
     swapped_instruction,
     wilson_interval,
 )
+from agent.plan import Plan, PlanFollower
 from envs.crafter_tasks import TASKS
 from envs.spaces import observation_space
 
@@ -169,15 +171,32 @@ class _Seeds:
 
 
 class _ScriptedAgent:
-    """Records what it is told and how it is asked to act; always takes action 1."""
+    """Records what it is told, the infos it observes and how it is asked to act; always takes
+    action 1. Given a plan it follows it as ``Agent`` does (a ``PlanFollower`` started on the
+    reset info, told each step's info)."""
 
     def __init__(self) -> None:
         self.told: list[str | None] = []
         self.generator = _Seeds()
         self.acting_with: list[tuple[bool, float]] = []
+        self.observed: list[dict[str, Any]] = []
+        self.plan: PlanFollower | None = None
+        self.instruction: str | None = None
 
-    def reset(self, instruction: str | None) -> None:
+    def reset(
+        self, instruction: str | None = None, plan: Plan | None = None, info: dict[str, Any] | None = None
+    ) -> None:
+        self.plan = None
+        if plan is not None:
+            self.plan = PlanFollower(plan)
+            instruction = self.plan.start(info or {})
         self.told.append(instruction)
+        self.instruction = instruction
+
+    def observe(self, info: dict[str, Any]) -> None:
+        self.observed.append(info)
+        if self.plan is not None:
+            self.instruction = self.plan.observe(info)
 
     def acting(self, deterministic: bool, cfg_scale: float):
         self.acting_with.append((deterministic, cfg_scale))
@@ -229,8 +248,10 @@ def test_episode_row_reports_what_happened_and_seeds_sampling_per_episode() -> N
         "return": 5.0,
         "video": None,
         "achievements": ["collect_wood", "place_table"],
+        "achievement_counts": {"place_table": 2, "collect_wood": 1, "eat_cow": 0},
     }
     assert {key: row[key] for key in expected} == expected
+    assert "plan" not in row  # no plan followed, none reported
     assert agent.generator.seeds == [11]
     assert agent.acting_with == [(True, 1.5)]
 
@@ -297,3 +318,95 @@ def test_a_swapped_babyai_mission_always_asks_for_something_else() -> None:
         swapped = swapped_instruction(level, "GoToLocal", seed)
         assert isinstance(swapped, str) and swapped.startswith("go to ") and swapped != mission, seed
         assert swapped_instruction(level, "GoToLocal", seed) == swapped  # the same on every run
+
+
+class _GrowingEnv(_ScriptedEnv):
+    """Wood is collected on step 2 and nothing else; each info carries its step as ``t``."""
+
+    def step(self, action: Any):
+        observation, reward, terminated, truncated, info = super().step(action)
+        info = {**info, "t": self.t, "achievements": {"collect_wood": int(self.t >= 2), "place_table": 0}}
+        return observation, reward, terminated, truncated, info
+
+
+def test_an_episode_with_a_plan_tells_each_step_to_the_agent_and_reports_the_plan() -> None:
+    """`eval --plan`: the agent starts the plan on the reset info, is told every step's info in
+    order, and the row records the plan's first instruction, how many plan steps completed, how
+    many times the instruction changed and the instruction in effect at the end."""
+    agent = _ScriptedAgent()
+    env = _GrowingEnv(goal=99, limit=5)
+    plan = Plan.from_dict({"budget": 2, "steps": ["collect wood", "place a table", "drink water"]})
+    job = EpisodeJob(seed=4, task="collect_wood", mode="correct", cfg_scale=0.0, video=None, plan=plan)
+    row = run_episode(agent, env, envs.CRAFTER_ID, job)  # type: ignore[arg-type]
+    assert agent.told == ["collect wood"] and row["instruction"] == "collect wood"
+    assert [info["t"] for info in agent.observed] == [1, 2, 3, 4, 5]
+    # Step 2 unlocks wood (-> place a table); two steps later its budget ends (-> drink water).
+    assert row["plan"] == {"completed": 1, "switches": 2, "last_instruction": "drink water"}
+    assert row["achievement_counts"] == {"collect_wood": 1, "place_table": 0}
+    assert row["achievements"] == ["collect_wood"]
+    assert agent.generator.seeds == [4]
+
+
+def _interrupting_evaluate(stop_mode: str, error: BaseException, calls: list[tuple[str, str]]):
+    def fake(env_id: str, episodes: int, *, mode: str, **kwargs: Any) -> dict[str, Any]:
+        calls.append((env_id, mode))
+        if mode == stop_mode:
+            raise error
+        return {"mode": mode, "episodes": episodes, "tasks": {}}
+
+    return fake
+
+
+def test_ctrl_c_in_sensitivity_keeps_the_modes_that_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the swapped run of `eval --sensitivity`: the error counts the correct run's
+    episodes and the swapped run's finished ones out of all three modes' episodes, carries the
+    correct run's summary then the partial swapped one, and the rows of the run it stopped."""
+    import agent.evaluate as evaluation
+
+    partial, rows = {"mode": "swapped", "episodes": 1}, [{"seed": 3}]
+    calls: list[tuple[str, str]] = []
+    stopped = EvaluationInterrupted(1, 4, [partial], rows)
+    monkeypatch.setattr(evaluation, "evaluate", _interrupting_evaluate("swapped", stopped, calls))
+    with pytest.raises(EvaluationInterrupted) as caught:
+        sensitivity(envs.CRAFTER_ID, 4, seed=3)
+    error = caught.value
+    assert calls == [(envs.CRAFTER_ID, "correct"), (envs.CRAFTER_ID, "swapped")]
+    assert (error.finished, error.planned, error.exit_code) == (5, 12, 130)
+    assert error.results == [{"mode": "correct", "episodes": 4, "tasks": {}}, partial]
+    assert error.rows == rows
+    assert str(error) == "interrupted after 5 of 12 episodes; the rates above are over those 5"
+
+
+def test_ctrl_c_before_a_modes_first_episode_keeps_the_earlier_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the blank run is still checking its settings (a KeyboardInterrupt, no
+    episode of it finished): the error holds the two finished runs and no rows."""
+    import agent.evaluate as evaluation
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(evaluation, "evaluate", _interrupting_evaluate("blank", KeyboardInterrupt(), calls))
+    with pytest.raises(EvaluationInterrupted) as caught:
+        sensitivity(envs.CRAFTER_ID, 2)
+    error = caught.value
+    assert (error.finished, error.planned) == (4, 6)
+    assert [run["mode"] for run in error.results] == ["correct", "swapped"]
+    assert error.rows == []
+
+
+class _QuenchedEnv(_ScriptedEnv):
+    """Resets with full drink (9) in its info, as a Crafter world starts."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        observation, info = super().reset(seed=seed, options=options)
+        return observation, {**info, "inventory": {"drink": 9}, "achievements": {"collect_wood": 0}}
+
+
+def test_a_plan_starts_on_the_reset_info() -> None:
+    """The plan starts on the reset's info: with drink at 9 there, a 'drink < 3' rule stays off
+    and the agent is told the plan's first step (a number missing from the info would count as
+    0 and fire it)."""
+    agent = _ScriptedAgent()
+    rule = {"when": "drink < 3", "instruction": "drink water", "until": "drink > 5"}
+    plan = Plan.from_dict({"steps": ["collect wood"], "rules": [rule]})
+    job = EpisodeJob(seed=2, task="collect_wood", mode="correct", cfg_scale=0.0, video=None, plan=plan)
+    row = run_episode(agent, _QuenchedEnv(goal=99, limit=1), envs.CRAFTER_ID, job)  # type: ignore[arg-type]
+    assert agent.told == ["collect wood"] and row["instruction"] == "collect wood"

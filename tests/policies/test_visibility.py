@@ -151,3 +151,64 @@ def test_ring_size_is_reported_from_what_it_holds() -> None:
     for time in range(1, 5):
         ring.append(torch.tensor([time, time]), torch.tensor([True, True]), value=torch.zeros(2, 3, 4))
     assert ring.nbytes() > small
+
+
+def test_the_mask_is_built_on_the_device_of_the_times() -> None:
+    """A GPU run's masks live on the GPU with its times: every part of the rule (causal, window,
+    padding, the self-fallback) is made on the times' device. The meta device stands in for a
+    GPU here: mixing it with a CPU tensor fails as mixing CUDA and CPU would."""
+    meta = torch.device("meta")
+    times = torch.arange(5, device=meta)[None].expand(2, 5)
+    allowed = visibility(times, torch.ones(2, 5, dtype=torch.bool, device=meta), 3)
+    assert allowed.device == meta and allowed.shape == (2, 5, 5)
+
+
+def test_history_ring_starts_with_room_for_16_frames_or_the_window() -> None:
+    """Short histories stay small: a ring holds 16 frames until it needs more (fewer when the
+    window is shorter), then doubles."""
+    ring = HistoryRing(1, 100, 1, torch.device("cpu"))
+    assert ring.capacity == 16 and ring.slot_time.shape == (1, 16)
+    assert HistoryRing(1, 8, 1, torch.device("cpu")).capacity == 8
+    for time in range(17):
+        ring.append(torch.tensor([time]), torch.tensor([True]), value=torch.zeros(1, 1, 1))
+    assert ring.capacity == 32
+
+
+def _append(ring: HistoryRing, times: list[int], valid: list[bool]) -> None:
+    value = torch.tensor(times, dtype=torch.float)[:, None, None] * 10  # one token: 10 * time
+    ring.append(torch.tensor(times), torch.tensor(valid), value=value)
+
+
+def test_a_padded_step_leaves_a_full_rows_oldest_frame_visible() -> None:
+    """A row with no frame this step (valid=False) keeps its whole history, also when its window
+    is full and the slot the next frame would take still holds its oldest visible frame."""
+    ring = HistoryRing(2, 3, 1, torch.device("cpu"))
+    for time in range(3):
+        _append(ring, [time, time], [True, True])
+    _append(ring, [3, 3], [True, False])
+    seen = _visible_history(ring, torch.tensor([3, 2]))
+    assert seen == [[(1, 10), (2, 20), (3, 30)], [(0, 0), (1, 10), (2, 20)]]
+
+
+def test_after_a_reset_frames_of_the_new_episode_never_overwrite_each_other() -> None:
+    """Rows restarted together or alone, then stepping together, then one padded: each row's
+    new episode keeps every frame it was given (the fast and the general path agree on where a
+    row's next frame goes)."""
+    ring = HistoryRing(2, 4, 1, torch.device("cpu"))
+    for time in range(2):
+        _append(ring, [time, time], [True, True])
+    ring.reset(torch.tensor([True, True]))  # both rows start new episodes
+    _append(ring, [5, 5], [True, True])
+    _append(ring, [6, 6], [True, True])
+    _append(ring, [7, 7], [True, False])
+    assert _visible_history(ring, torch.tensor([7, 6])) == [[(5, 50), (6, 60), (7, 70)], [(5, 50), (6, 60)]]
+
+    ring = HistoryRing(2, 4, 1, torch.device("cpu"))
+    for time in range(2):
+        _append(ring, [time, time], [True, True])
+    ring.reset(torch.tensor([False, True]))  # only row 1 starts a new episode
+    _append(ring, [2, 10], [True, True])
+    _append(ring, [3, 11], [True, True])
+    _append(ring, [4, 12], [False, True])
+    seen = _visible_history(ring, torch.tensor([3, 12]))
+    assert seen == [[(0, 0), (1, 10), (2, 20), (3, 30)], [(10, 100), (11, 110), (12, 120)]]
