@@ -41,9 +41,10 @@ from train.rl.buffer import (
 )
 from train.rl.policy import SB3PolicyAdapter
 from train.rl.rollout import SequenceRollouts
+from train.rl.sb3 import SB3Internals
 
 
-class SequencePPO(SequenceRollouts, PPO):
+class SequencePPO(SequenceRollouts, SB3Internals, PPO):
     """PPO whose rollouts and updates follow episodes in time (see the module docstring)."""
 
     def __init__(
@@ -121,12 +122,12 @@ class SequencePPO(SequenceRollouts, PPO):
     def train(self) -> None:
         began = time.perf_counter()
         self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        clip_range = self.clip_range(self._current_progress_remaining)
+        self.update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self.progress_remaining)
         buffer: SequenceRolloutBuffer = self.rollout_buffer
         contexts = [len(c["frames"]) for c in buffer.context]
         segments = split_segments(buffer.episode_starts.astype(bool), contexts)
-        rng = np.random.default_rng([self.seed or 0, self._n_updates])
+        rng = np.random.default_rng([self.seed or 0, self.updates])
         context_features = self._encode_context(buffer)
         # The reference policy is frozen: its logits at each rollout step are computed in the first
         # epoch and reused by the later ones ({(env, start): (steps, logits)}).
@@ -146,7 +147,7 @@ class SequencePPO(SequenceRollouts, PPO):
                     break
                 self._gradient_step(loss)
             logs["approx_kl"].extend(approx_kls)
-            self._n_updates += 1
+            self.updates += 1
             if not continue_training:
                 break
         self._record_update(buffer, logs, clip_range)
@@ -224,7 +225,7 @@ class SequencePPO(SequenceRollouts, PPO):
     def _gradient_step(self, loss: torch.Tensor) -> None:
         if not math.isfinite(float(loss.detach())):
             raise TrainingDiverged(
-                f"PPO loss is {float(loss.detach())} at update {self._n_updates}: lower rl.lr; "
+                f"PPO loss is {float(loss.detach())} at update {self.updates}: lower rl.lr; "
                 "the last checkpoint is intact"
             )
         self.policy.optimizer.zero_grad(set_to_none=True)
@@ -241,4 +242,4 @@ class SequencePPO(SequenceRollouts, PPO):
         self.logger.record("train/explained_variance", explained)
         self.logger.record("train/clip_range", clip_range)
         self.logger.record("train/kl_coef", self.kl_coef)
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/n_updates", self.updates, exclude="tensorboard")

@@ -27,8 +27,9 @@ from train.rl.buffer import SequenceRolloutBuffer
 
 class SequenceRollouts:
     """``collect_rollouts`` for a PPO whose policy reads a growing frame history, plus per-task
-    success rates. The class it is mixed into is an SB3 ``PPO`` (``policy``, ``n_envs``,
-    ``_last_obs``, ...) with a ``timings`` dict; ``_init_rollouts`` sets this class's own state."""
+    success rates. The class it is mixed into is an SB3 ``PPO`` (``policy``, ``n_envs``, ...) with
+    ``SB3Internals`` (``last_observation``, ...) and a ``timings`` dict; ``_init_rollouts`` sets
+    this class's own state."""
 
     def _init_rollouts(self) -> None:
         self._episode_texts: list[str] = []
@@ -63,13 +64,13 @@ class SequenceRollouts:
         return state
 
     def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps: int) -> bool:
-        assert self._last_obs is not None, "no previous observation"
+        assert self.last_observation is not None, "no previous observation"
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
         callback.on_rollout_start()
         started = time.perf_counter()
-        obs = self._last_obs
-        starts = np.asarray(self._last_episode_starts, dtype=bool)
+        obs = self.last_observation
+        starts = np.asarray(self.last_episode_starts, dtype=bool)
         state = self._start_rollout(rollout_buffer, obs, starts)
         self.timings["inference"] += time.perf_counter() - started
         n_steps = 0
@@ -87,17 +88,17 @@ class SequenceRollouts:
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
-            self._update_info_buffer(infos, dones)
+            self.record_episode_infos(infos, dones)
             self._record_tasks(infos, dones)
             n_steps += 1
             began = time.perf_counter()
             self._bootstrap_truncated(state, obs, rewards, dones, infos)
             if isinstance(self.action_space, spaces.Discrete):
                 actions_np = actions_np.reshape(-1, 1)
-            rollout_buffer.add(obs, actions_np, rewards, self._last_episode_starts, values, log_probs)
+            rollout_buffer.add(obs, actions_np, rewards, self.last_episode_starts, values, log_probs)
             obs = new_obs
-            self._last_obs = new_obs
-            self._last_episode_starts = dones
+            self.last_observation = new_obs
+            self.last_episode_starts = dones
             starts = np.asarray(dones, dtype=bool)
             self.timings["inference"] += time.perf_counter() - began
         self._finish_rollout(rollout_buffer, state, obs, starts, dones)

@@ -16,10 +16,9 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from torch.utils.tensorboard import SummaryWriter
 
 from envs.data.store import action_space_spec
 from envs.wrappers import make_tokenized_env
@@ -50,6 +49,7 @@ from train.common import (
 from train.config import RunConfig
 from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
 from train.rl.ppo import SequencePPO
+from train.rl.sb3 import ResumableTensorBoard
 
 
 def make_env(env_id: str, n_envs: int, vec_env: str, seed: int, max_tokens: int, **env_kwargs: Any) -> VecEnv:
@@ -110,7 +110,7 @@ def save_checkpoint(
     """``save_rl_checkpoint`` of ``algo`` as it stands; diverged (NaN or inf) weights raise
     ``TrainingDiverged``, leaving the previous checkpoint as it was."""
     intact = intact_phrase(directory)
-    counters = {"num_timesteps": algo.num_timesteps, "n_updates": algo._n_updates, "kl_coef": algo.kl_coef}
+    counters = {"num_timesteps": algo.num_timesteps, "n_updates": algo.updates, "kl_coef": algo.kl_coef}
     try:
         save_rl_checkpoint(directory, algo.model, counters, algo.policy.optimizer, run, env_id, init)
     except NonFiniteWeightsError as error:
@@ -124,24 +124,15 @@ def load_trainer_state(algo: SequencePPO, checkpoint: Path) -> None:
     state = read_trainer_state(checkpoint, algo.device)
     algo.policy.optimizer.load_state_dict(state["optimizer"])
     algo.num_timesteps = int(state["num_timesteps"])
-    algo._n_updates = int(state["n_updates"])
+    algo.updates = int(state["n_updates"])
     algo.kl_coef = float(state["kl_coef"])
     restore_rl_rng(state)
-
-
-class _ResumableTensorBoard(TensorBoardOutputFormat):
-    """SB3's TensorBoard output written straight into ``folder``; ``purge_step`` drops what an
-    interrupted run logged after its checkpoint, so a resumed run continues the same curves."""
-
-    def __init__(self, folder: str, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(log_dir=folder, purge_step=purge_step)
-        self._is_closed = False
 
 
 def attach_logger(algo: SequencePPO, folder: Path, resume: bool, verbose: int) -> Logger:
     """SB3's logger writing TensorBoard scalars into ``folder`` (and to stdout with ``verbose``)."""
     # SB3 logs at step = num_timesteps; a resumed run keeps the checkpoint's own point.
-    formats = [_ResumableTensorBoard(str(folder), algo.num_timesteps + 1 if resume else None)]
+    formats = [ResumableTensorBoard(str(folder), algo.num_timesteps + 1 if resume else None)]
     if verbose:
         formats.append(HumanOutputFormat(sys.stdout))
     logger = Logger(str(folder), formats)
