@@ -86,6 +86,9 @@ MODULES: dict[str, Module] = {
             "tests/policies/test_visibility.py",
             "tests/policies/test_query_subset.py",
             "tests/policies/test_policy.py::test_visibility_rule",
+            # Every fusion's prefill and per-row reset against stepping (3 s in all).
+            "tests/policies/test_policy.py::test_prefill_equals_stepping",
+            "tests/policies/test_policy.py::test_reset_rows_starts_a_fresh_episode_in_those_rows_only",
         ),
     ),
     # The learning-rate schedule and the dataset check before step 1.
