@@ -138,6 +138,12 @@ class Agent:
             if instruction is not None:
                 raise ValueError("pass an instruction or a plan, not both")
             plan.check_lengths(self.policy.text_encoder.token_count, self.policy.config.text.max_tokens)
+            if plan.rules and "inventory" not in (info or {}):
+                # A missing number would read as 0 and fire every "drink < 4" rule forever.
+                raise ValueError(
+                    f"{plan.source}: its rules read the status numbers crafter reports in "
+                    "info['inventory'], and this env reports none: drop the rules or use a Crafter env"
+                )
             self.plan = PlanFollower(plan)
             instruction = self.plan.start(info or {})
         if instruction is not None:

@@ -126,3 +126,19 @@ def test_rollout_and_attention_follow_a_plan_and_show_each_steps_instruction(tmp
     assert viewer_payload(recording)["instruction_changes"] == [[0, "collect wood"], [3, "place a table"]]
     with pytest.raises(ValueError, match="an instruction or a plan, not both"):
         agent.reset("collect wood", plan=plan, info={})
+
+
+def test_rules_need_an_env_that_reports_the_status_numbers() -> None:
+    """BabyAI draws no status bar: a plan with rules would read every number as 0 and fire a
+    "drink < 4" rule forever, so it is refused at reset; a plan without rules is fine."""
+    agent = tiny_agent("cross_attention")
+    with_rules = Plan.from_dict(
+        {
+            "steps": ["collect wood"],
+            "rules": [{"when": "drink < 4", "instruction": "drink water", "until": "drink >= 8"}],
+        }
+    )
+    with pytest.raises(ValueError, match=r"its rules read the status numbers .* this env reports none"):
+        agent.reset(plan=with_rules, info={"instruction": "go to the red ball"})
+    agent.reset(plan=Plan.parse("collect wood"), info={"instruction": "go to the red ball"})
+    assert agent.instruction == "collect wood"
