@@ -111,7 +111,7 @@ MODULES: dict[str, Module] = {
     ),
     # Writing, reading and checking the dataset store, and replaying its episodes.
     "store": Module(
-        files=("envs/data/store.py", "envs/replay.py"),
+        files=("envs/data/format.py", "envs/data/writer.py", "envs/data/store.py", "envs/replay.py"),
         functions=("*",),
         tests=(
             "tests/envs/test_dataset.py",

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import pytest
 
-from envs.data.store import DatasetError
+from envs.data.store import DatasetError, Problem
 from train.bc import check_dataset, lr_lambda
 
 
@@ -61,8 +62,13 @@ class _Checked:
         self.problems, self.episodes = problems, episodes
         self.root = Path("demos")
 
-    def check(self) -> list[str]:
-        return self.problems
+    def check(self) -> list[Problem]:
+        """Each line as the store reports it: tied to the episode it names, if any."""
+        found = [re.search(r"\(episode (\d+)\)", line) for line in self.problems]
+        return [
+            Problem(int(match.group(1)) if match else None, line)
+            for match, line in zip(found, self.problems, strict=True)
+        ]
 
     def __len__(self) -> int:
         return self.episodes
