@@ -178,7 +178,7 @@ def test_env_adapter_without_minerl_names_the_fix() -> None:
 
     if envs.minerl_available():
         pytest.skip("minerl is installed here")
-    with pytest.raises(ImportError, match="docs/minecraft.md"):
+    with pytest.raises(ImportError, match=r"docs/minecraft\.md"):
         MineRLInstructEnv("Treechop")
 
 
