@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SCRIPT, run_cli
+from helpers import interrupt_when, run_cli
 
 import train.dagger as dagger_module
 from envs.data.collect import collect
@@ -189,31 +185,6 @@ def test_resume_with_another_data_is_refused_naming_it(
 
 
 # Ctrl-C
-
-
-def interrupt_when(args: list[str], ready: re.Pattern[str], signal_number: int) -> tuple[int, str]:
-    """Run the CLI, send ``signal_number`` once stderr matches ``ready``; (exit code, stderr)."""
-    process = subprocess.Popen([SCRIPT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    chunks: list[bytes] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        while chunk := os.read(process.stderr.fileno(), 4096):
-            chunks.append(chunk)
-            if ready.search(b"".join(chunks).decode(errors="replace")):
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 240
-    while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert seen.is_set(), b"".join(chunks).decode(errors="replace")
-    process.send_signal(signal_number)
-    process.wait(timeout=240)
-    reader.join(timeout=30)
-    return process.returncode, b"".join(chunks).decode(errors="replace")
 
 
 def resume_from(stderr: str) -> list[str]:

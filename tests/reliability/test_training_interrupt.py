@@ -4,17 +4,13 @@ written, the message says how to resume, the exit code is 128 + the signal numbe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import signal
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from helpers import SCRIPT, run_cli
+from helpers import interrupt_when, run_cli
 
 import envs
 from envs.data.collect import collect
@@ -28,31 +24,6 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("data") / "demos"
     collect(str(path), envs.CRAFTER_ID, "crafter_planner", 4, tasks=["collect_wood"], seed=3)
     return str(path)
-
-
-def interrupt_when(args: list[str], ready: re.Pattern[str], signal_number: int) -> tuple[int, str]:
-    """Run the CLI, send ``signal_number`` once stderr matches ``ready``; (exit code, stderr)."""
-    process = subprocess.Popen([SCRIPT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    chunks: list[bytes] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert process.stderr is not None
-        while chunk := os.read(process.stderr.fileno(), 4096):
-            chunks.append(chunk)
-            if ready.search(b"".join(chunks).decode(errors="replace")):
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 240
-    while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert seen.is_set(), b"".join(chunks).decode(errors="replace")
-    process.send_signal(signal_number)
-    process.wait(timeout=240)
-    reader.join(timeout=30)
-    return process.returncode, b"".join(chunks).decode(errors="replace")
 
 
 def test_ctrl_c_during_bc_saves_and_resumes(demos: str, tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
 """Shared test helpers (tests/support is on pytest's pythonpath)."""
 
+import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -37,3 +41,28 @@ def run_cli(
     if check and result.returncode != 0:
         raise AssertionError(f"instructcraft {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def interrupt_when(args: list[str], ready: re.Pattern[str], signal_number: int) -> tuple[int, str]:
+    """Run the CLI, send ``signal_number`` once stderr matches ``ready``; (exit code, stderr)."""
+    process = subprocess.Popen([SCRIPT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert process.stderr is not None
+        while chunk := os.read(process.stderr.fileno(), 4096):
+            chunks.append(chunk)
+            if ready.search(b"".join(chunks).decode(errors="replace")):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not seen.is_set() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen.is_set(), b"".join(chunks).decode(errors="replace")
+    process.send_signal(signal_number)
+    process.wait(timeout=240)
+    reader.join(timeout=30)
+    return process.returncode, b"".join(chunks).decode(errors="replace")
