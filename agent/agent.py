@@ -56,6 +56,7 @@ class Agent:
         # Instructions cut to the text encoder's limit (only with reset(..., truncate=True)).
         self.truncated_instructions: list[str] = []
         self.plan: PlanFollower | None = None  # the plan being followed this episode, if any
+        self._checked_plans: set[Plan] = set()
 
     @classmethod
     def from_pretrained(
@@ -137,7 +138,7 @@ class Agent:
         if plan is not None:
             if instruction is not None:
                 raise ValueError("pass an instruction or a plan, not both")
-            plan.check_lengths(self.policy.text_encoder.token_count, self.policy.config.text.max_tokens)
+            self.check_plan(plan)
             if plan.rules and "inventory" not in (info or {}):
                 # A missing number would read as 0 and fire every "drink < 4" rule forever.
                 raise ValueError(
@@ -157,6 +158,13 @@ class Agent:
         self._truncate = truncate
         if instruction is not None:
             self._state = self.policy.initial_state([instruction])
+
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse a plan with an instruction the text encoder would cut short (once per plan:
+        episodes that follow the same plan do not tokenize it again)."""
+        if plan not in self._checked_plans:
+            plan.check_lengths(self.policy.text_encoder.token_count, self.policy.config.text.max_tokens)
+            self._checked_plans.add(plan)
 
     def observe(self, info: dict[str, Any]) -> str | None:
         """Tell a plan-following agent what the env step it just acted on reported (its info);

@@ -303,7 +303,7 @@ def evaluate(
         )
     probe.close()
     if plan is not None:
-        plan.check_lengths(agent.policy.text_encoder.token_count, agent.policy.config.text.max_tokens)
+        agent.check_plan(plan)  # before any worker starts
     jobs = [
         EpisodeJob(
             seed + i,
