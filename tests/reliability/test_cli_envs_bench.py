@@ -26,3 +26,13 @@ def test_quick_policy_bench_goals_name_computed_keys(monkeypatch: pytest.MonkeyP
     results = bench_policy(quick=True)
     assert results["goals"] and set(results["goals"]) <= set(results)
     assert all("goal set for T" in goal for goal in results["goals"].values())
+
+
+def test_a_long_episode_keeps_an_eval_worker_flat_once_the_window_is_full() -> None:
+    from train.bench.policy import _long_episode_memory
+
+    memory = _long_episode_memory(600, 16)
+    assert memory["long_episode_steps"] == 600
+    assert 0 < memory["rss_mib_step1_T16"] <= memory["rss_mib_step16_T16"] + 1
+    # A frame kept per step would add 7 MiB over these 584 steps (64 x 64 x 3 bytes each).
+    assert memory["rss_growth_mib_after_window"] < 4, memory

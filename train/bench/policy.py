@@ -30,6 +30,7 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
     history = 64 if quick else 256
     naive, incremental = _naive_and_incremental(policy, frames, instruction, history, quick, repeats)
     chunk_fps, window_fps, parameters = _training_frames_per_s(config, frames, rng, instruction, quick)
+    memory = _long_episode_memory(300 if quick else 2000, 128 if quick else 512)
     return {
         "act_latency_ms_T1": 1000 * latency_one,
         f"act_latency_ms_T{long_steps}": 1000 * latency_long,
@@ -42,12 +43,15 @@ def bench_policy(quick: bool = False) -> dict[str, Any]:
         "window_train_frames_per_s": window_fps,
         "chunk_train_frames_per_s_over_window": chunk_fps / window_fps,
         "parameters_trainable": parameters,
+        **memory,
         "threads": torch.get_num_threads(),
         # Goals name the keys this run computed; --quick uses shorter histories than the goals
         # were set for (T512, T256), so its ratios are a smoke check, not the measurement.
         "goals": {
             f"act_latency_T{long_steps}_over_T1": "<= 2.0" + (" (goal set for T512)" if quick else ""),
             f"naive_over_incremental_T{history}": ">= 50" + (" (goal set for T256)" if quick else ""),
+            "rss_growth_mib_after_window": "<= 8, flat once the window is full"
+            + (" (goal set for T512 over 2000 steps)" if quick else ""),
         },
     }
 
@@ -135,3 +139,74 @@ def _training_frames_per_s(
     window_time = sum(median_seconds(window_step, 1) for _ in range(rounds))
     parameters = sum(p.numel() for p in train_policy.parameters() if p.requires_grad)
     return rounds * chunk_batch * length / chunk_time, rounds * window_batch / window_time, parameters
+
+
+def _long_episode_memory(steps: int, window: int) -> dict[str, Any]:
+    """Resident memory of an evaluation worker over a long episode, in a fresh process.
+
+    The worker holds what ``eval`` holds: the default model with a ``window``-frame history, an
+    :class:`agent.Agent` and a real Crafter env, stepping with sampled actions. Crafter episodes
+    of an untrained agent end early (it dies), so the env is reset when one ends while the agent
+    keeps its history: the agent sees one ``steps``-long stream, the part whose memory could grow.
+    RSS is read after the first step, once the window is full, and after the last step.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        rss = pool.apply(_measure_rss, (steps, window))
+    full = min(window, steps)
+    return {
+        f"rss_mib_step1_T{window}": rss[0],
+        f"rss_mib_step{full}_T{window}": rss[1],
+        f"rss_mib_step{steps}_T{window}": rss[2],
+        "rss_growth_mib_after_window": rss[2] - rss[1],
+        "long_episode_steps": steps,
+    }
+
+
+def _rss_mib() -> float:
+    """This process's resident set in MiB (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure_rss(steps: int, window: int) -> tuple[float, float, float]:
+    import dataclasses
+
+    import gymnasium as gym
+    import torch
+
+    import envs  # noqa: F401  (registers the instructcraft ids)
+    from agent import Agent
+    from policies import InstructionPolicy, PolicyConfig
+
+    torch.set_num_threads(1)  # as an eval worker
+    torch.manual_seed(0)
+    config = PolicyConfig()
+    config = dataclasses.replace(
+        config, fusion_kwargs=dataclasses.replace(config.fusion_kwargs, max_history=window)
+    )
+    agent = Agent(InstructionPolicy(config).eval())
+    env = gym.make("instructcraft/Crafter-Instruct-v0", task="collect_diamond")
+    observation, info = env.reset(seed=0)
+    agent.reset(info["instruction"])
+    agent.generator.manual_seed(0)
+    readings = []
+    for step in range(1, steps + 1):
+        action = agent.act(observation)
+        observation, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            observation, _ = env.reset()
+        if step in (1, min(window, steps), steps):
+            readings.append(_rss_mib())
+    env.close()
+    return readings[0], readings[-2], readings[-1]
