@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from train.cli import data, inspection, misc, training
-from train.cli.common import non_negative_int, positive_int, run_command
+from train.cli.common import non_negative_int, positive_int, run_command, use_defaults_formatter
 
 __all__ = ["COMMANDS", "build_parser", "main", "non_negative_int", "positive_int"]
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_parser in COMMANDS:
         add_parser(subparsers)
+    use_defaults_formatter(parser)  # every command's --help shows its defaults
     return parser
 
 

@@ -12,6 +12,36 @@ from typing import Any
 Handler = Callable[[argparse.Namespace], "int | None"]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` ends each flag's help with its default, so a run's hidden settings (episodes per
+    round, beta, ...) are in plain sight. Left out where the help already says its default and
+    where there is nothing to show: no default (None), an off switch (False) or an empty list."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+def use_defaults_formatter(parser: argparse.ArgumentParser) -> None:
+    """``DefaultsHelpFormatter`` for ``parser`` and every sub-parser below it."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_parser in action.choices.values():
+                use_defaults_formatter(sub_parser)
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
 

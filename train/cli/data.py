@@ -77,14 +77,22 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("data", help="inspect or verify a dataset")
-    p.add_argument("action", choices=["info", "check"])
-    p.add_argument("path", help="dataset directory")
-    common.add_json_flag(p, "print JSON (info)")
-    p.add_argument(
+    p = subparsers.add_parser(
+        "data", help="inspect or verify a dataset", description="Inspect or verify a dataset."
+    )
+    # Each action its own parser: its own --help, and the other action's flags refused.
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info_help = "episodes, steps, bytes, per-task success and length; exit 1 naming unreadable episodes"
+    info = actions.add_parser("info", help=info_help, description=info_help)
+    info.add_argument("path", help="dataset directory")
+    common.add_json_flag(info, "print the summary as JSON")
+    check_help = "verify every episode (checksums, shapes, dtypes, actions, rewards); exit 1 on any problem"
+    check = actions.add_parser("check", help=check_help, description=check_help)
+    check.add_argument("path", help="dataset directory")
+    check.add_argument(
         "--replay",
         action="store_true",
-        help="check: also re-run every episode from its seed and executed actions and report the first "
+        help="also re-run every episode from its seed and executed actions and report the first "
         "step whose frame, reward or flags differ",
     )
     p.set_defaults(func=run_data)
@@ -161,34 +169,50 @@ def _replay(path: str) -> int:
     return 1 if differ else 0
 
 
+IMPORT_HELP = {
+    "minerl": "MineRL v0.4 demonstrations (ROOT/<EnvName>/<stream>/) to a native dataset",
+    "vpt": "OpenAI VPT contractor recordings (a directory of .mp4 + .jsonl) to a native dataset",
+    "minari": "a Minari dataset (the minari extra) to a native dataset",
+}
+
+
 def add_import_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "import", help="convert MineRL v0.4, VPT or Minari demonstrations to a native dataset"
+        "import",
+        help="convert MineRL v0.4, VPT or Minari demonstrations to a native dataset",
+        description="Convert MineRL v0.4, VPT or Minari demonstrations to a native dataset.",
     )
-    p.add_argument("source", choices=["minerl", "vpt", "minari"])
-    p.add_argument(
-        "path", help="minerl: ROOT/<EnvName>/<stream>/; vpt: a directory of .mp4 + .jsonl; minari: dataset id"
+    # Each source its own parser: its own --help, and the other sources' flags refused.
+    sources = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    minerl = sources.add_parser("minerl", help=IMPORT_HELP["minerl"], description=IMPORT_HELP["minerl"])
+    minerl.add_argument("path", metavar="ROOT", help="MineRL data root: ROOT/<EnvName>/<stream>/")
+    minerl.add_argument(
+        "--env", nargs="+", default=None, help="only these env names, e.g. MineRLTreechop-v0 (default: all)"
     )
-    p.add_argument("--out", required=True, help="native dataset directory to write")
-    p.add_argument(
-        "--env", nargs="+", default=None, help="minerl: only these env names (e.g. MineRLTreechop-v0)"
+    minerl.add_argument("--allow-pickle", action="store_true", help="load object arrays (trusted files only)")
+    vpt = sources.add_parser("vpt", help=IMPORT_HELP["vpt"], description=IMPORT_HELP["vpt"])
+    vpt.add_argument("path", metavar="DIR", help="a directory of .mp4 + .jsonl recordings")
+    vpt.add_argument("--instruction", default="play minecraft", help="the episodes' instruction")
+    vpt.add_argument(
+        "--size", type=common.positive_int, nargs=2, default=[64, 64], metavar=("H", "W"), help="frame size"
     )
-    p.add_argument(
-        "--camera-bins", type=common.positive_int, default=11, help="camera bins per axis (odd; VPT uses 11)"
+    minari = sources.add_parser("minari", help=IMPORT_HELP["minari"], description=IMPORT_HELP["minari"])
+    minari.add_argument("path", metavar="ID", help="Minari dataset id")
+    minari.add_argument(
+        "--instruction",
+        default=None,
+        help="the episodes' instruction where the observations carry none (default: the observations' own)",
     )
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="minerl: load object arrays (trusted files only)"
-    )
-    p.add_argument("--instruction", default=None, help="vpt/minari: the episodes' instruction")
-    p.add_argument(
-        "--size",
-        type=common.positive_int,
-        nargs=2,
-        default=[64, 64],
-        metavar=("H", "W"),
-        help="vpt: frame size",
-    )
-    common.add_json_flag(p)
+    for source in (minerl, vpt):
+        source.add_argument(
+            "--camera-bins",
+            type=common.positive_int,
+            default=11,
+            help="camera bins per axis (odd; VPT uses 11)",
+        )
+    for source in (minerl, vpt, minari):
+        source.add_argument("--out", required=True, help="native dataset directory to write")
+        common.add_json_flag(source)
     p.set_defaults(func=run_import)
 
 
@@ -218,7 +242,7 @@ def run_import(args: argparse.Namespace) -> int:
         summary = import_vpt(
             args.path,
             args.out,
-            instruction=args.instruction or "play minecraft",
+            instruction=args.instruction,
             size=tuple(args.size),
             camera_bins=args.camera_bins,
             progress=progress,
@@ -237,7 +261,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="write a native dataset in another format (Minari)")
-    p.add_argument("target", choices=["minari"])
+    p.add_argument("target", choices=["minari"], help="the format to write")
     p.add_argument("data", help="native dataset directory")
     p.add_argument("--id", required=True, help="Minari dataset id, e.g. instructcraft/crafter-v0")
     common.add_json_flag(p)

@@ -14,14 +14,26 @@ if TYPE_CHECKING:
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint in an env")
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint in an env (samples actions unless --greedy)",
+        description="Evaluate a checkpoint in an env: success per task with 95% intervals. Actions are "
+        "sampled from the policy (seeded per episode) unless --greedy; rollout and attention take the "
+        "most likely action by default.",
+    )
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)"
     )
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--episodes", type=common.positive_int, default=50, help="episodes per instruction mode")
     common.add_tasks_flag(p)
-    p.add_argument("--instruction-mode", choices=["correct", "swapped", "blank"], default="correct")
+    p.add_argument(
+        "--instruction-mode",
+        choices=["correct", "swapped", "blank"],
+        default="correct",
+        help="the instruction the agent is given: the task's own (correct), another task's (swapped) "
+        "or none, the learned null instruction (blank)",
+    )
     p.add_argument(
         "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
     )
@@ -238,14 +250,22 @@ def _plan_for(args: argparse.Namespace) -> Any:
 
 def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "rollout", help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats"
+        "rollout",
+        help="roll a checkpoint out: captioned MP4/GIF per episode and JSON stats (greedy unless --sample)",
+        description="Roll a checkpoint out: a captioned MP4/GIF per episode and JSON stats. The agent takes "
+        "the most likely action (greedy) unless --sample, whereas eval samples by default: a rollout's "
+        "success can differ from eval's on the same seeds.",
     )
     _add_agent_flags(p, "rollout")
     p.add_argument("--episodes", type=common.positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
     common.add_seed_flag(p, 0, "first episode seed")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
-    p.add_argument("--sample", action="store_true", help="sample actions instead of taking the most likely")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample actions, as eval does (default: greedy, the most likely action)",
+    )
     _add_plan_flag(p)
     common.add_device_flag(p)
     common.add_json_flag(p, "print JSON")
@@ -289,7 +309,11 @@ def run_rollout(args: argparse.Namespace) -> int:
 
 def add_attention_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "attention", help="record attention over frames: timeline PNG, overlays PNG, HTML viewer"
+        "attention",
+        help="record attention over frames: timeline PNG, overlays PNG, HTML viewer (greedy actions)",
+        description="Record attention over frames: timeline PNG, overlays PNG, HTML viewer. A rollout takes "
+        "the most likely action at every step (greedy, unlike eval, which samples); --from-dataset "
+        "replays the recorded actions instead.",
     )
     _add_agent_flags(p, "attention")
     p.add_argument("--out", required=True, help="output directory")
