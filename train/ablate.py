@@ -170,23 +170,44 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BAR_COLORS = {"correct": (52, 120, 200), "sensitivity": (230, 140, 40), "act_ms": (120, 120, 120)}
+LEGEND = {
+    "correct": "success (correct instruction)",
+    "sensitivity": "correct - swapped",
+    "act_ms": "act latency (relative to the slowest)",
+}
+ZERO_BAR = 5  # pixels: a bar at 0 (or below) still shows, as a stub on the axis
+
+
 def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars per fusion: success, sensitivity (0..1) and act latency (scaled to the max)."""
-    width, height, margin = 120 * len(rows) + 80, 320, 40
-    image = Image.new("RGB", (width, height), "white")
+    """Grouped bars per fusion: success, sensitivity (0..1) and act latency (scaled to the max),
+    each labelled with its value; a zero (or negative) value is a stub on the axis, not nothing.
+    The image is sized to hold the legend, whatever the number of fusion types."""
+    from agent.rollout import caption_font
+
+    font = caption_font()
+    line, margin, plot_height, group = 16, 40, 240, 120
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend_width = 24 + max(measure.textlength(text, font=font) for text in LEGEND.values())
+    width = int(max(group * len(rows) + 2 * margin, legend_width + 2 * margin))
+    legend_bottom = 10 + line * len(LEGEND)
+    base = legend_bottom + line + plot_height  # the axis; a value label fits above a full bar
+    image = Image.new("RGB", (width, base + 2 * line + 10), "white")
     draw = ImageDraw.Draw(image)
-    colors = {"correct": (52, 120, 200), "sensitivity": (230, 140, 40), "act_ms": (120, 120, 120)}
+    for k, (key, text) in enumerate(LEGEND.items()):
+        y = 10 + line * k
+        draw.rectangle((margin, y + 2, margin + 12, y + 12), fill=BAR_COLORS[key])
+        draw.text((margin + 18, y), text, fill="black", font=font)
     top_latency = max((r["act_ms"] for r in rows), default=1.0) or 1.0
-    base = height - margin
-    draw.line((margin, base, width - 10, base), fill="black")
+    draw.line((margin, base, width - margin, base), fill="black")
     for i, row in enumerate(rows):
-        x0 = margin + 20 + i * 120
-        for j, (key, color) in enumerate(colors.items()):
-            value = row[key] / top_latency if key == "act_ms" else max(row[key], 0.0)
-            bar = int((height - 2 * margin) * min(value, 1.0))
-            draw.rectangle((x0 + j * 28, base - bar, x0 + j * 28 + 24, base), fill=color)
-        draw.text((x0, base + 6), row["fusion"][:16], fill="black")
-    draw.text(
-        (margin, 8), "blue: success  orange: correct - swapped  gray: act latency (relative)", fill="black"
-    )
+        x0 = margin + 10 + i * group
+        for j, (key, color) in enumerate(BAR_COLORS.items()):
+            value = row[key] / top_latency if key == "act_ms" else row[key]
+            bar = max(int(plot_height * min(value, 1.0)), ZERO_BAR)
+            left = x0 + j * 34
+            draw.rectangle((left, base - bar, left + 28, base - 1), fill=color, outline=(0, 0, 0))
+            label = f"{row[key]:.1f}ms" if key == "act_ms" else f"{row[key]:.2f}"
+            draw.text((left, base - bar - line + 2), label, fill="black", font=font)
+        draw.text((x0, base + 6), row["fusion"][:16], fill="black", font=font)
     image.save(path)
