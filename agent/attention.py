@@ -15,7 +15,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +27,9 @@ from agent.plan import Plan
 from agent.rollout import action_name, caption_font
 from envs.episodes import Step, play_episode
 from envs.video import upscale
+
+if TYPE_CHECKING:
+    from envs.data.store import Dataset
 
 TOP_K = 4
 
@@ -159,6 +162,21 @@ def record_rollout(
     return recording
 
 
+def open_dataset_episode(path: str, episode: int) -> Dataset:
+    """The dataset at ``path``, checked to hold episode number ``episode`` (0-based)."""
+    from envs.data.store import Dataset
+
+    data = Dataset(path)
+    count = len(data)
+    if not 0 <= episode < count:
+        numbers = f"numbered 0..{count - 1}" if count else "none to replay"
+        raise ValueError(
+            f"{path} has {count} episode(s) ({numbers}): there is no episode {episode}; pick --episode "
+            "from that range (`instructcraft data info` lists the dataset)"
+        )
+    return data
+
+
 def record_dataset_episode(
     agent: Agent, path: str, episode: int, action_names: list[str] | None = None
 ) -> AttentionRecording:
@@ -166,11 +184,9 @@ def record_dataset_episode(
     expert's, with the probability the policy gives them."""
     import torch
 
-    from envs.data.store import Dataset
-
     if not agent.capture_attention:
         raise ValueError("the agent must be created with capture_attention=True")
-    data = Dataset(path)
+    data = open_dataset_episode(path, episode)
     entry = data.episodes[episode]
     item = data.episode(episode)
     agent.reset(item.instruction or None)

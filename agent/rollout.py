@@ -73,7 +73,9 @@ def judging_task(env_id: str, instruction: str | None, task: str | None) -> tupl
     saying so. An explicit ``task`` wins; an instruction that is one of a task's phrasings
     selects that task; otherwise the env draws a task per seed (and the line warns)."""
     from envs.crafter_tasks import TASKS, task_of_phrasing
+    from envs.workers import check_env_id
 
+    check_env_id(env_id)  # an unknown id names the close ones (or how to install MineRL)
     base = gym.make(env_id).unwrapped
     has_tasks = hasattr(base, "tasks") and not getattr(base, "open_ended", False)
     if task is not None:
@@ -201,26 +203,40 @@ def rollout(
 ) -> dict[str, Any]:
     """``episodes`` episodes: ``episode_XXX.mp4``/``.gif`` and ``stats.json`` in ``out``.
     ``task`` (see ``judging_task``) decides success; the stats name it per episode. With a
-    ``plan`` the agent follows it and the stats record when each instruction took effect."""
+    ``plan`` the agent follows it and the stats record when each instruction took effect.
+    Ctrl-C (``KeyboardInterrupt``) keeps the finished episodes: their videos, and ``stats.json``
+    over them with ``"interrupted": true``; then it propagates."""
     env = gym.make(env_id, **(env_kwargs or {}))
     agent.check_env(env)
     root = Path(out)
-    rows = []
-    for index in range(episodes):
-        row = rollout_episode(
-            agent, env, seed + index, instruction, deterministic, cfg_scale, task=task, plan=plan
-        )
-        row.update(write_videos(row.pop("captioned"), root / f"episode_{index:03d}"))
-        rows.append(row)
-        if progress is not None:
-            progress(row)
-    stats = {
+    rows: list[dict[str, Any]] = []
+    try:
+        for index in range(episodes):
+            row = rollout_episode(
+                agent, env, seed + index, instruction, deterministic, cfg_scale, task=task, plan=plan
+            )
+            row.update(write_videos(row.pop("captioned"), root / f"episode_{index:03d}"))
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    except KeyboardInterrupt:
+        if rows:
+            _write_stats(root, {**_stats(env_id, rows), "interrupted": True, "planned": episodes})
+        raise
+    return _write_stats(root, _stats(env_id, rows))
+
+
+def _stats(env_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "env_id": env_id,
         "episodes": rows,
         "success_rate": float(np.mean([r["success"] for r in rows])),
         "mean_length": float(np.mean([r["length"] for r in rows])),
         "mean_return": float(np.mean([r["return"] for r in rows])),
     }
+
+
+def _write_stats(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats

@@ -50,9 +50,29 @@ def check_env_id(env_id: str) -> None:
 
     if env_id in gym.registry:
         return
+    _refuse_minerl_id_without_minerl(env_id)
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise EnvIdError(f"unknown env id {env_id!r}{hint}: `instructcraft envs` lists the ids")
+
+
+def _refuse_minerl_id_without_minerl(env_id: str) -> None:
+    """A MineRL env id (ours, or MineRL's own name) is registered only when minerl is installed:
+    without it, say that, and how to install it, instead of suggesting an unrelated id."""
+    import envs
+    from envs.minecraft import MINERL_TASKS, minerl_id
+
+    if "minerl" not in env_id.lower() or envs.minerl_available():
+        return
+    ours = [minerl_id(task) for task in MINERL_TASKS]
+    by_name = {task.env_name: minerl_id(name) for name, task in MINERL_TASKS.items()}
+    meant = by_name.get(env_id) or next(iter(difflib.get_close_matches(env_id, ours, n=1, cutoff=0.6)), None)
+    id_hint = f" (the instructcraft id is {meant})" if meant and meant != env_id else ""
+    raise EnvIdError(
+        f"{env_id} is a MineRL env{id_hint}, and MineRL is not installed: it is an optional extra, "
+        "`pip install -e '.[minerl]'` (its build needs a Java 8 JDK and network access; docs/minecraft.md, "
+        "'Installing MineRL')"
+    )
 
 
 def make_env(env_id: str, tasks: list[str] | None = None, **env_kwargs: Any) -> gym.Env:

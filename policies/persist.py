@@ -161,6 +161,27 @@ def save_policy(
     return Path(directory)
 
 
+def _nested_checkpoint_hint(directory: Path) -> str:
+    """A hint to pass ``DIR/checkpoint`` when ``directory`` is a run folder: one holding a
+    checkpoint (its config and weights) one level down, as training's output folder does."""
+    if not directory.is_dir():
+        return ""
+    try:
+        nested = [
+            sub
+            for sub in sorted(directory.iterdir())
+            if not sub.name.startswith(".")  # a write's staging folder
+            and sub.is_dir()
+            and (sub / WEIGHTS_NAME).is_file()
+            and (sub / CONFIG_NAME).is_file()
+        ]
+    except OSError:
+        return ""
+    if not nested:
+        return ""
+    return f" (it looks like a run folder): pass {nested[0]}, the checkpoint inside it"
+
+
 def load_policy(
     cls: type[Policy], directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> Policy:
@@ -179,9 +200,13 @@ def load_policy(
                 f"{directory} holds pickle-based weights {pickles} and no {WEIGHTS_NAME}: pickles can run "
                 "code when loaded, so they are refused; re-save the weights with safetensors"
             )
-        raise CheckpointError(f"{weights_path} is missing: {directory} is not a checkpoint")
+        raise CheckpointError(
+            f"{weights_path} is missing: {directory} is not a checkpoint{_nested_checkpoint_hint(directory)}"
+        )
     if not config_path.exists():
-        raise CheckpointError(f"{config_path} is missing: {directory} is not a checkpoint")
+        raise CheckpointError(
+            f"{config_path} is missing: {directory} is not a checkpoint{_nested_checkpoint_hint(directory)}"
+        )
     for path in (config_path, weights_path):
         problem = describe_irregular(path)
         if problem:

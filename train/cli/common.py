@@ -62,6 +62,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type for scales that must be finite and at least 0 (classifier-free guidance)."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # NaN fails the comparison
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def same_named(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     """The flags ``names`` as keyword arguments of the same names: a flag maps to one argument of
     the function it runs (one named otherwise is passed by hand)."""
@@ -157,6 +165,10 @@ def run_command(handler: Handler, args: argparse.Namespace) -> int:
         code = int(handler(args) or 0)
         sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
         return code
+    except KeyboardInterrupt:
+        # A command that keeps partial work says so itself and exits 130; this is for the rest.
+        print(f"interrupted: {args.command} stopped before it finished", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         if not _stdout_reader_gone():  # a worker's pipe, say: a real failure
             raise

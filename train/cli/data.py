@@ -32,14 +32,18 @@ def add_collect_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_collect(args: argparse.Namespace) -> int:
+    """Ctrl-C keeps every episode written so far (each is committed as it comes: the folder is a
+    valid dataset), says how many in one line and exits 130."""
     from tqdm import tqdm
 
     from envs.data.collect import collect, next_seed, recorded_seeds
-    from envs.experts import default_expert_for
+    from envs.experts import EXPERTS, default_expert_for
     from envs.workers import check_env_id
 
     check_env_id(args.env)
     expert = args.expert or default_expert_for(args.env)
+    if expert not in EXPERTS:  # here, before a worker starts or --out is made
+        raise ValueError(f"unknown --expert {expert!r}: the experts are {', '.join(sorted(EXPERTS))}")
     seed = next_seed(args.out) if args.seed is None else args.seed
     last = seed + args.episodes - 1
     recorded = recorded_seeds(args.out)
@@ -56,15 +60,21 @@ def run_collect(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(success=f"{running['success_rate']:.2f}", task=episode.task)
 
-    stats = collect(
-        args.out,
-        args.env,
-        expert,
-        args.episodes,
-        seed=seed,
-        progress=progress,
-        **common.same_named(args, "tasks", "workers", "only_success", "noise"),
-    )
+    before = _episode_count(args.out)
+    try:
+        stats = collect(
+            args.out,
+            args.env,
+            expert,
+            args.episodes,
+            seed=seed,
+            progress=progress,
+            **common.same_named(args, "tasks", "workers", "only_success", "noise"),
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        print(_interrupted_collect_line(args.out, before), file=sys.stderr)
+        return 130
     bar.close()
     if args.json:
         common.print_json(stats)
@@ -74,6 +84,26 @@ def run_collect(args: argparse.Namespace) -> int:
             f"expert success {stats['success_rate']:.3f}, {stats['episodes_per_s']:.1f} episodes/s"
         )
     return 0
+
+
+def _episode_count(out: str) -> int:
+    """The committed episodes in the dataset at ``out`` (0 when there is none yet)."""
+    from pathlib import Path
+
+    from envs.data.store import Dataset
+
+    return len(Dataset(out)) if (Path(out) / "metadata.json").exists() else 0
+
+
+def _interrupted_collect_line(out: str, before: int) -> str:
+    """What an interrupted ``collect`` kept: the episodes committed before Ctrl-C."""
+    total = _episode_count(out)
+    if total == 0:
+        return f"interrupted: no episode was written to {out}"
+    return (
+        f"interrupted: kept the {total - before} episode(s) written before Ctrl-C ({total} in {out}, a valid "
+        "dataset); run collect again without --seed to continue after its highest seed"
+    )
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:

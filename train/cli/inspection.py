@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
     )
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale s")
+    p.add_argument(
+        "--cfg-scale",
+        type=common.non_negative_float,
+        default=0.0,
+        help="classifier-free guidance scale s >= 0 (0: none)",
+    )
     p.add_argument(
         "--phrasings",
         default=None,
@@ -101,6 +107,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except EvaluationInterrupted as stopped:
         for bar in bars:
             bar.close()
+        if args.out and stopped.finished:  # the finished episodes are kept, as a whole run's are
+            _write_results(args.out, _interrupted_report(stopped))
         _print_interrupted(args, stopped)
         raise
     except KeyboardInterrupt:  # before the first episode: loading the checkpoint, checking the env
@@ -128,9 +136,21 @@ def _read_plan(args: argparse.Namespace) -> Any:
     return Plan.from_arg(args.plan)
 
 
+def _interrupted_report(stopped: EvaluationInterrupted) -> dict[str, Any]:
+    """What ``--json`` prints and ``--out`` keeps of an interrupted ``eval``: the runs begun, each
+    over its finished episodes."""
+    return {
+        "interrupted": True,
+        "finished": stopped.finished,
+        "planned": stopped.planned,
+        "runs": stopped.results,
+    }
+
+
 def _write_results(out: str, result: dict[str, Any]) -> None:
     """``OUT/stats.jsonl`` (crafter's per-episode format, Crafter episodes only) and
-    ``OUT/eval.json``, each written whole under a temporary name and renamed into place."""
+    ``OUT/eval.json``, each written whole under a temporary name and renamed into place. An
+    interrupted run (``_interrupted_report``) keeps its finished episodes the same way."""
     import json
     import os
     from pathlib import Path
@@ -139,7 +159,8 @@ def _write_results(out: str, result: dict[str, Any]) -> None:
     from envs.crafter_score import STATS_FILE, write_stats
 
     folder = Path(out)
-    runs = result["runs"].values() if "runs" in result else [result]
+    runs = result.get("runs", [result])
+    runs = runs.values() if isinstance(runs, dict) else runs
     rows = [row for run in runs for row in run.get("per_episode", [])]
     records = stats_records(rows)
     if records:
@@ -168,14 +189,7 @@ def _print_interrupted(args: argparse.Namespace, stopped: EvaluationInterrupted)
     from train.report import print_eval, print_phrasings
 
     if args.json:
-        common.print_json(
-            {
-                "interrupted": True,
-                "finished": stopped.finished,
-                "planned": stopped.planned,
-                "runs": stopped.results,
-            }
-        )
+        common.print_json(_interrupted_report(stopped))
         return
     for result in stopped.results:
         (print_phrasings if args.phrasings else print_eval)(result)
@@ -260,7 +274,12 @@ def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=common.positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
     common.add_seed_flag(p, 0, "first episode seed")
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--cfg-scale",
+        type=common.non_negative_float,
+        default=0.0,
+        help="classifier-free guidance scale s >= 0 (0: none)",
+    )
     p.add_argument(
         "--sample",
         action="store_true",
@@ -283,16 +302,26 @@ def run_rollout(args: argparse.Namespace) -> int:
     print(judged)
     agent = Agent.from_pretrained(args.checkpoint, device=args.device, seed=args.seed)
     bar = tqdm(total=args.episodes, unit="ep", desc="rollout", dynamic_ncols=True)
-    stats = rollout(
-        agent,
-        args.env,
-        args.out,
-        task=task,
-        plan=plan,
-        deterministic=not args.sample,
-        progress=lambda row: (bar.update(1), bar.set_postfix(success=row["success"], length=row["length"])),
-        **common.same_named(args, "episodes", "seed", "instruction", "cfg_scale"),
-    )
+    try:
+        stats = rollout(
+            agent,
+            args.env,
+            args.out,
+            task=task,
+            plan=plan,
+            deterministic=not args.sample,
+            progress=lambda row: (
+                bar.update(1),
+                bar.set_postfix(success=row["success"], length=row["length"]),
+            ),
+            **common.same_named(args, "episodes", "seed", "instruction", "cfg_scale"),
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        finished = bar.n
+        kept = f"their videos and stats.json are in {args.out}" if finished else "nothing was written"
+        print(f"interrupted after {finished} of {args.episodes} episodes: {kept}", file=sys.stderr)
+        return 130
     bar.close()
     if args.json:
         common.print_json(stats)
@@ -337,6 +366,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     from agent import Agent
     from agent.attention import (
+        open_dataset_episode,
         overlays_png,
         record_dataset_episode,
         record_rollout,
@@ -347,22 +377,27 @@ def run_attention(args: argparse.Namespace) -> int:
     plan = _plan_for(args)
     if plan is not None and args.from_dataset:
         raise ValueError("--from-dataset replays a recorded episode's instruction: drop --plan")
-    agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
+    # The dataset's episode, or the env and task, are checked before the checkpoint loads.
+    dataset: Any = None
+    task: str | None = None
     if args.from_dataset:
-        from envs import env_kind
-        from envs.crafter_instruct import ACTION_NAMES
-        from envs.data.store import Dataset
-
-        env_id = args.env or Dataset(args.from_dataset).metadata.get("env_id", "")
-        names = list(ACTION_NAMES) if env_kind(env_id).family == "crafter" else None
-        recording = record_dataset_episode(agent, args.from_dataset, args.episode, names)
+        dataset = open_dataset_episode(args.from_dataset, args.episode)
+    elif not args.env:
+        raise ValueError("--env is required unless --from-dataset is given")
     else:
-        if not args.env:
-            raise ValueError("--env is required unless --from-dataset is given")
         from agent.rollout import judging_task
 
         task, judged = judging_task(args.env, args.instruction, args.task)
         print(judged)
+    agent = Agent.from_pretrained(args.checkpoint, device=args.device, capture_attention=True)
+    if dataset is not None:
+        from envs import env_kind
+        from envs.crafter_instruct import ACTION_NAMES
+
+        env_id = args.env or dataset.metadata.get("env_id", "")
+        names = list(ACTION_NAMES) if env_kind(env_id).family == "crafter" else None
+        recording = record_dataset_episode(agent, args.from_dataset, args.episode, names)
+    else:
         recording = record_rollout(
             agent, args.env, args.instruction, seed=args.seed, max_steps=args.max_steps, task=task, plan=plan
         )
