@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The CPU wheel: installed first, only when the venv has no torch, so no CUDA build is pulled.
+# torch is installed first, only when the venv has no torch. Without an NVIDIA GPU (no nvidia-smi)
+# it comes from PyTorch's CPU index, so a CPU machine never pulls the multi-GB CUDA build; when that
+# index cannot be reached, from the default index. With a GPU, the default index's (CUDA) build.
 TORCH_CPU := torch==2.13.0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .PHONY: setup browser demo test test-fast lint bench mutation clean results-crafter results-crafter-all results-babyai results-rl
 
@@ -13,7 +16,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_CPU)
+	$(PY) -c "import torch" 2>/dev/null || { \
+		if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_CPU); \
+		else $(PY) -m pip install --quiet --retries 1 --timeout 30 --index-url $(TORCH_CPU_INDEX) $(TORCH_CPU) \
+			|| { echo "PyTorch's CPU index could not be used: installing $(TORCH_CPU) from the default index"; \
+				$(PY) -m pip install --quiet $(TORCH_CPU); }; fi; }
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
