@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: setup browser demo test test-fast lint bench mutation clean results-crafter results-crafter-all results-babyai results-rl
+.PHONY: setup browser demo test test-fast lint bench mutation clean results-crafter results-crafter-all results-crafter-open results-babyai results-rl
 
 setup: $(STAMP)
 
@@ -92,6 +92,15 @@ results-crafter-all: $(STAMP)
 	$(TIME) $(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter_all/checkpoint \
 		--env instructcraft/Crafter-Instruct-v0 --episodes 440 --tasks $(CRAFTER_ALL_TASKS) --sensitivity --workers 2 \
 		--out $(RESULTS)/eval_crafter_all
+
+# The open-ended game (docs/plans.md): results-crafter-all's agent given the shipped tech-tree plan,
+# and the same agent given only the open-ended instruction; crafter's score over whole games.
+results-crafter-open: $(STAMP)
+	$(TIME) $(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter_all/checkpoint \
+		--env instructcraft/Crafter-OpenEnded-v0 --plan configs/plans/tech_tree.yaml --episodes 100 --workers 2 \
+		--out $(RESULTS)/open_plan
+	$(TIME) $(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter_all/checkpoint \
+		--env instructcraft/Crafter-OpenEnded-v0 --episodes 100 --workers 2 --out $(RESULTS)/open_instruction
 
 results-babyai: $(STAMP)
 	$(VENV)/bin/instructcraft collect --env instructcraft/BabyAI-GoToLocal-v0 --episodes 40000 --seed 0 --workers 2 \
