@@ -38,13 +38,16 @@ def crafter_score_from_stats(path: Path) -> float:
     return math.exp(sum(math.log(1 + rate) for rate in rates) / len(rates)) - 1
 
 
-def test_stats_jsonl_gives_back_the_score_eval_reports(checkpoint: Path, tmp_path: Path) -> None:
+def test_stats_jsonl_gives_back_the_score_eval_reports(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = evaluate(
         OPEN_ENDED, 3, checkpoint=str(checkpoint), seed=5, env_kwargs={"step_limit": 60}, workers=1
     )
     assert [row["seed"] for row in result["per_episode"]] == [5, 6, 7]
     assert all(set(row["achievement_counts"]) == set(ACHIEVEMENTS) for row in result["per_episode"])
     _write_results(str(tmp_path / "out"), result)
+    assert capsys.readouterr().out == ""  # `eval --out --json`: stdout holds only the JSON
     records = read_stats(tmp_path / "out" / "stats.jsonl")
     assert [r["length"] for r in records] == [row["length"] for row in result["per_episode"]]
     assert crafter_score_from_stats(tmp_path / "out" / "stats.jsonl") == pytest.approx(

@@ -164,7 +164,9 @@ def _write_results(out: str, result: dict[str, Any]) -> None:
     rows = [row for run in runs for row in run.get("per_episode", [])]
     records = stats_records(rows)
     if records:
-        print(f"wrote {write_stats(folder / STATS_FILE, records)} ({len(records)} episodes)")
+        # stderr: with --json, stdout carries only the JSON
+        written = write_stats(folder / STATS_FILE, records)
+        print(f"wrote {written} ({len(records)} episodes)", file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".eval.json.tmp"
     staging.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
