@@ -1,8 +1,42 @@
-"""Plain-text tables for evaluation results."""
+"""What training and evaluation write for people and programs: strict JSON, and plain-text tables
+for evaluation results."""
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
+from pathlib import Path
 from typing import Any
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (JSON's null): a value that was
+    never measured (a loss before the first step) is absent, not a number strict readers refuse."""
+    if isinstance(data, numbers.Real) and not isinstance(data, numbers.Integral):
+        data = float(data)  # numpy's float32 too, which json cannot write
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(value) for value in data]
+    return data
+
+
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """``data`` as strict JSON (RFC 8259: no NaN or Infinity, ``finite``); anything else JSON has no
+    type for (a path) as its ``str``. Every summary, state file and ``--json`` output goes through it."""
+    return json.dumps(finite(data), indent=indent, allow_nan=False, default=str)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``strict_json(data)`` written to ``path``."""
+    path.write_text(strict_json(data))
+
+
+def print_json(data: Any) -> None:
+    """``strict_json(data)`` on stdout (a command's ``--json`` output)."""
+    print(strict_json(data))
 
 
 def print_eval(result: dict[str, Any]) -> None:
