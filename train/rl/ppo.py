@@ -243,3 +243,7 @@ class SequencePPO(SequenceRollouts, SB3Internals, PPO):
         self.logger.record("train/clip_range", clip_range)
         self.logger.record("train/kl_coef", self.kl_coef)
         self.logger.record("train/n_updates", self.updates, exclude="tensorboard")
+        # SB3 writes what was recorded at the next rollout's log, so the last update's terms (a
+        # one-rollout run's only ones) would never reach TensorBoard: write them now, at the step
+        # of the rollout they trained on.
+        self.logger.dump(step=self.num_timesteps)
