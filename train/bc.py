@@ -11,7 +11,6 @@ the checkpoint train/checkpoint.py's, what BC shares with RL train/common.py's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -26,7 +25,15 @@ from torch.utils.tensorboard import SummaryWriter
 from envs.data.store import Dataset, DatasetError
 from policies import ActionSpaceConfig, FactorizedCategorical, InstructionPolicy, NonFiniteWeightsError
 from train.batch import Batch, BCLoss, bc_loss
-from train.checkpoint import CHECKPOINT, last_good_checkpoint, resume_training, save_bc_checkpoint
+from train.checkpoint import (
+    CHECKPOINT,
+    FinishedRun,
+    checkpoint_dir,
+    finished_run,
+    last_good_checkpoint,
+    resume_training,
+    save_bc_checkpoint,
+)
 from train.common import (
     StopRequest,
     autocast_device,
@@ -39,6 +46,7 @@ from train.common import (
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
 from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
+from train.report import write_json
 from train.validation import action_names, log_validation, split_episodes, validate
 
 
@@ -332,8 +340,8 @@ class BCTrainer:
         out_dir = self.out_dir
         raise TrainingInterrupted(
             f"interrupted at step {self.step} of {self.run.train.steps}: checkpoint written to "
-            f"{self.checkpoint_dir}; resume with `instructcraft bc --config "
-            f"{out_dir / 'config.resolved.yaml'} --data {self.data} --out {out_dir} --resume {out_dir}`",
+            f"{self.checkpoint_dir}; resume with `instructcraft bc --data {self.data} --out {out_dir} "
+            f"--resume {out_dir}` (it continues with the settings {out_dir / 'config.resolved.yaml'} holds)",
             stop.signal_number,
         )
 
@@ -360,7 +368,7 @@ class BCTrainer:
             }
         )
         if self.distributed.main:
-            (self.out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=str))
+            write_json(self.out_dir / "summary.json", self.summary)
         return self.summary
 
     # -- set-up -------------------------------------------------------------------------
@@ -422,6 +430,11 @@ class BCTrainer:
         return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if resume else None)
 
 
+def finished_bc_run(resume: str, run: RunConfig) -> FinishedRun | None:
+    """The run ``resume`` names when its checkpoint is at ``run.train.steps`` or past it."""
+    return finished_run(resume, "trained_steps", run.train.steps)
+
+
 def train_bc_policy(
     run: RunConfig,
     data: str,
@@ -442,11 +455,19 @@ def train_bc_policy(
     folders (a DAgger round redoing its fine-tune) leave it off. Either way rank 0 locks ``out``
     for the run, so a second run into it fails at once.
 
+    ``resume`` of a run whose checkpoint already reached ``run.train.steps`` trains and writes
+    nothing: it returns that checkpoint's policy and the summary the run wrote.
+
     SIGINT or SIGTERM finishes the step, writes the checkpoint and raises ``TrainingInterrupted``
     (its message says how to resume)."""
     out_dir = Path(out)
     if refuse_existing:  # every rank, before any writes: all refuse alike
         refuse_existing_run(out_dir, "bc", f"--resume {out_dir}", resume)
+    finished = finished_bc_run(resume, run) if resume and not init else None
+    if finished is not None:  # nothing to train: its files stay as the run left them
+        policy = InstructionPolicy.from_pretrained(checkpoint_dir(resume), map_location="cpu")
+        stored = finished.stored_summary() or {"steps": finished.done, "out": str(finished.folder)}
+        return policy, stored
     distributed = setup_distributed(resolve_device(run.train.device))
     with run_folder_lock(out_dir, held=distributed.main):
         trainer = BCTrainer(

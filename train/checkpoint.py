@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from policies import (
 )
 from policies.files import atomic_directory, describe_irregular, describe_write_failure, irregular_kind
 from policies.persist import CONFIG_NAME, WEIGHTS_NAME, write_policy_files
-from train.config import RunConfig
+from train.config import SECTIONS, RunConfig, flatten
 from train.errors import SettingError
+from train.report import strict_json
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer.pt"
@@ -71,7 +73,7 @@ def write_checkpoint(
             writing = directory / TRAINER_STATE
             torch.save(trainer_state, staging / TRAINER_STATE)
             writing = directory / RUN_CONFIG
-            (staging / RUN_CONFIG).write_text(json.dumps(run_record, indent=2))
+            (staging / RUN_CONFIG).write_text(strict_json(run_record))
             writing = directory
     except NonFiniteWeightsError:
         raise
@@ -151,12 +153,7 @@ def save_rl_checkpoint(
 
 def checkpoint_step(directory: Path) -> int | None:
     """The BC step a checkpoint was written after, or None when there is no readable one."""
-    if irregular_kind(directory / CONFIG_NAME) is not None:  # reading a named pipe would block
-        return None
-    try:
-        return json.loads((directory / CONFIG_NAME).read_text())["trained_steps"]
-    except (OSError, ValueError, KeyError):
-        return None
+    return recorded_count(directory, "trained_steps")
 
 
 def last_good_checkpoint(directory: Path) -> str:
@@ -183,14 +180,63 @@ def restore_rl_rng(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+def recorded_count(directory: Path, key: str) -> int | None:
+    """A counter the checkpoint's ``config.json`` records (``trained_steps`` for BC,
+    ``rl_timesteps`` for RL), or None when there is no readable one."""
+    if irregular_kind(directory / CONFIG_NAME) is not None:  # reading a named pipe would block
+        return None
+    try:
+        return int(json.loads((directory / CONFIG_NAME).read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recorded_run_config(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The run config a checkpoint was trained with (its RUN_CONFIG: the sections of
+    ``RunConfig``), the base a resumed run starts from; None for a checkpoint without a readable
+    one (a resumed run then starts from the config it is given, and loading says what is wrong)."""
+    directory = checkpoint_dir(checkpoint)
+    if describe_irregular(directory / RUN_CONFIG):
+        return None
+    try:
+        recorded = json.loads((directory / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    sections = {name: recorded[name] for name in SECTIONS if isinstance(recorded.get(name), dict)}
+    if "policy" in sections:  # written before a policy field existed: built with its legacy value
+        sections["policy"] = with_legacy_defaults(sections["policy"])
+    return sections
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run a resume would not continue: its checkpoint already holds the steps asked for."""
+
+    folder: Path
+    """the run folder (the checkpoint's parent)"""
+    done: int
+    """the steps (BC) or env steps (RL) its checkpoint holds"""
+
+    def stored_summary(self) -> dict[str, Any] | None:
+        """The folder's ``summary.json`` as the run wrote it, or None when it has no readable one."""
+        try:
+            return json.loads((self.folder / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def finished_run(resume: str | Path, key: str, asked: int) -> FinishedRun | None:
+    """``resume``'s run when its checkpoint's counter ``key`` (``recorded_count``) already
+    reaches ``asked``: resuming it would train nothing, and must write nothing either."""
+    directory = checkpoint_dir(resume)
+    if not (directory / TRAINER_STATE).exists():
+        return None  # not a training checkpoint: resuming refuses it in its own words
+    done = recorded_count(directory, key)
+    if done is None or done < asked:
+        return None
+    return FinishedRun(directory.parent if directory.name == CHECKPOINT else directory, done)
 
 
 # -- continuing from a checkpoint -------------------------------------------------------
@@ -212,7 +258,7 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
         before = {"policy": json.loads((resume_dir / CONFIG_NAME).read_text())["policy"]}
     # A checkpoint written before a policy field existed was built with its legacy value.
     before["policy"] = with_legacy_defaults(before.get("policy", {}))
-    old, new = _flatten({key: before.get(key, {}) for key in ("policy", "train")}), _flatten(run.to_dict())
+    old, new = flatten({key: before.get(key, {}) for key in ("policy", "train")}), flatten(run.to_dict())
     changed = {key: (old[key], new[key]) for key in old if key in new and old[key] != new[key]}
     architecture = [
         key for key in changed if key.startswith("policy.") and key not in RESUMABLE_POLICY_FIELDS
@@ -289,7 +335,7 @@ def refuse_unapplied_policy_settings(
         saved = PolicyConfig.from_dict(with_legacy_defaults(saved_dict))
     except (OSError, ValueError, KeyError):
         return  # not a checkpoint: the code that loads it says so, in its own words
-    before, now = _flatten(saved.to_dict(), "policy."), _flatten(policy.to_dict(), "policy.")
+    before, now = flatten(saved.to_dict(), "policy."), flatten(policy.to_dict(), "policy.")
     ignored = sorted(
         field
         for key in keys

@@ -8,6 +8,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -211,19 +212,59 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
+# Which command reads which section; a ``--set`` for a section the command does not read is refused.
+USED_BY = {"policy": ("bc", "dagger", "rl"), "train": ("bc", "dagger"), "rl": ("rl",)}
+
+
+def refuse_unused_settings(overrides: list[str], sections: tuple[str, ...], command: str) -> None:
+    """Refuse a ``--set`` for a config section ``command`` does not read (``rl --set train.steps=2``
+    would otherwise run as if nothing was set). Unknown sections are left to ``RunConfig.from_dict``."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        section = key.split(".", 1)[0]
+        if section in SECTIONS and section not in sections:
+            read = " and ".join(f"{name}.*" for name in sections)
+            users = " and ".join(f"`instructcraft {name}`" for name in USED_BY[section])
             raise ConfigError(
-                f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
-            ) from None
+                f"--set {key}: `instructcraft {command}` reads only the {read} settings and would ignore "
+                f"{section}.* (read by {users}): drop it"
+            )
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} holds {type(data).__name__}, not a mapping of sections ({sorted(SECTIONS)})"
+        )
+    return data
+
+
+def _merge(into: dict[str, Any], data: dict[str, Any]) -> None:
+    """``data``'s values written over ``into``'s, section by section (nested mappings merge)."""
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def load_run_config(
+    path: str | Path | None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> RunConfig:
+    """The run config: ``base`` (a resumed run's recorded config; default: the dataclasses'
+    defaults), then what the file at ``path`` sets, then each ``--set key=value`` of ``overrides``."""
+    data: dict[str, Any] = copy.deepcopy(base) if base else {}
+    if path is not None:
+        _merge(data, _read_config_file(Path(path)))
     for override in overrides or []:
         if "=" not in override:
             raise ConfigError(f"--set expects key=value, got {override!r}")
@@ -239,3 +280,29 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         return RunConfig.from_dict(data)
     except TypeError as error:
         raise ConfigError(str(error)) from None
+
+
+def changed_settings(
+    before: dict[str, Any], after: RunConfig, sections: tuple[str, ...]
+) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (before, after)}`` for each setting of ``sections`` that differs between a
+    recorded config (``RunConfig.to_dict()`` as JSON gave it back) and ``after``."""
+    old = flatten({name: before.get(name) or {} for name in sections})
+    new = flatten({name: after.to_dict()[name] for name in sections})
+    return {key: (old[key], new[key]) for key in old if key in new and old[key] != new[key]}
+
+
+def describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    """``key old -> new, ...`` (the form every resume note uses)."""
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{dotted key: value}``; tuples as lists (JSON gives lists back)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat

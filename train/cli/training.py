@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from train.cli import common
+from train.report import print_json
+
+if TYPE_CHECKING:
+    from train.checkpoint import FinishedRun
 
 
 def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +19,12 @@ def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
     common.add_config_arguments(p, "YAML or JSON run config ({policy: ..., train: ...})", "train.lr=3e-4")
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, config.resolved.yaml)")
-    p.add_argument("--resume", default=None, help="checkpoint (or run) directory to continue from")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint (or run) directory to continue, with the settings it recorded; --config and "
+        "--set override them (a note lists what changed)",
+    )
     p.add_argument(
         "--init", default=None, help="start from a checkpoint's weights (fresh optimizer): fine-tuning"
     )
@@ -27,15 +38,26 @@ def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bc(args: argparse.Namespace) -> int:
-    from train.bc import INIT_POLICY_FIELDS, train_bc
-    from train.checkpoint import refuse_unapplied_policy_settings
-    from train.config import load_run_config
+    from train.bc import INIT_POLICY_FIELDS, finished_bc_run, train_bc
+    from train.checkpoint import recorded_run_config, refuse_unapplied_policy_settings
+    from train.config import load_run_config, refuse_unused_settings
     from train.periodic_eval import periodic_evaluator
 
+    refuse_unused_settings(args.set, ("policy", "train"), "bc")
     skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
-    run = load_run_config(args.config, [*args.set, *skip])
+    # A resumed run continues with the settings it recorded, unless --config or --set say otherwise.
+    base = recorded_run_config(args.resume) if args.resume and not args.init else None
+    run = load_run_config(args.config, [*args.set, *skip], base=base)
     if args.init:
         refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
+    finished = finished_bc_run(args.resume, run) if args.resume and not args.init else None
+    if finished is not None:
+        return _say_finished(
+            finished,
+            f"trained {finished.done} steps of train.steps={run.train.steps}",
+            f"resume with --set train.steps=N, N > {finished.done}",
+            args.json,
+        )
     summary = train_bc(
         run,
         args.data,
@@ -48,7 +70,7 @@ def run_bc(args: argparse.Namespace) -> int:
     if summary is None:
         return 0
     if args.json:
-        common.print_json(summary)
+        print_json(summary)
     else:
         print(
             f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}"
@@ -67,6 +89,21 @@ def run_bc(args: argparse.Namespace) -> int:
             print(line)
         for row in summary["evaluations"]:
             print(f"  eval at step {row['step']}: success {row['success_rate']:.3f}")
+    return 0
+
+
+def _say_finished(finished: FinishedRun, done: str, further: str, as_json: bool) -> int:
+    """A resume of a finished run: say so (the summary it wrote on stdout with ``--json``) and
+    change nothing."""
+    message = (
+        f"{finished.folder} is finished ({done}): nothing to train, its files are unchanged; "
+        f"to train further, {further}"
+    )
+    if as_json:
+        print(message, file=sys.stderr)
+        print_json(finished.stored_summary() or {"out": str(finished.folder), "steps": finished.done})
+    else:
+        print(message)
     return 0
 
 
@@ -107,8 +144,9 @@ def run_dagger(args: argparse.Namespace) -> int:
     from train import dagger
     from train.bc import INIT_POLICY_FIELDS
     from train.checkpoint import refuse_unapplied_policy_settings
-    from train.config import load_run_config
+    from train.config import load_run_config, refuse_unused_settings
 
+    refuse_unused_settings(args.set, ("policy", "train"), "dagger")
     run = load_run_config(args.config, args.set)
     if args.init:  # every round fine-tunes the --init architecture
         refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
@@ -128,7 +166,7 @@ def run_dagger(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     if args.json:
-        common.print_json(state)
+        print_json(state)
     else:
         for entry in state["rounds"]:
             shown = f"success {entry['success']:.3f}" if "success" in entry else "not evaluated"
@@ -143,24 +181,48 @@ def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_config_arguments(p, "YAML or JSON run config ({policy: ..., rl: ...})", "rl.n_envs=4")
     p.add_argument("--env", required=True, help="env id")
-    p.add_argument("--steps", type=common.positive_int, required=True, help="total env steps")
+    p.add_argument(
+        "--steps",
+        type=common.positive_int,
+        required=True,
+        help="total env steps, rounded up to whole rollouts of rl.n_envs x rl.n_steps (a note says so)",
+    )
     p.add_argument("--init", default=None, help="BC checkpoint to start from (its policy config is used)")
     p.add_argument("--out", required=True, help="output directory (checkpoint/, tb/, summary.json)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint, with the settings it recorded; --config and "
+        "--set override them (a note lists what changed)",
+    )
     common.add_tasks_flag(p, "Crafter-Instruct tasks to train on")
     common.add_json_flag(p)
     p.set_defaults(func=run_rl)
 
 
 def run_rl(args: argparse.Namespace) -> int:
-    from train.checkpoint import CHECKPOINT, refuse_unapplied_policy_settings
-    from train.config import load_run_config
+    from train.checkpoint import CHECKPOINT, recorded_run_config, refuse_unapplied_policy_settings
+    from train.config import load_run_config, refuse_unused_settings
     from train.rl import train_rl
+    from train.rl.run import finished_rl_run
 
-    run = load_run_config(args.config, args.set)
+    refuse_unused_settings(args.set, ("policy", "rl"), "rl")
+    checkpoint = Path(args.out) / CHECKPOINT
+    # A resumed run continues with the settings it recorded, unless --config or --set say otherwise.
+    run = load_run_config(
+        args.config, args.set, base=recorded_run_config(checkpoint) if args.resume else None
+    )
     # PPO from a checkpoint (the run's own on --resume, else --init) builds that policy as saved.
     if args.resume:
-        refuse_unapplied_policy_settings(Path(args.out) / CHECKPOINT, run.policy, args.set, "--resume")
+        refuse_unapplied_policy_settings(checkpoint, run.policy, args.set, "--resume")
+        finished = finished_rl_run(args.out, args.steps)
+        if finished is not None:
+            return _say_finished(
+                finished,
+                f"{finished.done} env steps, --steps {args.steps}",
+                f"resume with --steps N, N > {finished.done}",
+                args.json,
+            )
     elif args.init:
         refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init")
     env_kwargs = {"task": args.tasks} if args.tasks else {}
@@ -176,7 +238,7 @@ def run_rl(args: argparse.Namespace) -> int:
         refuse_existing=True,
     )
     if args.json:
-        common.print_json(summary)
+        print_json(summary)
     else:
         print(
             f"PPO {summary['timesteps']} env steps at {summary['steps_per_s']:.1f} steps/s; "
@@ -234,7 +296,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         log=(lambda _: None) if args.json else print,
     )
     if args.json:
-        common.print_json(summary)
+        print_json(summary)
     else:
         print((Path(args.out) / "ablation.md").read_text())
     return 0

@@ -34,8 +34,12 @@ from policies.persist import CONFIG_NAME
 from train.checkpoint import (
     CHECKPOINT,
     TRAINER_STATE,
+    FinishedRun,
+    finished_run,
     intact_phrase,
     read_trainer_state,
+    recorded_count,
+    recorded_run_config,
     restore_rl_rng,
     save_rl_checkpoint,
 )
@@ -46,8 +50,9 @@ from train.common import (
     resolve_device,
     run_folder_lock,
 )
-from train.config import RunConfig
+from train.config import RunConfig, changed_settings, describe_changes
 from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
+from train.report import write_json
 from train.rl.ppo import SequencePPO
 from train.rl.sb3 import ResumableTensorBoard
 
@@ -216,6 +221,34 @@ def _learn(
     return wall
 
 
+def planned_timesteps(steps: int, start: int, rollout: int) -> int:
+    """The env steps a run asked for ``steps`` in all really ends at: from ``start``, PPO collects
+    whole rollouts of ``rollout`` (n_envs x n_steps) env steps until it reaches ``steps``."""
+    if start >= steps:
+        return start
+    return start + -(-(steps - start) // rollout) * rollout
+
+
+def rounding_note(steps: int, start: int, n_envs: int, n_steps: int) -> str | None:
+    """What a run of ``steps`` env steps really runs, when whole rollouts take it past ``steps``."""
+    rollout = n_envs * n_steps
+    planned = planned_timesteps(steps, start, rollout)
+    if planned == steps:
+        return None
+    rollouts = (planned - start) // rollout
+    resumed = f" (from {start})" if start else ""
+    return (
+        f"note: --steps {steps} runs {planned} env steps{resumed}: PPO trains on whole rollouts, "
+        f"{rollouts} rollout{'s' if rollouts != 1 else ''} of {n_envs} env{'s' if n_envs != 1 else ''} "
+        f"x {n_steps} steps (rl.n_envs x rl.n_steps)"
+    )
+
+
+def finished_rl_run(out: str | Path, steps: int) -> FinishedRun | None:
+    """The run in ``out`` when its checkpoint already holds ``steps`` env steps or more."""
+    return finished_run(Path(out) / CHECKPOINT, "rl_timesteps", steps)
+
+
 def train_rl(
     run: RunConfig,
     env_id: str,
@@ -236,11 +269,21 @@ def train_rl(
     that already holds a run's checkpoint (``RunFolderError``) rather than replace it. ``out``
     is locked for the run, so a second run into it fails at once.
 
+    ``resume`` of a run whose checkpoint already holds ``steps`` env steps trains and writes
+    nothing: it returns the summary the run wrote. PPO trains on whole rollouts, so a run ends at
+    the first multiple of n_envs x n_steps past ``steps`` (a note on stderr says so).
+
     SIGINT or SIGTERM ends the run at the next env step with a checkpoint of the last update
     and raises ``TrainingInterrupted`` (its message says how to resume)."""
     out_dir = Path(out)
     if refuse_existing and not resume:
         refuse_existing_run(out_dir, "rl", "--resume")
+    finished = finished_rl_run(out_dir, steps) if resume else None
+    if finished is not None:  # nothing to train: its files stay as the run left them
+        return finished.stored_summary() or {
+            "timesteps": finished.done,
+            "checkpoint": str(out_dir / CHECKPOINT),
+        }
     with run_folder_lock(out_dir):
         return _train(run, env_id, steps, out_dir, init, resume, env_kwargs, progress, verbose)
 
@@ -267,6 +310,17 @@ def _train(
                 "so there is nothing to continue: run without --resume to start it"
             )
         start_from = str(checkpoint)
+        recorded = recorded_run_config(checkpoint)
+        changed = changed_settings(recorded, run, ("rl",)) if recorded else {}
+        if changed:
+            print(
+                f"note: resuming {out_dir} with changed settings: {describe_changes(changed)}",
+                file=sys.stderr,
+            )
+    start = (recorded_count(checkpoint, "rl_timesteps") or 0) if resume else 0
+    note = rounding_note(steps, start, cfg.n_envs, cfg.n_steps)
+    if note:
+        print(note, file=sys.stderr)
     with children_ignore_interrupts():  # subprocess envs start here and leave Ctrl-C to us
         env = make_env(env_id, cfg.n_envs, cfg.vec_env, cfg.seed, cfg.max_tokens, **(env_kwargs or {}))
     stop = StopRequest()
@@ -308,5 +362,5 @@ def _train(
         "timings_s": dict(algo.timings),
         "checkpoint": str(checkpoint),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "summary.json", summary)
     return summary
