@@ -1,4 +1,5 @@
-"""Datasets in and out: ``collect``, ``data info|check``, ``import minerl|vpt|minari``, ``export minari``."""
+"""Datasets in and out: ``collect``, ``data info|check|merge``, ``import minerl|vpt|minari``,
+``export minari``."""
 
 from __future__ import annotations
 
@@ -108,7 +109,9 @@ def _interrupted_collect_line(out: str, before: int) -> str:
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "data", help="inspect or verify a dataset", description="Inspect or verify a dataset."
+        "data",
+        help="inspect, verify or merge datasets",
+        description="Inspect, verify or merge datasets.",
     )
     # Each action its own parser: its own --help, and the other action's flags refused.
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -125,6 +128,24 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also re-run every episode from its seed and executed actions and report the first "
         "step whose frame, reward or flags differ",
     )
+    merge_help = (
+        "merge datasets of one env (collected on several machines) into one; the inputs are only read"
+    )
+    merge = actions.add_parser("merge", help=merge_help, description=merge_help)
+    merge.add_argument(
+        "inputs", nargs="+", metavar="DATASET", help="dataset directories, merged in this order"
+    )
+    merge.add_argument(
+        "--out",
+        required=True,
+        help="dataset directory to write: a new or empty folder, or an existing dataset to append to",
+    )
+    merge.add_argument(
+        "--allow-duplicate-seeds",
+        action="store_true",
+        help="merge even when an episode seed is recorded more than once (the episodes repeat)",
+    )
+    common.add_json_flag(merge, "print the summary as JSON")
     p.set_defaults(func=run_data)
 
 
@@ -158,6 +179,8 @@ def _unreadable_lines(summary: dict[str, Any]) -> list[str]:
 def run_data(args: argparse.Namespace) -> int:
     from envs.data.store import Dataset, DatasetError
 
+    if args.action == "merge":
+        return run_merge(args)
     try:
         dataset = Dataset(args.path)
         if args.action == "info":
@@ -197,6 +220,65 @@ def _replay(path: str) -> int:
     print(f"replay: {replayed - len(differ)} of {replayed} replayed episodes identical", end="")
     print(f" ({len(results) - replayed} not replayable)" if replayed < len(results) else "")
     return 1 if differ else 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """A refusal (other env or settings, duplicate seeds, a bad input) exits 2 with nothing
+    written; Ctrl-C keeps the episodes merged so far (a valid dataset), says so and exits 130."""
+    from tqdm import tqdm
+
+    from envs.data.merge import merge_datasets
+
+    bars: dict[str, Any] = {}
+
+    def close_bars() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    def progress(phase: str, done: int, total: int) -> None:
+        """One bar per phase: checking the inputs, then merging."""
+        if phase not in bars:
+            close_bars()
+            what = "check inputs" if phase == "check" else f"merge into {args.out}"
+            bars[phase] = tqdm(total=total, unit="ep", desc=what, dynamic_ncols=True, disable=args.json)
+        bars[phase].update(done - bars[phase].n)
+
+    before = _episode_count(args.out)
+    try:
+        summary = merge_datasets(
+            args.inputs, args.out, allow_duplicate_seeds=args.allow_duplicate_seeds, progress=progress
+        )
+    except KeyboardInterrupt:
+        close_bars()
+        print(_interrupted_merge_line(args.out, before), file=sys.stderr)
+        return 130
+    finally:
+        close_bars()
+    if args.json:
+        common.print_json(summary)
+    else:
+        appended = f", after its {summary['appended_to']} earlier episodes" if summary["appended_to"] else ""
+        print(
+            f"merged {summary['episodes']} episodes ({summary['steps']} steps) from {len(args.inputs)} "
+            f"dataset(s) into {summary['out']}{appended} (episodes re-encoded by the dataset writer)"
+        )
+    return 0
+
+
+def _interrupted_merge_line(out: str, before: int) -> str:
+    """What an interrupted ``data merge`` kept: the episodes committed before Ctrl-C."""
+    merged = _episode_count(out) - before
+    if merged == 0:
+        return f"interrupted: no episode was merged into {out}"
+    if before:
+        return (
+            f"interrupted: {out} keeps its {before} earlier episodes and the {merged} merged before Ctrl-C "
+            f"(episodes {before}..{before + merged - 1}; a valid dataset); the rest were not merged"
+        )
+    return (
+        f"interrupted: kept the {merged} episode(s) merged before Ctrl-C in {out} (a valid dataset); "
+        f"to finish, delete {out} and run the same merge again"
+    )
 
 
 IMPORT_HELP = {
