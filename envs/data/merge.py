@@ -82,7 +82,7 @@ def merge_datasets(
     if not inputs:
         raise DatasetError("nothing to merge: name at least one dataset")
     root = Path(out)
-    _refuse_overlapping_paths([Path(path) for path in inputs], root)
+    _refuse_overlapping_paths(inputs, root)
     sources: list[_Source] = []
     try:
         sources = [_Source(str(path), Dataset(path)) for path in inputs]
@@ -143,14 +143,14 @@ def merge_datasets(
     }
 
 
-def _refuse_overlapping_paths(inputs: list[Path], out: Path) -> None:
+def _refuse_overlapping_paths(inputs: Sequence[str | Path], out: Path) -> None:
     """An input named twice would double its episodes; an output inside an input (or the
     reverse) would write into a folder the merge promised to leave untouched."""
-    seen: dict[Path, Path] = {}
-    for path in inputs:
-        resolved = path.resolve()
+    seen: dict[Path, str] = {}
+    for given in inputs:
+        path, resolved = str(given), Path(given).resolve()
         if resolved in seen:
-            spellings = f" (as {seen[resolved]} and {path})" if str(seen[resolved]) != str(path) else ""
+            spellings = f" (as {seen[resolved]} and {path})" if seen[resolved] != path else ""
             raise DatasetError(f"{path} is given twice{spellings}: name each dataset once")
         seen[resolved] = path
     target = out.resolve()
