@@ -3,6 +3,7 @@ writers of other formats.
 
 - ``store``: the native trajectory dataset (``Dataset``, ``DatasetWriter``, ``Episode``)
 - ``collect``: run experts in worker processes and write their episodes
+- ``merge``: merge datasets collected separately into one (``merge_datasets``)
 - ``minari``: export to and import from Minari
 - ``minerl``, ``vpt``: read MineRL v0.4 and OpenAI VPT demonstrations; ``importers`` writes
   them as native datasets; ``video`` reads and writes their mp4 frames
