@@ -21,7 +21,6 @@ from train.bc import train_bc
 from train.cli import main
 from train.common import Distributed, StopRequest
 from train.config import load_run_config
-from train.report import strict_json
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -75,6 +74,8 @@ def scalar_steps(tb: Path, tag: str) -> list[int]:
 
 
 def test_json_output_maps_non_finite_numbers_to_null() -> None:
+    from train.report import strict_json
+
     data = {"final_loss": float("nan"), "rates": [float("inf"), 0.5], "fps": np.float32("-inf"), "n": 3}
     assert strict(strict_json(data)) == {"final_loss": None, "rates": [None, 0.5], "fps": None, "n": 3}
 
