@@ -14,6 +14,7 @@ from typing import Any
 
 from envs.data.store import atomic_write_bytes
 from train.config import ConfigError, RunConfig
+from train.report import strict_json
 
 STATE = "dagger.json"
 
@@ -78,7 +79,7 @@ def load_state(out: Path) -> dict[str, Any]:
 
 def save_state(out: Path, state: dict[str, Any]) -> None:
     """``dagger.json`` replaced atomically and synced: a crash leaves the last state whole."""
-    atomic_write_bytes(out / STATE, json.dumps(state, indent=2, default=str).encode())
+    atomic_write_bytes(out / STATE, strict_json(state).encode())
 
 
 def absolute(path: str | None) -> str | None:

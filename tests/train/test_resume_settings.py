@@ -200,6 +200,28 @@ def test_rl_resume_continues_with_the_run_s_own_settings_unless_overridden(
     assert (recorded["n_envs"], recorded["n_steps"], recorded["n_epochs"]) == (1, 8, 2)
 
 
+BABYAI = "instructcraft/BabyAI-GoToRedBall-v0"
+
+
+def test_dagger_resume_continues_with_the_run_s_own_settings_unless_overridden(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demos, out = tmp_path / "demos", tmp_path / "dagger"
+    collect(str(demos), BABYAI, "babyai_bot", 2, seed=0)
+    where = ["--data", str(demos), "--env", BABYAI, "--out", str(out)]
+    small = ["--rounds", "1", "--episodes", "1", "--steps-per-round", "2", "--eval-episodes", "0"]
+    assert main(["dagger", "--config", TINY, "--set", "train.steps=2", *where, *small, "--workers", "1"]) == 0
+    capsys.readouterr()
+    # Resumed without repeating a setting: the run's own flags and run config, nothing changed.
+    assert main(["dagger", *where, "--workers", "1", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "changed settings" not in captured.err, captured.err
+    assert "round 1: not evaluated" in captured.out
+    # An explicit override is said: key old -> new.
+    assert main(["dagger", *where, "--workers", "1", "--resume", "--set", "train.lr=0.01"]) == 0
+    assert "train.lr 0.001 -> 0.01" in capsys.readouterr().err
+
+
 # -- a --set the command does not read ----------------------------------------------------------
 
 

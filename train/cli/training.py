@@ -120,23 +120,49 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="output directory (data/, round_NN/, checkpoint/, tb/, dagger.json)"
     )
-    p.add_argument("--expert", default=None, help="expert that labels (default: the env's default expert)")
-    common.add_tasks_flag(p)
-    p.add_argument("--init", default=None, help="round-0 policy: a checkpoint instead of BC on --data")
-    p.add_argument("--rounds", type=common.positive_int, default=3, help="rounds after round 0")
-    p.add_argument("--episodes", type=common.positive_int, default=200, help="labelled rollouts per round")
-    p.add_argument("--beta", type=float, default=0.5, help="P(execute the expert's action) in round 1")
-    p.add_argument("--beta-decay", type=float, default=0.5, help="beta is multiplied by this every round")
+    # Without the flag, a resumed run keeps what it was started with (None: not given).
     p.add_argument(
-        "--steps-per-round", type=common.positive_int, default=400, help="BC fine-tuning steps per round"
+        "--expert",
+        default=None,
+        help="expert that labels (default: the env's default expert; on --resume: the run's own)",
     )
+    common.add_tasks_flag(p, "Crafter-Instruct tasks to cycle through (on --resume: the run's own)")
     p.add_argument(
-        "--eval-episodes", type=common.non_negative_int, default=40, help="learner-only evaluation per round"
+        "--init",
+        default=None,
+        help="round-0 policy: a checkpoint instead of BC on --data (on --resume: the run's own)",
     )
+    for flag, kind, default, text in (
+        ("--rounds", common.positive_int, 3, "rounds after round 0"),
+        ("--episodes", common.positive_int, 200, "labelled rollouts per round"),
+        ("--beta", float, 0.5, "P(execute the expert's action) in round 1"),
+        ("--beta-decay", float, 0.5, "beta is multiplied by this every round"),
+        ("--steps-per-round", common.positive_int, 400, "BC fine-tuning steps per round"),
+        ("--eval-episodes", common.non_negative_int, 40, "learner-only evaluation per round"),
+    ):
+        p.add_argument(
+            flag, type=kind, default=None, help=f"{text} (default: {default}; on --resume: the run's own)"
+        )
     common.add_workers_flag(p, help="rollout and evaluation processes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with the settings it was started with; --config and --set "
+        "override its run config (a note lists what changed)",
+    )
     common.add_json_flag(p)
     p.set_defaults(func=run_dagger)
+
+
+# DaggerConfig's fields and the ``instructcraft dagger`` flags that set them (argparse names).
+DAGGER_FLAGS = {
+    "rounds": "rounds",
+    "episodes": "episodes",
+    "beta": "beta",
+    "beta_decay": "beta_decay",
+    "steps": "steps_per_round",
+    "eval_episodes": "eval_episodes",
+}
 
 
 def run_dagger(args: argparse.Namespace) -> int:
@@ -145,24 +171,36 @@ def run_dagger(args: argparse.Namespace) -> int:
     from train.bc import INIT_POLICY_FIELDS
     from train.checkpoint import refuse_unapplied_policy_settings
     from train.config import load_run_config, refuse_unused_settings
+    from train.dagger_settings import load_state
 
     refuse_unused_settings(args.set, ("policy", "train"), "dagger")
-    run = load_run_config(args.config, args.set)
-    if args.init:  # every round fine-tunes the --init architecture
-        refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
-    rounds = dagger.DaggerConfig(
-        steps=args.steps_per_round,
-        **common.same_named(args, "rounds", "episodes", "beta", "beta_decay", "eval_episodes", "workers"),
+    # A resumed run continues with what it was started with: its run config (--config and --set
+    # override it) and every flag not given again.
+    started = load_state(Path(args.out)) if args.resume else {}
+    run = load_run_config(args.config, args.set, base=started.get("run"))
+    given = {name: getattr(args, dest) for name, dest in DAGGER_FLAGS.items()}
+    recorded = started.get("dagger", {})
+    settings = {
+        name: value if value is not None else recorded[name]
+        for name, value in given.items()
+        if value is not None or name in recorded
+    }
+    tasks, expert, init = (
+        getattr(args, name) if getattr(args, name) is not None else started.get(name)
+        for name in ("tasks", "expert", "init")
     )
+    if init:  # every round fine-tunes the --init architecture
+        refuse_unapplied_policy_settings(init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
+    rounds = dagger.DaggerConfig(**settings, workers=args.workers)
     state = dagger.run_dagger(
         run,
         rounds,
         args.data,
         args.out,
         args.env,
-        args.expert or default_expert_for(args.env),
-        tasks=args.tasks,
-        init=args.init,
+        expert or default_expert_for(args.env),
+        tasks=tasks,
+        init=init,
         resume=args.resume,
     )
     if args.json:
