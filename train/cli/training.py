@@ -141,7 +141,7 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         ("--eval-episodes", common.non_negative_int, 40, "learner-only evaluation per round"),
     ):
         p.add_argument(
-            flag, type=kind, default=None, help=f"{text} (default: {default}; on --resume: the run's own)"
+            flag, type=kind, default=None, help=f"{text} (default: {default}); on --resume, the run's own"
         )
     common.add_workers_flag(p, help="rollout and evaluation processes")
     p.add_argument(

@@ -38,7 +38,6 @@ from train.checkpoint import (
     finished_run,
     intact_phrase,
     read_trainer_state,
-    recorded_count,
     recorded_run_config,
     restore_rl_rng,
     save_rl_checkpoint,
@@ -317,10 +316,6 @@ def _train(
                 f"note: resuming {out_dir} with changed settings: {describe_changes(changed)}",
                 file=sys.stderr,
             )
-    start = (recorded_count(checkpoint, "rl_timesteps") or 0) if resume else 0
-    note = rounding_note(steps, start, cfg.n_envs, cfg.n_steps)
-    if note:
-        print(note, file=sys.stderr)
     with children_ignore_interrupts():  # subprocess envs start here and leave Ctrl-C to us
         env = make_env(env_id, cfg.n_envs, cfg.vec_env, cfg.seed, cfg.max_tokens, **(env_kwargs or {}))
     stop = StopRequest()
@@ -332,6 +327,9 @@ def _train(
         algo = build_ppo(run, env, init=start_from, reference=init, verbose=verbose)
         if resume:
             load_trainer_state(algo, checkpoint)
+        note = rounding_note(steps, algo.num_timesteps if resume else 0, cfg.n_envs, cfg.n_steps)
+        if note:
+            print(note, file=sys.stderr)
         logger = attach_logger(algo, out_dir / "tb", resume, verbose)
         save = partial(save_checkpoint, checkpoint, algo, run, env_id, init)
         start_steps = algo.num_timesteps
