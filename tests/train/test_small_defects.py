@@ -73,10 +73,14 @@ def test_bc_keeps_the_rl_section_in_run_json(tmp_path: Path) -> None:
     data = tmp_path / "demos"
     collect(str(data), envs.CRAFTER_ID, "crafter_planner", 2, tasks=["collect_wood"], seed=1)
     assert RLConfig().gamma != 0.5 and RLConfig().n_envs != 3
+    # One config file for bc and then rl: bc does not read its rl section (a --set rl.* is refused)
+    # but keeps it in run.json.
+    config = tmp_path / "shared.yaml"
+    config.write_text(Path(TINY).read_text() + "rl: {gamma: 0.5, n_envs: 3}\n")
     # image size and action space differ from the data's, so bc rebuilds the policy section
     run_cli(
-        "bc", "--config", TINY, "--data", str(data), "--out", str(tmp_path / "run"),
-        "--set", "train.steps=2", "--set", "rl.gamma=0.5", "--set", "rl.n_envs=3",
+        "bc", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"),
+        "--set", "train.steps=2",
         "--set", "policy.vision.image_size=[32, 32]", "--set", "policy.action_space.sizes=[5]",
     )  # fmt: skip
     saved = json.loads((tmp_path / "run" / "checkpoint" / "run.json").read_text())
