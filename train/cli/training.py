@@ -318,8 +318,13 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_ablate(args: argparse.Namespace) -> int:
     from policies import FUSIONS
     from train.ablate import ablate
+    from train.config import refuse_unused_settings
     from train.errors import SettingError
 
+    # PPO after BC reads rl.*; BC alone does not.
+    refuse_unused_settings(
+        args.set, ("policy", "train", "rl") if args.rl_steps else ("policy", "train"), "ablate"
+    )
     fusions = [name.strip() for name in args.fusion.split(",") if name.strip()]
     unknown = [name for name in fusions if name not in FUSIONS]
     if unknown:
