@@ -4,7 +4,6 @@ markdown table), ``ablation.json`` and ``ablation.png`` (bars per fusion type)."
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from envs.workers import make_env
 from train.bc import train_bc
 from train.config import load_run_config
 from train.errors import SettingError
+from train.report import write_json
 from train.rl import train_rl
 
 
@@ -145,7 +145,7 @@ def ablate(
         "rl_steps": rl_steps,
         "rows": rows,
     }
-    (out_dir / "ablation.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "ablation.json", summary)
     (out_dir / "ablation.md").write_text(markdown_table(summary))
     bar_chart(rows, out_dir / "ablation.png")
     return summary

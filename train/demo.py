@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from train.bc import train_bc
 from train.config import load_run_config
 from train.dagger import DaggerConfig, run_dagger
 from train.errors import SettingError
+from train.report import write_json
 
 DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
 EVAL_SEED = 100_000  # evaluation episode i uses seed EVAL_SEED + i: worlds training never saw
@@ -131,7 +131,7 @@ def run_demo(
         "timings_s": timings,
         "video": video,
     }
-    (root / "summary.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(root / "summary.json", report)
     _print_outputs(root, data, checkpoint, video)
     return 0
 

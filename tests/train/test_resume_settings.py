@@ -288,3 +288,13 @@ def test_a_one_rollout_rl_run_logs_its_update(tmp_path: Path, capsys: pytest.Cap
     assert "note:" not in capsys.readouterr().err  # 8 steps are one whole rollout: nothing rounded
     assert scalar_steps(out / "tb", "train/value_loss") == [8]
     assert scalar_steps(out / "tb", "train/clip_range") == [8]
+
+
+def test_every_commands_json_output_is_strict(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` of any command (train.cli.common.print_json): a NaN or infinity prints as null."""
+    import json as _json
+
+    from train.cli.common import print_json
+
+    print_json({"loss": float("nan"), "rate": float("inf"), "ok": 1.5})
+    assert _json.loads(capsys.readouterr().out) == {"loss": None, "rate": None, "ok": 1.5}

@@ -4,7 +4,6 @@ how a command's failure becomes an exit code."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,10 @@ def use_defaults_formatter(parser: argparse.ArgumentParser) -> None:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False))
+    """A command's ``--json`` output: strict JSON (a NaN or infinity prints as null)."""
+    from train.report import print_json as print_strict
+
+    print_strict(data)
 
 
 def positive_int(text: str) -> int:
