@@ -66,8 +66,9 @@ class Agent:
         seed: int | None = None,
         capture_attention: bool = False,
     ) -> Agent:
-        """Load a checkpoint directory, or a shipped agent as ``"pretrained:<name>"``
-        (``agent.pretrained``); any failure is a ``CheckpointError`` naming it."""
+        """Load a checkpoint directory, a shipped agent as ``"pretrained:<name>"`` or a Hugging
+        Face Hub model as ``"user/name"`` when no such local path exists (``agent.pretrained``);
+        any failure is a ``CheckpointError`` naming it."""
         from agent.pretrained import resolve_checkpoint
 
         directory = resolve_checkpoint(directory)

@@ -10,8 +10,44 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process's umask, read now (a program may change it while running). Linux reports it in
+    /proc/self/status; elsewhere it is read by setting it and putting it back, under a lock so two
+    of our threads never see the briefly zeroed one."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would have (0o666 or 0o777 less
+    the umask). ``mkdtemp`` makes folders 0700 and some writers (safetensors) files 0600, by design
+    for temporary files; a checkpoint is no secret, and a shared folder must stay readable to the
+    people the umask lets read it."""
+    mode = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, mode & ~process_umask())
+
+
+def _apply_umask_tree(directory: Path) -> None:
+    apply_umask(directory)
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            apply_umask(path)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -31,12 +67,14 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a staging directory; on success it replaces ``directory`` in one rename.
 
     If the body raises, ``directory`` is left as it was (the last good checkpoint survives).
+    The folder and what the body wrote in it take the umask's permissions (``apply_umask``).
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         yield staging
+        _apply_umask_tree(staging)
         _fsync_tree(staging)
         old = None
         if directory.exists():

@@ -11,6 +11,7 @@ writes leave the previous checkpoint as it was.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,17 @@ def checkpoint_dir(path: str | Path) -> Path:
 
 
 # -- writing ----------------------------------------------------------------------------
+
+
+def portable_path(path: str | None, checkpoint: Path) -> str | None:
+    """``path`` (a dataset, a checkpoint to start from) as a checkpoint records it: relative to
+    the run folder holding ``checkpoint`` when it names a local file or folder, so the record
+    holds no absolute path of this machine and still leads to the data when both are moved
+    together; anything else (``pretrained:<name>``, a hub id, empty) as given."""
+    if not path or not os.path.exists(path):
+        return path
+    run_folder = checkpoint.parent if checkpoint.name == CHECKPOINT else checkpoint
+    return os.path.relpath(path, run_folder)
 
 
 def intact_phrase(directory: Path) -> str:
@@ -109,7 +121,7 @@ def save_bc_checkpoint(
     write_checkpoint(
         directory,
         policy,
-        extra={"trained_steps": step, "data": data},
+        extra={"trained_steps": step, "data": portable_path(data, directory)},
         trainer_state={
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -132,6 +144,7 @@ def save_rl_checkpoint(
     """An RL checkpoint: the policy, ``counters`` (``num_timesteps``, ``n_updates``, ``kl_coef``),
     the optimizer and the RNG (a resumed run samples the actions an uninterrupted one would);
     fails as ``write_checkpoint`` does."""
+    init = portable_path(init, directory)
     write_checkpoint(
         directory,
         policy,
