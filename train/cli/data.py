@@ -1,5 +1,5 @@
 """Datasets in and out: ``collect``, ``data info|check|merge``, ``import minerl|vpt|minari``,
-``export minari``."""
+``export minari``; and ``export hub``, a checkpoint out as a Hugging Face Hub model folder."""
 
 from __future__ import annotations
 
@@ -371,16 +371,51 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_HELP = {
+    "minari": "a native dataset to a Minari dataset (the minari extra)",
+    "hub": "a checkpoint to a folder to upload to the Hugging Face Hub (weights, config, model card)",
+}
+
+
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="write a native dataset in another format (Minari)")
-    p.add_argument("target", choices=["minari"], help="the format to write")
-    p.add_argument("data", help="native dataset directory")
-    p.add_argument("--id", required=True, help="Minari dataset id, e.g. instructcraft/crafter-v0")
-    common.add_json_flag(p)
+    p = subparsers.add_parser(
+        "export",
+        help="write a native dataset as Minari, or a checkpoint as a Hugging Face Hub model folder",
+        description="Write a native dataset as Minari, or a checkpoint as a Hugging Face Hub model folder.",
+    )
+    # Each target its own parser, as `import` does: its own --help, the other's flags refused.
+    targets = p.add_subparsers(dest="target", required=True, metavar="TARGET")
+    minari = targets.add_parser("minari", help=EXPORT_HELP["minari"], description=EXPORT_HELP["minari"])
+    minari.add_argument("data", help="native dataset directory")
+    minari.add_argument("--id", required=True, help="Minari dataset id, e.g. instructcraft/crafter-v0")
+    hub = targets.add_parser("hub", help=EXPORT_HELP["hub"], description=EXPORT_HELP["hub"])
+    hub.add_argument("checkpoint", metavar="DIR", help="a run folder, its checkpoint/ or pretrained:<name>")
+    hub.add_argument("--out", required=True, help="folder to write (new or empty): upload it as user/name")
+    hub.add_argument(
+        "--eval",
+        default=None,
+        metavar="FILE",
+        help="an eval.json (`instructcraft eval --out`) whose results the model card reports "
+        "(default: the checkpoint's card.json, if any)",
+    )
+    for target in (minari, hub):
+        common.add_json_flag(target)
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.target == "hub":
+        from train.export_hub import export_hub
+
+        summary = export_hub(args.checkpoint, args.out, evaluation=args.eval)
+        if args.json:
+            common.print_json(summary)
+        else:
+            print(
+                f"wrote {', '.join(summary['files'])} to {summary['out']}; upload it with "
+                f'`hf upload user/name {summary["out"]}` and load it with Agent.from_pretrained("user/name")'
+            )
+        return 0
     from envs.data.minari import export_minari
 
     summary = export_minari(args.data, args.id)
