@@ -31,7 +31,7 @@ README_NAME = "README.md"
 TAGS = ["reinforcement-learning", "imitation-learning", "instruction-following", "gymnasium", "instructcraft"]
 # A path of the machine that wrote a run: POSIX absolute, home-relative or a Windows drive, not
 # preceded by a word character or ':' (so "env/id" and "https://..." are left alone).
-_LOCAL_PATH = re.compile(r"(?<![\w:/.~])(?:/|~/|[A-Za-z]:\\)[^\s`'\"<>|,;)\]]*")
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~<])(?:/|~/|[A-Za-z]:\\)[^\s`'\"<>|,;)\]]*")
 # Fields of a run's files that name a dataset or checkpoint: only their last part is shown.
 PATH_FIELDS = {"data", "init", "bc_data", "path", "checkpoint", "out"}
 
@@ -67,9 +67,10 @@ def _is_hub_like(value: str) -> bool:
 
 
 def _cell(value: Any) -> str:
-    """One markdown table cell: no line breaks, no '|' that would end it early."""
+    """One markdown table cell: no line breaks, no '|' that would end it early, no HTML tag."""
     text = value if isinstance(value, str) else json.dumps(value)
-    return " ".join(scrub_text(text).split()).replace("|", "\\|")
+    text = " ".join(scrub_text(text).split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _read_json(path: Path) -> Any:
