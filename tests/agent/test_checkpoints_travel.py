@@ -67,7 +67,7 @@ def test_a_moved_run_folder_loads_evaluates_and_holds_no_absolute_path(
     assert json.loads(result.stdout)["episodes"] == 1
 
 
-def test_a_relative_path_is_recorded_relative_to_the_run_folder(tmp_path: Path) -> None:
+def test_a_local_path_is_recorded_relative_to_the_run_folder(tmp_path: Path) -> None:
     from train.checkpoint import portable_path
 
     (tmp_path / "data" / "demos").mkdir(parents=True)
@@ -155,17 +155,16 @@ def offline_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_run: 
     return cache
 
 
-def test_a_hub_id_loads_from_the_local_cache_offline(offline_cache: Path, trained_run: Path) -> None:
+def test_a_hub_id_loads_from_the_cache_offline_and_a_local_path_wins(
+    offline_cache: Path, trained_run: Path, tmp_path: Path
+) -> None:
     folder = resolve_checkpoint("alice/crafter")
     assert Path(folder) == offline_cache / "models--alice--crafter" / "snapshots" / COMMIT
     agent = Agent.from_pretrained("alice/crafter")
     expected = InstructionPolicy.from_pretrained(trained_run / "checkpoint").state_dict()
     assert all(torch.equal(agent.policy.state_dict()[k], v) for k, v in expected.items())
-
-
-def test_an_existing_local_path_wins_over_a_hub_id(offline_cache: Path, tmp_path: Path) -> None:
-    local = tmp_path / "alice" / "crafter"
-    local.mkdir(parents=True)
+    # an existing local path always means the path (here an empty folder: not a checkpoint)
+    (tmp_path / "alice" / "crafter").mkdir(parents=True)
     assert resolve_checkpoint("alice/crafter") == "alice/crafter"
     with pytest.raises(CheckpointError, match=r"alice/crafter/model\.safetensors is missing"):
         Agent.from_pretrained("alice/crafter")
