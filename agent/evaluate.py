@@ -23,6 +23,7 @@ import numpy as np
 import envs
 from agent.agent import Agent
 from agent.plan import Plan
+from agent.pretrained import resolve_checkpoint
 from envs.crafter_score import crafter_score as score_of_rates
 from envs.crafter_score import stats_record, success_rates
 from envs.crafter_tasks import TASKS
@@ -363,7 +364,9 @@ def _run_jobs(
         # The agent already loaded here acts: a worker's setup would also set this process's threads.
         setup, setup_args, workers = (lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id)), (), 1
     else:
-        setup, setup_args = _load_worker, (checkpoint, env_id, env_kwargs)
+        # Resolved once here (a shipped name or a hub id -> its local folder): workers load a path.
+        folder = os.fspath(resolve_checkpoint(checkpoint))
+        setup, setup_args = _load_worker, (folder, env_id, env_kwargs)
     rows = map_jobs(_episode_row, jobs, setup=setup, setup_args=setup_args, workers=workers, what="eval")
     results: list[dict[str, Any]] = []
     try:

@@ -255,3 +255,30 @@ def test_export_hub_refuses_a_non_empty_out(trained_run: Path, tmp_path: Path) -
     assert result.returncode == 2, result.stderr
     assert f"--out {out} exists and is not an empty folder" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_eval_workers_load_the_folder_a_hub_id_resolved_to_in_the_parent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hub id is resolved once, in the parent: spawned workers (which could not reach the hub
+    or its cache) are handed the local folder."""
+    import agent.pretrained as pretrained
+    from agent.evaluate import evaluate
+
+    calls: list[str] = []
+
+    def snapshot(repo_id: str) -> str:
+        calls.append(repo_id)
+        return str(pretrained.ROOT / "crafter-all")
+
+    monkeypatch.setattr(pretrained, "hub_snapshot", snapshot)
+    result = evaluate(
+        "instructcraft/Crafter-Instruct-v0",
+        2,
+        checkpoint="someone/crafter-agent",
+        tasks=["collect_wood"],
+        workers=2,
+        env_kwargs={"step_limit": 5},
+    )
+    assert result["episodes"] == 2
+    assert set(calls) == {"someone/crafter-agent"}
