@@ -29,7 +29,7 @@ from torch.nn.modules.module import (
 
 from policies.config import PolicyConfig, VisionConfig
 from policies.errors import CheckpointError, ConfigError, NonFiniteWeightsError
-from policies.files import apply_umask, atomic_directory, describe_irregular
+from policies.files import atomic_directory, describe_irregular
 from policies.text import make_text_encoder
 
 # The policy class is passed in (``InstructionPolicy.from_pretrained`` passes itself): the model
@@ -136,7 +136,8 @@ def _saved_state(policy: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_policy_files(policy: nn.Module, directory: Path, extra: dict[str, Any] | None = None) -> None:
-    """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic).
+    """Write ``config.json`` + ``model.safetensors`` into an existing directory (not atomic: its
+    callers write into an ``atomic_directory``, which also gives the files the umask's permissions).
 
     Raises ``NonFiniteWeightsError`` before writing anything if a weight is NaN or inf."""
     state = _saved_state(policy)
@@ -148,7 +149,6 @@ def write_policy_files(policy: nn.Module, directory: Path, extra: dict[str, Any]
             "so they are not saved; lower the learning rate"
         )
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    apply_umask(directory / WEIGHTS_NAME)  # safetensors writes 0600, as for a temporary file
     payload = {"policy": policy.config.to_dict(), **(extra or {})}
     (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
 

@@ -38,12 +38,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sensitivity", action="store_true", help="run correct, swapped and blank and report the gaps"
     )
-    p.add_argument(
-        "--cfg-scale",
-        type=common.non_negative_float,
-        default=0.0,
-        help="classifier-free guidance scale s >= 0 (0: none)",
-    )
+    _add_cfg_scale_flag(p)
     p.add_argument(
         "--phrasings",
         default=None,
@@ -244,6 +239,15 @@ def _add_agent_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--task", default=None, help=f"the task that judges success ({task_default})")
 
 
+def _add_cfg_scale_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cfg-scale",
+        type=common.non_negative_float,
+        default=0.0,
+        help="classifier-free guidance scale s >= 0 (0: none)",
+    )
+
+
 def _add_plan_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan",
@@ -276,12 +280,7 @@ def add_rollout_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=common.positive_int, default=1, help="episodes (seed, seed + 1, ...)")
     p.add_argument("--out", required=True, help="output directory")
     common.add_seed_flag(p, 0, "first episode seed")
-    p.add_argument(
-        "--cfg-scale",
-        type=common.non_negative_float,
-        default=0.0,
-        help="classifier-free guidance scale s >= 0 (0: none)",
-    )
+    _add_cfg_scale_flag(p)
     p.add_argument(
         "--sample",
         action="store_true",
