@@ -15,15 +15,14 @@ an input stored with another ``frames_per_block``.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.data.format import _shown, refuse_foreign_folder
 from envs.data.store import Dataset, DatasetError, DatasetWriter
+from envs.data.writer import hold_interrupts
 
 # What makes episodes one dataset: the same env, frames of the same shape and actions of the
 # same space. frames_per_block is how frames are stored, not what they are: the output takes
@@ -104,7 +103,7 @@ def merge_datasets(
         metadata = first.dataset.metadata
         written = steps = 0
         with contextlib.ExitStack() as stack:
-            with _uninterrupted():  # a Ctrl-C held here still closes the writer on its way out
+            with hold_interrupts():  # a Ctrl-C held here still closes the writer on its way out
                 writer = stack.enter_context(
                     DatasetWriter(
                         root,
@@ -118,8 +117,7 @@ def merge_datasets(
             for source in sources:
                 for number in range(len(source.dataset)):
                     episode = source.dataset.episode(number)
-                    with _uninterrupted():
-                        writer.add(episode)
+                    writer.add(episode)  # holds a Ctrl-C until the episode is committed
                     written += 1
                     steps += episode.length
                     if progress is not None:
@@ -254,24 +252,3 @@ def _merged_info(sources: list[_Source]) -> dict[str, Any]:
         for source in sources
     ]
     return common
-
-
-@contextlib.contextmanager
-def _uninterrupted() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends: a commit (an episode's file and index line, a new
-    dataset's metadata and empty index) is never cut in the middle. Signals reach the main
-    thread only, so elsewhere there is nothing to hold."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt

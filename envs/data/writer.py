@@ -9,6 +9,9 @@ import hashlib
 import io
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,27 @@ from envs.data.format import (
     refuse_foreign_folder,
 )
 from envs.spaces import action_space_spec
+
+
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends: a commit (an episode's file and index line, a new
+    dataset's metadata and empty index) is never cut in the middle; the interrupt is raised
+    once it is whole. Signals reach the main thread only, so elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's own handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 class DatasetWriter:
@@ -128,40 +152,41 @@ class DatasetWriter:
         np.savez_compressed(buffer, **arrays)
         data = buffer.getvalue()
         intact = f"the {number} earlier episodes in {self.root} are intact"
-        try:
-            atomic_write_bytes(self.root / relative, data)
-        except OSError as error:
-            raise disk_full_error(self.root / relative, error, intact) from None
-        entry = {
-            "episode": number,
-            "file": relative,
-            "length": episode.length,
-            "instruction": episode.instruction,
-            "task": episode.task,
-            "env_id": episode.env_id,
-            "expert": episode.expert,
-            "seed": episode.seed,
-            "success": None if episode.success is None else bool(episode.success),
-            "return": float(np.sum(episode.rewards)),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            **({"extra": episode.extra} if episode.extra else {}),
-        }
-        fd = self._index.fileno()
-        committed = os.fstat(fd).st_size
-        try:
-            line = memoryview((json.dumps(entry) + "\n").encode())
-            while line:
-                line = line[self._index.write(line) :]
-            os.fsync(fd)
-        except OSError as error:
-            # Undo this episode: the index keeps its committed prefix, the file goes.
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, committed)
-            with contextlib.suppress(OSError):
-                (self.root / relative).unlink()
-            raise disk_full_error(self.root / "index.jsonl", error, intact) from None
-        self._count += 1
+        with hold_interrupts():  # a Ctrl-C lands after the commit, never inside it
+            try:
+                atomic_write_bytes(self.root / relative, data)
+            except OSError as error:
+                raise disk_full_error(self.root / relative, error, intact) from None
+            entry = {
+                "episode": number,
+                "file": relative,
+                "length": episode.length,
+                "instruction": episode.instruction,
+                "task": episode.task,
+                "env_id": episode.env_id,
+                "expert": episode.expert,
+                "seed": episode.seed,
+                "success": None if episode.success is None else bool(episode.success),
+                "return": float(np.sum(episode.rewards)),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                **({"extra": episode.extra} if episode.extra else {}),
+            }
+            fd = self._index.fileno()
+            committed = os.fstat(fd).st_size
+            try:
+                line = memoryview((json.dumps(entry) + "\n").encode())
+                while line:
+                    line = line[self._index.write(line) :]
+                os.fsync(fd)
+            except OSError as error:
+                # Undo this episode: the index keeps its committed prefix, the file goes.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, committed)
+                with contextlib.suppress(OSError):
+                    (self.root / relative).unlink()
+                raise disk_full_error(self.root / "index.jsonl", error, intact) from None
+            self._count += 1
         return number
 
     def close(self) -> None:

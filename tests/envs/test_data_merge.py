@@ -306,17 +306,21 @@ def test_a_tampered_index_or_an_outside_link_is_refused(tmp_path: Path) -> None:
 
 
 def interrupt_during_add(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """SIGINT arrives in the middle of the writer's ``call``-th commit."""
-    add = DatasetWriter.add
+    """SIGINT arrives in the middle of the writer's ``call``-th commit: as its episode file is
+    written, before its index line."""
+    import envs.data.writer as writer_module
+
+    write = writer_module.atomic_write_bytes
     calls = []
 
-    def add_interrupted(self: DatasetWriter, episode: Episode) -> int:
-        calls.append(1)
-        if len(calls) == call:
-            os.kill(os.getpid(), signal.SIGINT)
-        return add(self, episode)
+    def write_interrupted(path: Path, data: bytes) -> None:
+        if Path(path).parent.name == "episodes":
+            calls.append(1)
+            if len(calls) == call:
+                os.kill(os.getpid(), signal.SIGINT)
+        write(path, data)
 
-    monkeypatch.setattr(DatasetWriter, "add", add_interrupted)
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", write_interrupted)
 
 
 def test_ctrl_c_keeps_the_episode_being_committed_and_nothing_half_written(
