@@ -10,6 +10,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,28 @@ from policies.errors import ConfigError
 
 POOLINGS = ("last", "mean", "cls")
 TEXT_ENCODERS = ("minilm", "hf", "word")
-# The fusion registry's keys (policies.fusion.FUSIONS), named here: the fusions import config.
-FUSION_TYPES = (
-    "cross_attention", "self_attention", "pooling", "gmu", "concat", "add", "mul", "bilinear", "film", "late",
-)  # fmt: skip
+# The fusion registry: ``fusion_kwargs.fusion_type`` -> the module class that implements it. Each
+# fusion registers itself beside its class (``@register_fusion("gmu")``), so a name is written
+# once; it lives here because the fusions import this module, and the config checks names
+# without importing them. Adding a fusion: its file under policies/fusion/ and its import in
+# policies/fusion/__init__.py (which imports every fusion module, registering them).
+FUSIONS: dict[str, type] = {}
+
+_Registered = typing.TypeVar("_Registered", bound=type)
+
+
+def register_fusion(name: str) -> Callable[[_Registered], _Registered]:
+    """Class decorator: ``name`` (a ``fusion_type``) builds the decorated fusion."""
+
+    def register(cls: _Registered) -> _Registered:
+        if name in FUSIONS:
+            raise ConfigError(
+                f"fusion_type {name!r} is registered twice: {FUSIONS[name].__qualname__} and {cls.__qualname__}"
+            )
+        FUSIONS[name] = cls
+        return cls
+
+    return register
 
 
 def _require(condition: bool, message: str) -> None:
@@ -206,8 +225,8 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         _require(
-            self.fusion_type in FUSION_TYPES,
-            f"fusion_kwargs.fusion_type must be one of {sorted(FUSION_TYPES)}, got {self.fusion_type!r}",
+            self.fusion_type in FUSIONS,
+            f"fusion_kwargs.fusion_type must be one of {sorted(FUSIONS)}, got {self.fusion_type!r}",
         )
         _require(
             self.projection_dim >= 1, f"fusion_kwargs.projection_dim must be >= 1, got {self.projection_dim}"

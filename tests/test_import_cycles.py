@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("agent", "envs", "policies", "train")
 # A cycle too large to break in passing: the modules of the cycle -> why it is still here.
@@ -166,9 +168,32 @@ def test_no_import_cycles() -> None:
     assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
 
 
-def test_config_names_the_fusion_registry() -> None:
-    from policies.config import FUSION_TYPES
-    from policies.fusion import FUSIONS
+def test_a_fusion_is_named_once_beside_its_class() -> None:
+    """Every fusion class under policies/fusion/ registers itself, the config checks names against
+    that one registry, and the config still never imports the fusions."""
+    from policies import config
+    from policies.fusion import FUSIONS, Fusion
 
-    assert tuple(FUSIONS) == FUSION_TYPES
+    def leaves(cls: type) -> set[type]:
+        below = cls.__subclasses__()
+        return set().union(*map(leaves, below)) if below else {cls}
+
+    fusion_classes = {cls for cls in leaves(Fusion) if cls.__module__.startswith("policies.fusion.")}
+    assert FUSIONS is config.FUSIONS and set(FUSIONS.values()) == fusion_classes
     assert "policies.fusion" not in import_graph()["policies.config"]
+
+
+def test_registering_a_fusion_is_the_one_edit_the_config_needs() -> None:
+    from policies import FusionConfig
+    from policies.config import FUSIONS, register_fusion
+    from policies.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fusion_type 'gmu' is registered twice: GMUFusion and Extra"):
+        register_fusion("gmu")(type("Extra", (), {}))
+    with pytest.raises(ConfigError, match=r"fusion_type must be one of .*, got 'extra'"):
+        FusionConfig(fusion_type="extra")
+    register_fusion("extra")(type("Extra", (), {}))
+    try:
+        assert FusionConfig(fusion_type="extra").fusion_type == "extra"
+    finally:
+        del FUSIONS["extra"]

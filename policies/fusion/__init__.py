@@ -1,29 +1,12 @@
-"""Fusion registry: ``fusion_type`` -> class. Adding a fusion is one file, one line here and its
-name in ``policies.config.FUSION_TYPES`` (config checks names without importing the fusions,
-which import config)."""
+"""The fusions, one a module. Importing a module registers its fusions (``@register_fusion`` in
+``policies.config``): adding a fusion is its file plus its module's name on the import below."""
 
 from __future__ import annotations
 
+from policies.config import FUSIONS as _REGISTERED
+from policies.fusion import cross_attention, film, gmu, late, operators, pooling, self_attention  # noqa: F401
 from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
-from policies.fusion.cross_attention import CrossAttentionFusion
-from policies.fusion.film import FiLMFusion
-from policies.fusion.gmu import GMUFusion
-from policies.fusion.late import LateFusion
-from policies.fusion.operators import AddFusion, BilinearFusion, ConcatFusion, MulFusion
-from policies.fusion.pooling import PoolingFusion
-from policies.fusion.self_attention import SelfAttentionFusion
 
-FUSIONS: dict[str, type[Fusion]] = {
-    "cross_attention": CrossAttentionFusion,
-    "self_attention": SelfAttentionFusion,
-    "pooling": PoolingFusion,
-    "gmu": GMUFusion,
-    "concat": ConcatFusion,
-    "add": AddFusion,
-    "mul": MulFusion,
-    "bilinear": BilinearFusion,
-    "film": FiLMFusion,
-    "late": LateFusion,
-}
+FUSIONS: dict[str, type[Fusion]] = _REGISTERED  # fusion_type -> class
 
 __all__ = ["FUSIONS", "Fusion", "FusionOutput", "HistoryRing", "visibility"]

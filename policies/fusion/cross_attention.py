@@ -15,7 +15,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from policies.config import FusionConfig
+from policies.config import FusionConfig, register_fusion
 from policies.fusion.attention import MLP, MultiHeadAttention
 from policies.fusion.base import Fusion, FusionOutput, HistoryRing, gather_steps, visibility
 
@@ -48,6 +48,7 @@ class CrossAttentionBlock(nn.Module):
         return mlp_in + (torch.tanh(self.mlp_gate) * mlp_out if self.gated else mlp_out), weights
 
 
+@register_fusion("cross_attention")
 class CrossAttentionFusion(Fusion):
     cache_reads_text = False  # the cache holds the frames' keys and values; text is the query
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from policies.config import register_fusion
 from policies.fusion.history import HistoryMeanFusion
 
 
+@register_fusion("film")
 class FiLMFusion(HistoryMeanFusion):
     cache_reads_text = True  # every cached frame vector was modulated by the instruction
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from policies.config import register_fusion
 from policies.fusion.history import HistoryMeanFusion
 
 
+@register_fusion("late")
 class LateFusion(HistoryMeanFusion):
     modalities = 2  # features (B, T, 2, D): [text branch, vision branch]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from policies.config import register_fusion
 from policies.fusion.history import HistoryMeanFusion
 
 
+@register_fusion("concat")
 class ConcatFusion(HistoryMeanFusion):
     """z = ReLU(W [text; vision])."""
 
@@ -19,6 +21,7 @@ class ConcatFusion(HistoryMeanFusion):
         return torch.relu(self.proj(torch.cat([text[:, None].expand_as(vision), vision], dim=-1))), {}
 
 
+@register_fusion("add")
 class AddFusion(HistoryMeanFusion):
     """z = text + vision."""
 
@@ -26,6 +29,7 @@ class AddFusion(HistoryMeanFusion):
         return text[:, None] + vision, {}
 
 
+@register_fusion("mul")
 class MulFusion(HistoryMeanFusion):
     """z = text * vision (element-wise)."""
 
@@ -33,6 +37,7 @@ class MulFusion(HistoryMeanFusion):
         return text[:, None] * vision, {}
 
 
+@register_fusion("bilinear")
 class BilinearFusion(HistoryMeanFusion):
     """z_k = text^T W_k vision + b_k."""
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from policies.config import register_fusion
 from policies.fusion.history import HistoryMeanFusion
 
 
+@register_fusion("pooling")
 class PoolingFusion(HistoryMeanFusion):
     def __init__(self, config, tokens_per_frame: int) -> None:
         super().__init__(config, tokens_per_frame)

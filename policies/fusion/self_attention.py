@@ -14,7 +14,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from policies.config import FusionConfig
+from policies.config import FusionConfig, register_fusion
 from policies.fusion.attention import MLP, MultiHeadAttention
 from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
 
@@ -38,6 +38,7 @@ class SelfAttentionLayer(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+@register_fusion("self_attention")
 class SelfAttentionFusion(Fusion):
     def __init__(self, config: FusionConfig, tokens_per_frame: int) -> None:
         super().__init__(config, tokens_per_frame)

@@ -14,8 +14,7 @@ from agent import Agent
 from agent.evaluate import evaluate
 from agent.plan import Plan, PlanFollower
 from envs.experts import make_expert
-from policies import InstructionPolicy
-from policies.config import FUSION_TYPES
+from policies import FUSIONS, InstructionPolicy
 
 
 def tiny_agent(fusion_type: str, max_history: int = 512) -> Agent:
@@ -34,7 +33,7 @@ def frames(count: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
 
 
-@pytest.mark.parametrize("fusion_type", FUSION_TYPES)
+@pytest.mark.parametrize("fusion_type", sorted(FUSIONS))
 @pytest.mark.parametrize("max_history", [512, 3])
 def test_a_switch_acts_as_if_told_from_the_start(fusion_type: str, max_history: int) -> None:
     """Cross-attention only swaps the query; a fusion whose cache read the old text re-encodes
