@@ -1,26 +1,34 @@
 """The native trajectory dataset's format: its layout, its limits and the crash rules the
 reader (store.py) and the writer (writer.py) share.
 
-Layout of a dataset directory::
+Layout of a dataset directory (format version 2)::
 
-    metadata.json        format name + version, env id, image shape, action space
-    index.jsonl          one JSON line per committed episode (the commit log)
-    episodes/000000.npz  images_000, images_001, ... (blocks of frames), actions, rewards,
-                         terminated, truncated
+    metadata.json                  format name + version, env id, image shape, action space
+    index.jsonl                    one JSON line per committed episode (the commit log)
+    index.snapshot.npz             the index as columns, up to a point of index.jsonl (a cache)
+    episodes/000/000000.npz        images_0000, images_0001, ... (blocks of frames), actions,
+    episodes/000/000001.npz        rewards, terminated, truncated
+    ...
+    episodes/001/001000.npz        1,000 episodes a sub-folder (``episode_file``)
+
+Version 1 kept every episode file in episodes/ itself (``episodes/000000.npz``) and had no
+snapshot; it still reads, and ``instructcraft data upgrade`` converts it in place (upgrade.py).
 
 An episode of T steps holds T+1 images (the observation before each action, then the final
 one) and T actions, rewards and flags. Images are split into blocks of ``frames_per_block``
-frames, each a separately deflated member of the npz, so reading a chunk (episode, t0:t0+L)
+frames, each a separately deflated member of the npz, so reading a chunk (episode, t0:t1)
 inflates only the blocks it touches, and a block only up to the last frame asked for. Frames
 are lossless.
 
 Nothing read is taken on trust: metadata.json is bounded (image sides, action counts, block
-size) and every index field a reader uses has its type (``read_metadata``, ``read_index``).
+size) and every index field a reader uses has its type (``read_metadata``, ``index_entries``);
+an episode file named by the index lies inside episodes/ (itself or one sub-folder down).
 
 Appending is crash-safe: an episode file is written to a temporary name, fsynced and renamed
 (``atomic_write_bytes``), and only then is its line appended to the index and fsynced. A
 process killed at any point leaves every earlier episode readable; a torn last index line is
-ignored by readers and cut off by the next writer.
+ignored by readers and cut off by the next writer. The snapshot is only ever a cache of
+index.jsonl (index.py): missing, stale or unreadable, it is ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,21 +51,49 @@ from envs.errors import EnvsError
 FORMAT = "instructcraft.trajectories"
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what new datasets are written in
+
+
+READABLE_VERSIONS = (1, 2)
+
+
+# Episode files a sub-folder of episodes/ (version 2): a million episodes is a thousand folders of
+# a thousand files, not a million entries in one directory.
+EPISODES_PER_FOLDER = 1000
 
 
 DEFAULT_FRAMES_PER_BLOCK = 32
 
 
-# The names the store itself writes in episodes/: committed files and their temporaries.
+# The names the store itself writes in episodes/: committed files, their temporaries and (version
+# 2) the sub-folders that hold them.
 EPISODE_FILE = re.compile(r"\d{6,}\.npz")
 
 
 EPISODE_TEMPORARY = re.compile(r"\.\d{6,}\.npz\.tmp-\d+")
 
 
+EPISODE_FOLDER = re.compile(r"\d{3,}")
+
+
+SNAPSHOT = "index.snapshot.npz"
+
+
 # What a dataset folder holds besides episodes/ (a folder with anything else is not a dataset).
-STORE_FILES = re.compile(r"metadata\.json|index\.jsonl|\.lock|\.(metadata\.json|index\.jsonl)\.tmp-\d+")
+STORE_FILES = re.compile(
+    r"metadata\.json|index\.jsonl|index\.snapshot\.npz|\.lock"
+    r"|\.(metadata\.json|index\.jsonl|index\.snapshot\.npz)\.tmp-\d+"
+)
+
+
+def episode_file(number: int, version: int = FORMAT_VERSION) -> str:
+    """The path of episode ``number``'s file relative to the dataset folder, as the store writes
+    it: ``episodes/000123.npz`` in version 1, ``episodes/000/000123.npz`` in version 2. The one
+    place an episode's path is built."""
+    name = f"{number:06d}.npz"
+    if version == 1:
+        return f"episodes/{name}"
+    return f"episodes/{number // EPISODES_PER_FOLDER:03d}/{name}"
 
 
 # Bounds on what metadata.json may claim. Readers size their buffers from it (a batch of frames,
@@ -116,7 +153,7 @@ class Episode:
         return len(self.actions)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -138,7 +175,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _mount_point(path: Path) -> Path:
@@ -158,16 +195,18 @@ def disk_full_error(path: Path, error: OSError, intact: str) -> DatasetError | O
     )
 
 
-def _check_episode_file(root: Path, index_path: Path, number: int, name: Any) -> None:
-    """Refuse an index entry whose file is not a plain relative path inside episodes/."""
+def check_episode_file(root: Path, index_path: Path, number: int, name: Any) -> None:
+    """Refuse an index entry whose file is not a plain relative path inside episodes/: the file
+    itself (version 1) or one sub-folder down (version 2); never "..", "." or absolute."""
     parts = Path(name).parts if isinstance(name, str) else ()
     if (
         not isinstance(name, str)
         or os.path.isabs(name)
         or "\\" in name
-        or len(parts) != 2
+        or len(parts) not in (2, 3)
         or parts[0] != "episodes"
-        or parts[1] in ("..", ".")
+        or any(part in ("..", ".") for part in parts[1:])
+        or name != "/".join(parts)  # no "./", "//" or trailing "/" spellings of the same path
     ):
         raise DatasetError(
             f"{index_path} line {number}: episode file {name!r} is outside {root / 'episodes'}; "
@@ -222,7 +261,7 @@ def file_kind(mode: int) -> str:
 
 # Index fields a reader relies on: name -> (test, what the message says is expected).
 _ENTRY_FIELDS: dict[str, tuple[Any, str]] = {
-    "length": (lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0"),
+    "length": (lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number of steps >= 0"),
     "instruction": (lambda v: isinstance(v, str), "a string"),
     "task": (lambda v: isinstance(v, str), "a string"),
     "env_id": (lambda v: isinstance(v, str), "a string"),
@@ -250,35 +289,43 @@ def _check_entry(path: Path, number: int, entry: dict[str, Any]) -> None:
             raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
 
 
-def read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
-    """Committed index entries and the byte length of the valid prefix of index.jsonl."""
+def index_entries(root: Path, raw: bytes, *, line: int = 1, episode: int = 0) -> Iterator[dict[str, Any]]:
+    """Each committed entry of ``raw`` (index.jsonl, or its part after the first ``line - 1``
+    lines, which held ``episode`` entries), checked: episode numbers in order, the file inside
+    episodes/, every field a reader uses of its type. The committed part of ``raw`` ends at
+    ``committed_length(raw)``."""
     path = root / "index.jsonl"
-    raw = _read_regular(path, root)
-    entries: list[dict[str, Any]] = []
-    valid = 0
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        is_last = number == len(lines)
-        if is_last:
-            # Text after the final newline is a line torn by a killed writer: not committed.
-            break
-        if not line.strip():
-            valid += len(line) + 1
+    start, number = 0, line - 1
+    # Line by line without splitting: a split would hold a second copy of a large index at once.
+    while (end := raw.find(b"\n", start)) >= 0:  # text after the last newline is torn
+        text, start, number = raw[start:end], end + 1, number + 1
+        if not text.strip():
             continue
         try:
-            entry = json.loads(line)
+            entry = json.loads(text)
         except ValueError as error:  # bad JSON or bad UTF-8
             raise DatasetError(
                 f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
             ) from None
-        if not isinstance(entry, dict) or entry.get("episode") != len(entries):
+        if not isinstance(entry, dict) or entry.get("episode") != episode:
             got = entry.get("episode") if isinstance(entry, dict) else entry
-            raise DatasetError(f"{path} line {number}: expected episode {len(entries)}, got {got!r}")
-        _check_episode_file(root, path, number, entry.get("file"))
+            raise DatasetError(f"{path} line {number}: expected episode {episode}, got {got!r}")
+        check_episode_file(root, path, number, entry.get("file"))
         _check_entry(path, number, entry)
-        entries.append(entry)
-        valid += len(line) + 1
-    return entries, valid
+        episode += 1
+        yield entry
+
+
+def committed_length(raw: bytes) -> int:
+    """The bytes of index.jsonl that are committed: text after the final newline is a line torn
+    by a killed writer."""
+    return raw.rfind(b"\n") + 1
+
+
+def read_index(root: Path) -> tuple[list[dict[str, Any]], int]:
+    """Committed index entries and the byte length of the valid prefix of index.jsonl."""
+    raw = _read_regular(root / "index.jsonl", root)
+    return list(index_entries(root, raw)), committed_length(raw)
 
 
 def check_layout(path: Path, metadata: dict[str, Any]) -> None:
@@ -336,10 +383,11 @@ def read_metadata(root: Path) -> dict[str, Any]:
     if metadata.get("format") != FORMAT:
         raise DatasetError(f"{path}: format is {metadata.get('format')!r}, expected {FORMAT!r}")
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
+    if not _is_int(version) or version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
         raise DatasetError(
-            f"{path}: format_version {_shown(version)} is not supported "
-            f"(this instructcraft reads {FORMAT_VERSION})"
+            f"{path}: format_version {_shown(version)} is not supported (this instructcraft reads "
+            f"{readable}); a newer instructcraft wrote it: upgrade instructcraft to read it"
         )
     check_layout(path, metadata)
     return metadata
@@ -357,11 +405,16 @@ def refuse_foreign_folder(root: Path) -> None:
         if not (path.name == "episodes" and path.is_dir()) and not STORE_FILES.fullmatch(path.name)
     )
     if (root / "episodes").is_dir():
-        foreign += sorted(
-            f"episodes/{path.name}"
-            for path in (root / "episodes").iterdir()
-            if not EPISODE_TEMPORARY.fullmatch(path.name)
-        )
+        # A writer killed before its first commit leaves at most temporaries (and their folders).
+        for path in sorted((root / "episodes").iterdir()):
+            if EPISODE_FOLDER.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                foreign += [
+                    f"episodes/{path.name}/{inner.name}"
+                    for inner in sorted(path.iterdir())
+                    if not EPISODE_TEMPORARY.fullmatch(inner.name)
+                ]
+            elif not EPISODE_TEMPORARY.fullmatch(path.name):
+                foreign.append(f"episodes/{path.name}")
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise DatasetError(

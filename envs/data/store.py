@@ -28,6 +28,7 @@ import numpy as np
 from envs.data.format import (
     DEFAULT_FRAMES_PER_BLOCK,
     EPISODE_FILE,
+    EPISODE_FOLDER,
     EPISODE_TEMPORARY,
     FORMAT,
     FORMAT_VERSION,
@@ -36,10 +37,11 @@ from envs.data.format import (
     Episode,
     atomic_write_bytes,
     disk_full_error,
+    episode_file,
     file_kind,
-    read_index,
     read_metadata,
 )
+from envs.data.index import EpisodeTable, load_index
 from envs.data.writer import DatasetWriter
 from envs.spaces import action_space_spec  # callers import it from the store too
 
@@ -51,10 +53,12 @@ __all__ = [
     "DatasetError",
     "DatasetWriter",
     "Episode",
+    "EpisodeTable",
     "Problem",
     "action_space_spec",
     "atomic_write_bytes",
     "disk_full_error",
+    "episode_file",
 ]
 
 
@@ -104,7 +108,9 @@ def _read_into(stream: IO[bytes], buffer: memoryview) -> None:
 class Dataset:
     """Reads a dataset directory: episode metadata, whole episodes, or chunks (episode, t0:t1).
 
-    Only the committed episodes (those in index.jsonl) are visible.
+    Only the committed episodes (those in index.jsonl) are visible. ``episodes[n]`` is episode
+    n's index entry (a dict); ``episodes`` holds them as columns (``EpisodeTable``), so a million
+    entries open in a moment and take little memory.
     """
 
     def __init__(self, root: str | os.PathLike[str], max_open_files: int = 64) -> None:
@@ -114,7 +120,7 @@ class Dataset:
                 f"{self.root} is not a directory: pass a dataset written by `instructcraft collect`"
             )
         self.metadata = read_metadata(self.root)
-        self.episodes, _ = read_index(self.root)
+        self.episodes: EpisodeTable = load_index(self.root, self.metadata["format_version"]).table
         self.frames_per_block = int(self.metadata["frames_per_block"])
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._max_open = max_open_files
@@ -130,13 +136,24 @@ class Dataset:
 
     @property
     def num_steps(self) -> int:
-        return sum(entry["length"] for entry in self.episodes)
+        return int(self.episodes.lengths.sum())
+
+    def _length(self, episode: int) -> int:
+        return int(self.episodes.lengths[episode])
+
+    def file(self, episode: int) -> Path:
+        """Episode ``episode``'s file as the index names it (inside episodes/: the index is
+        checked when read); links in its way are not looked at here (``_path`` does)."""
+        return self.root / self.episodes.file(episode)
 
     def _path(self, episode: int) -> Path:
-        path = self.root / self.episodes[episode]["file"]
-        if path.is_symlink() or path.parent.is_symlink():
+        path = self.file(episode)
+        episodes = self.root / "episodes"
+        if any(
+            link.is_symlink() for link in (path, *path.parents[: len(path.relative_to(episodes).parts) - 1])
+        ):
             # A link may point anywhere: follow it only while it stays inside episodes/.
-            inside = (self.root / "episodes").resolve()
+            inside = episodes.resolve()
             if not path.resolve().is_relative_to(inside):
                 raise DatasetError(
                     f"{path} (episode {episode}) is a link to {path.resolve()}, outside {inside}; "
@@ -186,7 +203,7 @@ class Dataset:
 
     def _expected(self, episode: int, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """The shape and dtype the index and metadata.json promise for a member."""
-        steps = self.episodes[episode]["length"]
+        steps = self._length(episode)
         if name.startswith("images_"):
             first = int(name[len("images_") :]) * self.frames_per_block
             frames = min(self.frames_per_block, steps + 1 - first)
@@ -258,7 +275,7 @@ class Dataset:
 
     def images(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """uint8 (stop - start, H, W, 3); indices run over the T+1 images of the episode."""
-        count = self.episodes[episode]["length"] + 1
+        count = self._length(episode) + 1
         stop = count if stop is None else min(stop, count)
         if not 0 <= start <= stop:
             raise IndexError(f"image range {start}:{stop} invalid for episode {episode} with {count} images")
@@ -285,7 +302,7 @@ class Dataset:
         ``stop - start`` steps instead, zero-filled past the end, plus ``mask`` bool
         (stop - start,), True = a recorded step. ``start`` must be a step of the episode.
         """
-        length = self.episodes[episode]["length"]
+        length = self._length(episode)
         if not 0 <= start < min(stop, length):
             raise IndexError(
                 f"step range {start}:{stop} invalid for episode {episode} of length {length}: "
@@ -332,18 +349,26 @@ class Dataset:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         return list(range(rank, len(self), world_size))
 
+    def _recorded_bytes(self, episode: int) -> int | None:
+        """The size the index records for an episode's file (None: it records none)."""
+        size = int(self.episodes.columns["bytes"][episode])
+        if size < 0 and episode in self.episodes.rest:
+            return self.episodes.rest[episode].get("bytes")
+        return None if size < 0 else size
+
     def unreadable(self) -> dict[str, list[int]]:
         """A quick look, without reading the frames, at which episodes cannot be read:
         ``missing`` (no file) and ``corrupt`` (not a regular file, a size other than recorded, or
         not an npz archive). ``check`` verifies every byte."""
         missing, corrupt = [], []
-        for number, entry in enumerate(self.episodes):
+        for number in range(len(self.episodes)):
             try:
                 path = self._path(number)
                 status = os.stat(path)
+                size = self._recorded_bytes(number)
                 if (
                     not stat.S_ISREG(status.st_mode)  # checked first: a FIFO is never opened
-                    or ("bytes" in entry and status.st_size != entry["bytes"])
+                    or (size is not None and status.st_size != size)
                     or not zipfile.is_zipfile(path)
                 ):
                     corrupt.append(number)
@@ -356,19 +381,27 @@ class Dataset:
     def summary(self) -> dict[str, Any]:
         """Per-task episode counts, success rates and lengths, and the episodes whose files are
         missing or corrupt (``unreadable``; counted in the totals, as the index lists them)."""
+        columns = self.episodes.columns
+        task_codes, lengths = columns["task_code"], self.episodes.lengths
+        # success column: 0 no key (counted as a failure), 1 null (unknown), 2 false, 3 true
+        outcome = columns["success"]
+        count = len(self.episodes.strings["task"])
+        per_task = {
+            "episodes": np.bincount(task_codes, minlength=count),
+            "successes": np.bincount(task_codes, outcome == 3, minlength=count),
+            "unknown": np.bincount(task_codes, outcome == 1, minlength=count),
+            "steps": np.bincount(task_codes, lengths, minlength=count),
+        }
         tasks: dict[str, dict[str, Any]] = {}
-        for entry in self.episodes:
-            row = tasks.setdefault(entry["task"], {"episodes": 0, "successes": 0, "unknown": 0, "steps": 0})
-            row["episodes"] += 1
-            outcome = entry.get("success", False)
-            row["unknown"] += int(outcome is None)
-            row["successes"] += int(outcome is True)
-            row["steps"] += entry["length"]
-        for row in tasks.values():
+        for code in dict.fromkeys(task_codes.tolist()):  # in order of first appearance
+            row = {key: int(values[code]) for key, values in per_task.items()}
             known = row["episodes"] - row["unknown"]
             # Over the episodes whose outcome is known; None when none is.
             row["success_rate"] = row["successes"] / known if known else None
             row["mean_length"] = row["steps"] / row["episodes"]
+            tasks[self.episodes.strings["task"][code]] = row
+        sizes = columns["bytes"]  # -1: none recorded; sizes past int64 are kept with the entry
+        beyond = sum(other.get("bytes", 0) for other in self.episodes.rest.values())
         return {
             "path": str(self.root),
             "format_version": self.metadata["format_version"],
@@ -377,8 +410,8 @@ class Dataset:
             "action_space": self.metadata["action_space"],
             "episodes": len(self),
             "steps": self.num_steps,
-            "bytes": sum(entry.get("bytes", 0) for entry in self.episodes),
-            "instructions": len({entry["instruction"] for entry in self.episodes}),
+            "bytes": int(sizes[sizes > 0].sum()) + beyond,
+            "instructions": len(np.unique(columns["instruction_code"])),
             "tasks": tasks,
             "unreadable": self.unreadable(),
         }
@@ -436,28 +469,43 @@ class Dataset:
                 "every reward must be finite"
             )
 
+    def _store_files(self) -> tuple[list[Path], list[Path]]:
+        """The files in episodes/ (itself and its sub-folders) named as the store names its own,
+        and everything else there."""
+        episodes = self.root / "episodes"
+        ours: list[Path] = []
+        others: list[Path] = []
+        if not episodes.is_dir():
+            return ours, others
+        for path in sorted(episodes.iterdir()):
+            if EPISODE_FOLDER.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                for inner in sorted(path.iterdir()):
+                    named = EPISODE_FILE.fullmatch(inner.name) or EPISODE_TEMPORARY.fullmatch(inner.name)
+                    (ours if named else others).append(inner)
+            elif EPISODE_FILE.fullmatch(path.name) or EPISODE_TEMPORARY.fullmatch(path.name):
+                ours.append(path)
+            else:
+                others.append(path)
+        return ours, others
+
     def orphans(self) -> list[Path]:
         """Files the store wrote that no committed episode refers to: left by an interrupted
-        write, so safe to delete. Files it did not write are ``foreign``, never orphans."""
-        known = {entry["file"] for entry in self.episodes}
-        if not (self.root / "episodes").is_dir():
-            return []
-        return [
-            path
-            for path in sorted((self.root / "episodes").iterdir())
-            if f"episodes/{path.name}" not in known
-            and (EPISODE_FILE.fullmatch(path.name) or EPISODE_TEMPORARY.fullmatch(path.name))
-        ]
+        write or upgrade, so safe to delete. Files it did not write are ``foreign``, never
+        orphans."""
+        named = {other["file"] for other in self.episodes.rest.values() if "file" in other}
+
+        def known(path: Path) -> bool:
+            relative = path.relative_to(self.root).as_posix()
+            if relative in named or not EPISODE_FILE.fullmatch(path.name):
+                return relative in named
+            number = int(path.name.removesuffix(".npz"))
+            return number < len(self.episodes) and self.episodes.file(number) == relative
+
+        return [path for path in self._store_files()[0] if not known(path)]
 
     def foreign(self) -> list[Path]:
         """Files in episodes/ that the store did not write (left alone by every command)."""
-        if not (self.root / "episodes").is_dir():
-            return []
-        return [
-            path
-            for path in sorted((self.root / "episodes").iterdir())
-            if not (EPISODE_FILE.fullmatch(path.name) or EPISODE_TEMPORARY.fullmatch(path.name))
-        ]
+        return self._store_files()[1]
 
     def close(self) -> None:
         for handle in self._open.values():

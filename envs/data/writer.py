@@ -26,10 +26,12 @@ from envs.data.format import (
     atomic_write_bytes,
     check_layout,
     disk_full_error,
-    read_index,
+    episode_file,
+    fsync_dir,
     read_metadata,
     refuse_foreign_folder,
 )
+from envs.data.index import EpisodeTable, IndexState, load_index
 from envs.spaces import action_space_spec
 
 
@@ -56,6 +58,10 @@ def hold_interrupts() -> Iterator[None]:
 
 class DatasetWriter:
     """Appends episodes to a dataset directory (created if missing). One writer at a time.
+
+    A new dataset is written in the current format version; an existing one is appended to in
+    its own (a version-1 dataset keeps its layout until ``instructcraft data upgrade``). Closing
+    saves the index snapshot of a version-2 dataset.
 
     Args:
         root: dataset directory.
@@ -105,12 +111,11 @@ class DatasetWriter:
                         f"{metadata_path}: cannot append, {key} is {self.metadata[key]} but the new "
                         f"episodes have {value}; write to a new dataset directory"
                     )
-            entries, valid = read_index(self.root)
+            self._index_state = load_index(self.root, self.metadata["format_version"])
             index_path = self.root / "index.jsonl"
-            if valid != index_path.stat().st_size:
+            if self._index_state.committed_bytes != index_path.stat().st_size:
                 with open(index_path, "r+b") as handle:
-                    handle.truncate(valid)
-            self._count = len(entries)
+                    handle.truncate(self._index_state.committed_bytes)
         else:
             self.metadata = {
                 "format": FORMAT,
@@ -124,21 +129,22 @@ class DatasetWriter:
             }
             atomic_write_bytes(metadata_path, json.dumps(self.metadata, indent=2).encode())
             atomic_write_bytes(self.root / "index.jsonl", b"")
-            self._count = 0
+            self._index_state = IndexState(EpisodeTable.from_entries(FORMAT_VERSION, []), 0, 0, 0)
+        self.version = int(self.metadata["format_version"])
         self.frames_per_block = int(self.metadata["frames_per_block"])
         # Unbuffered: a failed append can be cut back to the committed prefix.
         self._index = open(self.root / "index.jsonl", "ab", buffering=0)  # noqa: SIM115
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._index_state)
 
     def add(self, episode: Episode) -> int:
         """Commit one episode; returns its index."""
         shape = list(episode.images.shape[1:])
         if shape != self.metadata["image_shape"]:
             raise DatasetError(f"expected images {self.metadata['image_shape']}, got {shape}")
-        number = self._count
-        relative = f"episodes/{number:06d}.npz"
+        number = len(self._index_state)
+        relative = episode_file(number, self.version)
         arrays: dict[str, np.ndarray] = {
             "actions": np.asarray(episode.actions, np.int64),
             "rewards": np.asarray(episode.rewards, np.float32),
@@ -154,6 +160,10 @@ class DatasetWriter:
         intact = f"the {number} earlier episodes in {self.root} are intact"
         with hold_interrupts():  # a Ctrl-C lands after the commit, never inside it
             try:
+                folder = (self.root / relative).parent
+                if not folder.is_dir():  # a new sub-folder: its own entry made durable too
+                    folder.mkdir()
+                    fsync_dir(folder.parent)
                 atomic_write_bytes(self.root / relative, data)
             except OSError as error:
                 raise disk_full_error(self.root / relative, error, intact) from None
@@ -174,8 +184,9 @@ class DatasetWriter:
             }
             fd = self._index.fileno()
             committed = os.fstat(fd).st_size
+            encoded = (json.dumps(entry) + "\n").encode()
             try:
-                line = memoryview((json.dumps(entry) + "\n").encode())
+                line = memoryview(encoded)
                 while line:
                     line = line[self._index.write(line) :]
                 os.fsync(fd)
@@ -186,12 +197,17 @@ class DatasetWriter:
                 with contextlib.suppress(OSError):
                     (self.root / relative).unlink()
                 raise disk_full_error(self.root / "index.jsonl", error, intact) from None
-            self._count += 1
+            self._index_state.append(entry, encoded)
         return number
 
     def close(self) -> None:
         if getattr(self, "_index", None) is not None and not self._index.closed:
             self._index.close()
+            if self.version >= 2 and not self._index_state.snapshot_is_current:
+                # Only a cache of the index: a snapshot that cannot be written (a full disk)
+                # leaves the old one, which covers a prefix, or none; both are read correctly.
+                with contextlib.suppress(OSError), hold_interrupts():
+                    self._index_state.save_snapshot(self.root)
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

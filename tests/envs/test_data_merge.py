@@ -18,7 +18,7 @@ from helpers import run_cli
 import envs
 from envs.data.collect import collect
 from envs.data.merge import merge_datasets
-from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode, episode_file
 from train.cli import main
 
 SPACE = {"type": "Discrete", "n": 7}
@@ -276,7 +276,7 @@ def test_a_folder_that_is_not_a_dataset_is_refused(tmp_path: Path) -> None:
 def test_a_corrupt_input_episode_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     a = write_fake(tmp_path / "a", [1])
     b = write_fake(tmp_path / "b", [2, 3])
-    episode = b / "episodes" / "000001.npz"
+    episode = b / episode_file(1)
     data = bytearray(episode.read_bytes())
     data[len(data) // 2] ^= 0xFF
     episode.write_bytes(bytes(data))
@@ -289,14 +289,14 @@ def test_a_tampered_index_or_an_outside_link_is_refused(tmp_path: Path) -> None:
     a = write_fake(tmp_path / "a", [1])
     b = write_fake(tmp_path / "b", [2])
     entries = [json.loads(line) for line in (b / "index.jsonl").read_text().splitlines()]
-    entries[0]["file"] = "../a/episodes/000000.npz"
+    entries[0]["file"] = f"../a/{episode_file(0)}"
     (b / "index.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     with pytest.raises(DatasetError, match=r"is outside .*refusing to read it"):
         merge_datasets([a, b], tmp_path / "out")
     linked = write_fake(tmp_path / "linked", [3])
     outside = tmp_path / "elsewhere.npz"
-    (linked / "episodes" / "000000.npz").rename(outside)
-    (linked / "episodes" / "000000.npz").symlink_to(outside)
+    (linked / episode_file(0)).rename(outside)
+    (linked / episode_file(0)).symlink_to(outside)
     with pytest.raises(DatasetError, match=r"is a link to .*outside .*refusing to read it"):
         merge_datasets([a, linked], tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -314,7 +314,7 @@ def interrupt_during_add(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     calls = []
 
     def write_interrupted(path: Path, data: bytes) -> None:
-        if Path(path).parent.name == "episodes":
+        if "episodes" in Path(path).parts:
             calls.append(1)
             if len(calls) == call:
                 os.kill(os.getpid(), signal.SIGINT)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode, episode_file
 
 SPACE = {"type": "Discrete", "n": 17}
 
@@ -160,7 +160,7 @@ def test_torn_index_line_is_ignored_then_cut(tmp_path: Path) -> None:
 def test_corrupt_episode_file_names_file_and_episode(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     write(tmp_path / "d", [fake_episode(rng, 30) for _ in range(3)])
-    path = tmp_path / "d" / "episodes" / "000001.npz"
+    path = tmp_path / "d" / episode_file(1)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     dataset = Dataset(tmp_path / "d")

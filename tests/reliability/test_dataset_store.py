@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from envs.data.store import Dataset, DatasetError
+from envs.data.store import Dataset, DatasetError, episode_file
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def point_episode_at(root: Path, episode: int, file: str) -> None:
 def test_index_entries_outside_episodes_are_refused(kind: str, demos: Path, tmp_path: Path) -> None:
     # A file elsewhere with the same bytes (and so a matching sha256) as episode 1.
     outside = tmp_path / "x.npz"
-    shutil.copy(demos / "episodes" / "000001.npz", outside)
+    shutil.copy(demos / episode_file(1), outside)
     file = {"dotdot": "../x.npz", "absolute": str(outside), "nested": "episodes/../../x.npz"}[kind]
     point_episode_at(demos, 1, file)
     with pytest.raises(DatasetError, match=r"index.jsonl line 2: episode file .* is outside"):
@@ -44,7 +44,7 @@ def test_index_entries_outside_episodes_are_refused(kind: str, demos: Path, tmp_
 
 def test_a_symlink_out_of_episodes_is_refused(demos: Path, tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere.npz"
-    target = demos / "episodes" / "000001.npz"
+    target = demos / episode_file(1)
     shutil.move(target, outside)
     os.symlink(outside, target)
     dataset = Dataset(demos)
@@ -55,8 +55,8 @@ def test_a_symlink_out_of_episodes_is_refused(demos: Path, tmp_path: Path) -> No
 
 
 def test_data_info_names_missing_and_corrupt_episodes(demos: Path) -> None:
-    (demos / "episodes" / "000000.npz").unlink()
-    corrupt = demos / "episodes" / "000002.npz"
+    (demos / episode_file(0)).unlink()
+    corrupt = demos / episode_file(2)
     corrupt.write_bytes(corrupt.read_bytes()[:200])
     result = run_cli("data", "info", str(demos), check=False)
     assert result.returncode == 1
