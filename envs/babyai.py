@@ -16,6 +16,7 @@ import minigrid  # noqa: F401  (registers the BabyAI-* ids)
 import numpy as np
 from minigrid.core.actions import Actions
 
+from envs.errors import EnvSettingError, TaskError
 from envs.spaces import observation_space
 
 LEVELS: tuple[str, ...] = (
@@ -61,9 +62,9 @@ class BabyAIInstructEnv(gym.Env):
     ) -> None:
         env_id = f"BabyAI-{level}-v0"
         if env_id not in gym.registry:
-            raise ValueError(f"unknown BabyAI level {level!r}; try one of {list(LEVELS)}")
+            raise TaskError(f"unknown BabyAI level {level!r}; try one of {list(LEVELS)}")
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+            raise EnvSettingError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         kwargs = {} if max_steps is None else {"max_steps": max_steps}
         # The unwrapped level: minigrid's own wrappers (order checks, step limit) are not needed,
         # the level already truncates at max_steps.

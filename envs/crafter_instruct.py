@@ -17,6 +17,7 @@ from gymnasium import spaces
 
 from envs.crafter_determinism import DeterministicCrafterEnv
 from envs.crafter_tasks import TASKS, resolve_tasks
+from envs.errors import EnvSettingError, TaskError
 from envs.spaces import check_instruction, observation_space
 
 ACTION_NAMES: tuple[str, ...] = tuple(crafter.constants.actions)
@@ -65,22 +66,22 @@ class CrafterInstructEnv(gym.Env):
         open_ended: bool = False,
     ) -> None:
         if reward_mode not in ("task", "crafter"):
-            raise ValueError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
+            raise EnvSettingError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
         # bool is an int subclass and a float limit would silently round: both are refused.
         if step_limit is not None and (
             isinstance(step_limit, bool) or not isinstance(step_limit, (int, np.integer)) or step_limit < 1
         ):
-            raise ValueError(f"step_limit must be a positive integer, got {step_limit!r}")
+            raise EnvSettingError(f"step_limit must be a positive integer, got {step_limit!r}")
         if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+            raise EnvSettingError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         if open_ended and task is not None:
-            raise ValueError("open_ended=True plays the whole game: leave task=None")
+            raise TaskError("open_ended=True plays the whole game: leave task=None")
         self.open_ended = open_ended
         self.tasks = resolve_tasks(task)
         if phrasing is not None:
             for name in self.tasks:
                 if not 0 <= phrasing < len(TASKS[name].phrasings):
-                    raise ValueError(
+                    raise TaskError(
                         f"phrasing {phrasing} out of range for task {name!r} "
                         f"({len(TASKS[name].phrasings)} phrasings)"
                     )
@@ -138,7 +139,7 @@ class CrafterInstructEnv(gym.Env):
         if task is None:
             task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
         elif task not in TASKS:
-            raise ValueError(f"unknown Crafter-Instruct task {task!r}; known tasks: {sorted(TASKS)}")
+            raise TaskError(f"unknown Crafter-Instruct task {task!r}; known tasks: {sorted(TASKS)}")
         self.task = task
         spec = TASKS[task]
         self._achievement = spec.achievement

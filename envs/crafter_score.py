@@ -19,6 +19,8 @@ from typing import Any
 
 import crafter
 
+from envs.errors import EnvSettingError, FileFormatError
+
 ACHIEVEMENTS: tuple[str, ...] = tuple(crafter.constants.achievements)
 STATS_FILE = "stats.jsonl"
 
@@ -27,7 +29,7 @@ def stats_record(length: int, reward: float, achievements: Mapping[str, int]) ->
     """One episode as crafter's ``Recorder`` writes it (every achievement present, 0 if absent)."""
     unknown = sorted(set(achievements) - set(ACHIEVEMENTS))
     if unknown:
-        raise ValueError(f"unknown crafter achievement(s) {unknown}; known: {', '.join(ACHIEVEMENTS)}")
+        raise EnvSettingError(f"unknown crafter achievement(s) {unknown}; known: {', '.join(ACHIEVEMENTS)}")
     record: dict[str, Any] = {"length": int(length), "reward": round(float(reward), 1)}
     for name in ACHIEVEMENTS:
         record[f"achievement_{name}"] = int(achievements.get(name, 0))
@@ -47,7 +49,7 @@ def success_rates(episodes: Sequence[Mapping[str, int]]) -> dict[str, float]:
     """Percentage of ``episodes`` (achievement -> count at episode end) that unlocked each
     achievement at least once."""
     if not episodes:
-        raise ValueError("no episodes: success rates need at least one")
+        raise EnvSettingError("no episodes: success rates need at least one")
     return {
         name: 100.0 * sum(episode.get(name, 0) >= 1 for episode in episodes) / len(episodes)
         for name in ACHIEVEMENTS
@@ -59,9 +61,9 @@ def crafter_score(rates: Mapping[str, float] | Iterable[float]) -> float:
     ``success_rates`` gives them all; a subset scores that subset)."""
     values = list(rates.values()) if isinstance(rates, Mapping) else list(rates)
     if not values:
-        raise ValueError("the crafter score needs at least one achievement's success rate")
+        raise EnvSettingError("the crafter score needs at least one achievement's success rate")
     if any(not 0.0 <= value <= 100.0 for value in values):
-        raise ValueError(f"success rates are percentages in [0, 100], got {values}")
+        raise EnvSettingError(f"success rates are percentages in [0, 100], got {values}")
     return math.exp(sum(math.log1p(value) for value in values) / len(values)) - 1.0
 
 
@@ -83,15 +85,21 @@ def write_stats(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
 def read_stats(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of a ``stats.jsonl`` (ours or crafter's), checked line by line."""
     path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise FileFormatError(f"cannot read {path}: {error}") from None
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not JSON: {error}") from None
+            raise FileFormatError(f"{path} line {number} is not JSON: {error}") from None
         if not isinstance(record, dict) or "length" not in record:
-            raise ValueError(f"{path} line {number}: expected an object with length, reward, achievement_*")
+            raise FileFormatError(
+                f"{path} line {number}: expected an object with length, reward, achievement_*"
+            )
         records.append(record)
     return records

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from envs.errors import TaskError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -186,10 +188,10 @@ def resolve_tasks(task: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
         return DEFAULT_TASKS
     names = (task,) if isinstance(task, str) else tuple(task)
     if not names:
-        raise ValueError("task list is empty: pass a task name, a list of names, or None for all")
+        raise TaskError("task list is empty: pass a task name, a list of names, or None for all")
     unknown = [name for name in names if name not in TASKS]
     if unknown:
-        raise ValueError(f"unknown Crafter-Instruct task(s) {unknown}; known tasks: {sorted(TASKS)}")
+        raise TaskError(f"unknown Crafter-Instruct task(s) {unknown}; known tasks: {sorted(TASKS)}")
     return names
 
 

@@ -11,6 +11,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector.utils import read_from_shared_memory
 
+from envs.errors import EnvSettingError, InstructionError
+
 INSTRUCTION_MAX_LENGTH = 256
 INSTRUCTION_CHARSET = string.printable
 
@@ -106,12 +108,12 @@ def check_instruction(instruction: str) -> str:
     if not isinstance(instruction, str):
         raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
     if len(instruction) > INSTRUCTION_MAX_LENGTH:
-        raise ValueError(
+        raise InstructionError(
             f"instruction has {len(instruction)} characters, the limit is {INSTRUCTION_MAX_LENGTH}: shorten it"
         )
     bad = sorted({c for c in instruction if c not in INSTRUCTION_CHARSET})
     if bad:
-        raise ValueError(f"instruction contains non-printable characters {bad!r}: use printable ASCII")
+        raise InstructionError(f"instruction contains non-printable characters {bad!r}: use printable ASCII")
     return instruction
 
 
@@ -124,7 +126,7 @@ def action_space_spec(space: Any) -> dict[str, Any]:
         return {"type": "Discrete", "n": int(space.n)}
     if kind == "MultiDiscrete":
         return {"type": "MultiDiscrete", "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
-    raise ValueError(f"only Discrete or MultiDiscrete action spaces have a spec, got {kind}")
+    raise EnvSettingError(f"only Discrete or MultiDiscrete action spaces have a spec, got {kind}")
 
 
 def action_space_from_spec(spec: dict[str, Any]) -> spaces.Discrete | spaces.MultiDiscrete:
@@ -133,4 +135,4 @@ def action_space_from_spec(spec: dict[str, Any]) -> spaces.Discrete | spaces.Mul
         return spaces.Discrete(int(spec["n"]))
     if spec.get("type") == "MultiDiscrete":
         return spaces.MultiDiscrete(np.asarray(spec["nvec"], np.int64))
-    raise ValueError(f"an action space spec is Discrete or MultiDiscrete, got {spec}")
+    raise EnvSettingError(f"an action space spec is Discrete or MultiDiscrete, got {spec}")

@@ -10,6 +10,8 @@ from typing import IO
 
 import numpy as np
 
+from envs.errors import EnvSettingError
+
 FORMATS = ("mp4", "gif")
 
 
@@ -40,11 +42,11 @@ def write_video(
     named = isinstance(target, (str, os.PathLike))
     kind = format or (Path(target).suffix.lstrip(".").lower() if named else "")
     if kind not in FORMATS or (kind == "mp4" and not named):
-        raise ValueError(
+        raise EnvSettingError(
             f"video format must be one of {FORMATS} (mp4 to a path), got {kind!r} for {target!r}"
         )
     if lossless and kind != "mp4":
-        raise ValueError("only mp4 videos can be lossless")
+        raise EnvSettingError("only mp4 videos can be lossless")
     import imageio.v2 as imageio
 
     if named:

@@ -16,6 +16,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.errors import EnvSettingError, InstructionError
+
 Tokenizer = Callable[[str], Any]
 
 # Characters of an instruction an error message quotes: enough to recognise it, while a
@@ -64,7 +66,7 @@ def _vocab_size(tokenizer: Tokenizer, vocab_size: int | None) -> int:
         if hasattr(tokenizer, attr):
             value = len(tokenizer) if attr == "__len__" else tokenizer.vocab_size
             return int(value)
-    raise ValueError("cannot tell the tokenizer's vocabulary size: pass vocab_size=")
+    raise EnvSettingError("cannot tell the tokenizer's vocabulary size: pass vocab_size=")
 
 
 class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -97,10 +99,12 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         )
         gym.ObservationWrapper.__init__(self, env)
         if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+            raise EnvSettingError(f"max_tokens must be >= 1, got {max_tokens}")
         space = env.observation_space
         if not isinstance(space, spaces.Dict) or "instruction" not in space.spaces:
-            raise ValueError(f"TokenizeInstruction needs a Dict observation with 'instruction', got {space}")
+            raise EnvSettingError(
+                f"TokenizeInstruction needs a Dict observation with 'instruction', got {space}"
+            )
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
         self.max_tokens = max_tokens
         self.vocab_size = _vocab_size(self.tokenizer, vocab_size)
@@ -124,7 +128,7 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         ids = _token_ids(self.tokenizer, text)
         if len(ids) > self.max_tokens:
             if not self.truncate:
-                raise ValueError(
+                raise InstructionError(
                     f"instruction {quote_instruction(text)} has {len(ids)} tokens, more than "
                     f"max_tokens={self.max_tokens}: "
                     "raise max_tokens or pass truncate=True"
@@ -132,7 +136,7 @@ class TokenizeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArg
             ids = ids[: self.max_tokens]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(
+            raise EnvSettingError(
                 f"token ids {bad[:10]} outside the vocabulary [0, {self.vocab_size}) for "
                 f"{quote_instruction(text)}"
             )
@@ -191,7 +195,7 @@ class MiniLMSentenceEncoder:
 
             path = str(get_model_path())
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"sentence encoder folder {path!r} does not exist")
+            raise EnvSettingError(f"sentence encoder folder {path!r} does not exist")
         self.path = path
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
@@ -231,10 +235,12 @@ class EmbedInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         )
         gym.ObservationWrapper.__init__(self, env)
         if cache_size < 1:
-            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+            raise EnvSettingError(f"cache_size must be >= 1, got {cache_size}")
         space = env.observation_space
         if not isinstance(space, spaces.Dict) or "instruction" not in space.spaces:
-            raise ValueError(f"EmbedInstruction needs a Dict observation with 'instruction', got {space}")
+            raise EnvSettingError(
+                f"EmbedInstruction needs a Dict observation with 'instruction', got {space}"
+            )
         self.encoder = encoder if encoder is not None else MiniLMSentenceEncoder()
         self.embedding_dim = int(self.encoder.embedding_dim)
         bound = getattr(self.encoder, "bound", None)
@@ -255,12 +261,12 @@ class EmbedInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             return cached
         vector = np.asarray(self.encoder(text), dtype=np.float32)
         if vector.shape != (self.embedding_dim,):
-            raise ValueError(
+            raise EnvSettingError(
                 f"expected an embedding of shape ({self.embedding_dim},) for "
                 f"{quote_instruction(text)}, got {vector.shape}"
             )
         if not np.isfinite(vector).all():
-            raise ValueError(f"the encoder gave non-finite values for {quote_instruction(text)}")
+            raise EnvSettingError(f"the encoder gave non-finite values for {quote_instruction(text)}")
         self._cache[text] = vector
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -291,10 +297,10 @@ class FrameHistory(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )
         gym.Wrapper.__init__(self, env)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise EnvSettingError(f"k must be >= 1, got {k}")
         space = env.observation_space
         if not isinstance(space, spaces.Dict) or "image" not in space.spaces:
-            raise ValueError(f"FrameHistory needs a Dict observation with 'image', got {space}")
+            raise EnvSettingError(f"FrameHistory needs a Dict observation with 'image', got {space}")
         image = space.spaces["image"]
         self.k = k
         self.stack_channels = stack_channels
@@ -351,13 +357,13 @@ def instruction_wrapper(
     """The instruction as fixed-size numbers: ``"ids"`` (``TokenizeInstruction``: token ids +
     mask) or ``"embedding"`` (``EmbedInstruction``: a frozen sentence encoder's vector)."""
     if instruction not in INSTRUCTION_MODES:
-        raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
+        raise EnvSettingError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
     if instruction == "ids":
         if encoder is not None:
-            raise ValueError("encoder= is for instruction='embedding'; the 'ids' mode takes tokenizer=")
+            raise EnvSettingError("encoder= is for instruction='embedding'; the 'ids' mode takes tokenizer=")
         return TokenizeInstruction(env, tokenizer, max_tokens)
     if tokenizer is not None:
-        raise ValueError("tokenizer= is for instruction='ids'; the 'embedding' mode takes encoder=")
+        raise EnvSettingError("tokenizer= is for instruction='ids'; the 'embedding' mode takes encoder=")
     return EmbedInstruction(env, encoder)
 
 
@@ -409,7 +415,9 @@ def make_vector_env(
     text = has_text(probe.observation_space)
     probe.close()
     if text and kwargs.get("shared_memory"):
-        raise ValueError("shared_memory=True garbles Text observations: wrap with TokenizeInstruction first")
+        raise EnvSettingError(
+            "shared_memory=True garbles Text observations: wrap with TokenizeInstruction first"
+        )
     kwargs.setdefault("shared_memory", not text)
     return gym.vector.AsyncVectorEnv(env_fns, **kwargs)
 
@@ -424,7 +432,7 @@ def make_sb3_env(
     SubprocVecEnv workers (each worker then loads its own encoder).
     """
     if instruction not in INSTRUCTION_MODES:  # before making the env: a typo costs no env
-        raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
+        raise EnvSettingError(f"instruction must be one of {INSTRUCTION_MODES}, got {instruction!r}")
     return wrap_for_sb3(gym.make(env_id, **env_kwargs), max_tokens=max_tokens, k=k, instruction=instruction)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from envs.errors import EnvSettingError
 from envs.experts.babyai_expert import BabyAIExpert
 from envs.experts.base import Expert
 from envs.experts.crafter_expert import CrafterExpert
@@ -16,7 +17,7 @@ EXPERTS: dict[str, type[Expert]] = {
 
 def make_expert(name: str, seed: int = 0) -> Expert:
     if name not in EXPERTS:
-        raise ValueError(f"unknown expert {name!r}; known experts: {sorted(EXPERTS)}")
+        raise EnvSettingError(f"unknown expert {name!r}; known experts: {sorted(EXPERTS)}")
     return EXPERTS[name](seed=seed)
 
 
@@ -26,7 +27,9 @@ def default_expert_for(env_id: str) -> str:
 
     expert = env_kind(env_id).expert
     if expert is None:
-        raise ValueError(f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}")
+        raise EnvSettingError(
+            f"no expert known for env {env_id!r}; pass --expert with one of {sorted(EXPERTS)}"
+        )
     return expert
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from minigrid.utils.baby_ai_bot import BabyAIBot, DisappearedBoxError
 
 from envs.babyai import BabyAIInstructEnv
+from envs.errors import WrongEnvError
 from envs.experts.base import Expert, ExpertCannotLabel
 
 
@@ -41,7 +42,7 @@ class BabyAIExpert(Expert):
     def reset(self, env: Any, obs: dict[str, Any], info: dict[str, Any]) -> None:
         base = env.unwrapped
         if not isinstance(base, BabyAIInstructEnv):
-            raise TypeError(f"BabyAIExpert needs an instructcraft BabyAI env, got {type(base).__name__}")
+            raise WrongEnvError(f"BabyAIExpert needs an instructcraft BabyAI env, got {type(base).__name__}")
         self._bot = BabyAIBot(base.unwrapped_level)
         self._last_action = None
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import gymnasium as gym
 
+from envs.errors import EnvsError
 
-class ExpertCannotLabel(RuntimeError):
+
+class ExpertCannotLabel(EnvsError, RuntimeError):
     """The expert has no action for the current state (the message says why). Recording ends the
     episode there, marks its last step truncated and keeps the reason in the episode's ``extra``;
     a run that records many episodes goes on with the next one."""

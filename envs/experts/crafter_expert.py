@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES, CrafterInstructEnv
+from envs.errors import TaskError, WrongEnvError
 from envs.experts.base import Expert
 from envs.experts.crafter_tech import TECH, TechTreePlanner
 
@@ -57,7 +58,7 @@ class CrafterExpert(TechTreePlanner, Expert):
     def reset(self, env: Any, obs: dict[str, Any], info: dict[str, Any]) -> None:
         base = env.unwrapped
         if not isinstance(base, CrafterInstructEnv):
-            raise TypeError(f"CrafterExpert needs a Crafter-Instruct env, got {type(base).__name__}")
+            raise WrongEnvError(f"CrafterExpert needs a Crafter-Instruct env, got {type(base).__name__}")
         self._env = base
 
     # -- world queries: the only reads of the world; a view-limited expert overrides them ---
@@ -136,7 +137,7 @@ class CrafterExpert(TechTreePlanner, Expert):
             return self._interact_free(PLACE_WHERE["stone"], ACTION["place_stone"], blocked_ok=True)
         if task in TECH:
             return self._act_tech(task)
-        raise ValueError(f"CrafterExpert has no plan for task {task!r}")
+        raise TaskError(f"CrafterExpert has no plan for task {task!r}")
 
     def _place_table(self, inventory: dict[str, int]) -> int:
         if inventory["wood"] < 2:

@@ -26,6 +26,7 @@ import crafter
 import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES
+from envs.errors import TaskError
 from envs.experts.crafter_routes import BLOCKED, DIRECTIONS, FREE, MINABLE, route
 
 ACTION = {name: index for index, name in enumerate(ACTION_NAMES)}
@@ -117,7 +118,7 @@ class TechTreePlanner:
             return self._attack("Zombie")
         if task == "defeat_skeleton":
             return self._attack("Skeleton")
-        raise ValueError(f"CrafterExpert has no plan for task {task!r}")
+        raise TaskError(f"CrafterExpert has no plan for task {task!r}")
 
     # -- survival ---------------------------------------------------------------------------
     def _survive(self, task: str, inventory: dict[str, int]) -> int | None:

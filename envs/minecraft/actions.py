@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from envs.errors import EnvsError
 from envs.spaces import action_space_spec
 
 # minerl v0.4 SIMPLE_KEYBOARD_ACTION, in minerl's order.
@@ -65,7 +66,7 @@ OBTAIN_ENUMS: tuple[tuple[str, tuple[str, ...]], ...] = (
 NAVIGATE_ENUMS: tuple[tuple[str, tuple[str, ...]], ...] = (("place", (NONE, "dirt")),)
 
 
-class ActionError(ValueError):
+class ActionError(EnvsError, ValueError):
     """An action that does not fit the layout; the message names the key and what is allowed."""
 
 

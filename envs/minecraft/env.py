@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.errors import MissingDependencyError, TaskError
 from envs.minecraft.actions import ActionLayout
 from envs.minecraft.tasks import MINERL_TASKS
 from envs.spaces import check_instruction, instruction_space
@@ -46,7 +47,7 @@ class MineRLInstructEnv(gym.Env):
         render_mode: str | None = "rgb_array",
     ) -> None:
         if task not in MINERL_TASKS:
-            raise ValueError(f"unknown MineRL task {task!r}; known: {sorted(MINERL_TASKS)}")
+            raise TaskError(f"unknown MineRL task {task!r}; known: {sorted(MINERL_TASKS)}")
         self.spec_task = MINERL_TASKS[task]
         self.instruction = check_instruction(instruction or self.spec_task.instruction)
         self.layout = ActionLayout(enums=self.spec_task.enums, camera_bins=camera_bins)
@@ -55,7 +56,7 @@ class MineRLInstructEnv(gym.Env):
                 import gym as old_gym  # MineRL 0.4 registers its envs with the old gym package
                 import minerl  # noqa: F401
             except ImportError as error:
-                raise ImportError(
+                raise MissingDependencyError(
                     f"MineRL is not installed ({error}); see docs/minecraft.md, 'Installing MineRL' (Java 8 and "
                     "network access during its build) or pass env= an existing MineRL env"
                 ) from None

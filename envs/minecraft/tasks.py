@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from envs.errors import TaskError
 from envs.minecraft.actions import NAVIGATE_ENUMS, OBTAIN_ENUMS
 
 OBTAIN_INVENTORY: tuple[str, ...] = (
@@ -67,5 +68,5 @@ BY_ENV_NAME: dict[str, MineRLTask] = {task.env_name: task for task in MINERL_TAS
 
 def task_for_env_name(env_name: str) -> MineRLTask:
     if env_name not in BY_ENV_NAME:
-        raise ValueError(f"unknown MineRL env {env_name!r}; known: {sorted(BY_ENV_NAME)}")
+        raise TaskError(f"unknown MineRL env {env_name!r}; known: {sorted(BY_ENV_NAME)}")
     return BY_ENV_NAME[env_name]
