@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.errors import AgentSettingError, PlanError
 from agent.plan import Plan, PlanFollower
 from policies import CheckpointError, InstructionPolicy, PolicyState
 
@@ -94,7 +95,7 @@ class Agent:
         self.policy.check_action_space(action_space_spec(env.action_space))
 
     def check_instruction(self, instruction: str, truncate: bool = False) -> None:
-        """Raise ValueError if the text encoder would cut ``instruction`` short (words past its
+        """Raise ``AgentSettingError`` (a ValueError) if the text encoder would cut ``instruction`` short (words past its
         ``max_tokens`` would be ignored); with ``truncate`` warn once and record it instead."""
         limit = self.policy.config.text.max_tokens
         tokens = self.policy.text_encoder.token_count(instruction)
@@ -104,7 +105,7 @@ class Agent:
 
         quoted = quote_instruction(instruction)
         if not truncate:
-            raise ValueError(
+            raise AgentSettingError(
                 f"instruction {quoted} has {tokens} tokens, more than the text encoder's "
                 f"max_tokens={limit}, so its end would be ignored: shorten it, or pass truncate=True "
                 "to keep the first tokens"
@@ -138,11 +139,11 @@ class Agent:
         self.plan = None
         if plan is not None:
             if instruction is not None:
-                raise ValueError("pass an instruction or a plan, not both")
+                raise AgentSettingError("pass an instruction or a plan, not both")
             self.check_plan(plan)
             if plan.rules and "inventory" not in (info or {}):
                 # A missing number would read as 0 and fire every "drink < 4" rule forever.
-                raise ValueError(
+                raise PlanError(
                     f"{plan.source}: its rules read the status numbers crafter reports in "
                     "info['inventory'], and this env reports none: drop the rules or use a Crafter env"
                 )

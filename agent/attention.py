@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
+from agent.errors import AgentSettingError
 from agent.plan import Plan
 from agent.rollout import action_name, caption_font
 from envs.episodes import Step, play_episode
@@ -170,7 +171,7 @@ def open_dataset_episode(path: str, episode: int) -> Dataset:
     count = len(data)
     if not 0 <= episode < count:
         numbers = f"numbered 0..{count - 1}" if count else "none to replay"
-        raise ValueError(
+        raise AgentSettingError(
             f"{path} has {count} episode(s) ({numbers}): there is no episode {episode}; pick --episode "
             "from that range (`instructcraft data info` lists the dataset)"
         )

@@ -22,6 +22,7 @@ import numpy as np
 
 import envs
 from agent.agent import Agent
+from agent.errors import AgentError, AgentSettingError
 from agent.plan import Plan
 from agent.pretrained import resolve_checkpoint
 from envs.crafter_score import crafter_score as score_of_rates
@@ -34,7 +35,7 @@ from envs.workers import make_env, map_jobs, usable_workers
 MODES = ("correct", "swapped", "blank")
 
 
-class EvaluationInterrupted(RuntimeError):
+class EvaluationInterrupted(AgentError, RuntimeError):
     """Ctrl-C stopped an evaluation after ``finished`` of ``planned`` episodes. ``results`` hold
     what finished, as the evaluation would have returned it but over the finished episodes only
     (for ``sensitivity``, one ``evaluate`` summary per mode begun); ``rows`` are the finished
@@ -277,17 +278,17 @@ def evaluate(
     With a ``plan`` the agent follows its instructions in turn instead of the env's one.
     """
     if mode not in MODES:
-        raise ValueError(f"instruction mode must be one of {MODES}, got {mode!r}")
+        raise AgentSettingError(f"instruction mode must be one of {MODES}, got {mode!r}")
     if plan is not None and mode != "correct":
-        raise ValueError(
+        raise AgentSettingError(
             f"a plan gives the agent its instructions: drop --instruction-mode {mode} (and --sensitivity)"
         )
     if (checkpoint is None) == (agent is None):
         raise ValueError("pass exactly one of checkpoint= or agent=")
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise AgentSettingError(f"episodes must be >= 1, got {episodes}")
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise AgentSettingError(f"workers must be >= 1, got {workers}")
     env_kwargs = dict(env_kwargs or {})
     # Checked here, once: unknown ids and task names, a checkpoint that cannot be loaded, and an
     # action space the checkpoint was not trained for all fail before any episode or worker.
@@ -298,7 +299,7 @@ def evaluate(
         local = None
     agent.check_env(probe)
     if mode == "swapped" and getattr(probe.unwrapped, "open_ended", False):
-        raise ValueError(
+        raise AgentSettingError(
             f"{env_id} has one instruction for every episode, so a swapped instruction would be the same "
             "one: evaluate it with --instruction-mode correct (or blank), without --sensitivity"
         )
@@ -389,10 +390,10 @@ def read_phrasings(path: str, env_id: str) -> dict[str, list[str]]:
 
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read phrasings from {path}: {error}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AgentSettingError(f"cannot read phrasings from {path}: {error}") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path} must hold a JSON object mapping task names to lists of instructions")
+        raise AgentSettingError(f"{path} must hold a JSON object mapping task names to lists of instructions")
     phrasings: dict[str, list[str]] = {}
     for task, texts in data.items():
         if (
@@ -400,7 +401,7 @@ def read_phrasings(path: str, env_id: str) -> dict[str, list[str]]:
             or not texts
             or not all(isinstance(t, str) and t.strip() for t in texts)
         ):
-            raise ValueError(f"{path}: {task!r} must map to a non-empty list of non-empty strings")
+            raise AgentSettingError(f"{path}: {task!r} must map to a non-empty list of non-empty strings")
         phrasings[task] = [check_instruction(text) for text in texts]
     make_env(env_id, list(phrasings)).close()  # unknown tasks (or an env without tasks) fail here
     return phrasings
@@ -423,7 +424,7 @@ def evaluate_phrasings(
     (trained) phrasings of that task on the same seeds; reports success on the new phrasings
     over success on the trained ones, per task and overall (mean over tasks)."""
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise AgentSettingError(f"episodes must be >= 1, got {episodes}")
     env_kwargs = dict(env_kwargs or {})
     probe = make_env(env_id, list(phrasings), **env_kwargs)
     agent = Agent.from_pretrained(checkpoint)

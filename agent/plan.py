@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from agent.errors import PlanError
 from envs.crafter_tasks import TASKS, task_of_phrasing
 
 MAX_PLAN_BYTES = 1 << 20  # a plan is a short list; a bigger file is a mistake
@@ -69,10 +70,6 @@ _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     "!=": operator.ne,
 }
 _CONDITION = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|==|!=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
-
-
-class PlanError(ValueError):
-    """A plan that cannot be followed; the message names the file and the entry."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,10 @@ class Plan:
             raise PlanError(
                 f"plan file {path} is {path.stat().st_size} bytes; a plan is at most {MAX_PLAN_BYTES}"
             )
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as error:
+            raise PlanError(f"cannot read plan file {path}: {error.strerror or error}") from None
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentSettingError
 from policies.errors import CheckpointError
 
 PREFIX = "pretrained:"
@@ -52,7 +53,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str | os.PathLike[
         return checkpoint
     name = text[len(PREFIX) :]
     if name not in available():
-        raise ValueError(
+        raise AgentSettingError(
             f"no shipped agent {name!r}; shipped: {', '.join(PREFIX + n for n in available()) or 'none'}"
         )
     return str(ROOT / name)

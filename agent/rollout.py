@@ -14,8 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
+from agent.errors import AgentSettingError
 from agent.plan import Plan
 from envs.episodes import Step, play_episode
+from envs.errors import TaskError
 from envs.video import upscale, write_video
 
 CAPTION_HEIGHT = 44
@@ -80,9 +82,9 @@ def judging_task(env_id: str, instruction: str | None, task: str | None) -> tupl
     has_tasks = hasattr(base, "tasks") and not getattr(base, "open_ended", False)
     if task is not None:
         if not has_tasks:
-            raise ValueError(f"{env_id} has no task choice: drop --task")
+            raise AgentSettingError(f"{env_id} has no task choice: drop --task")
         if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+            raise TaskError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
         return task, f"success is judged by task {task}"
     if instruction and has_tasks:
         found = task_of_phrasing(instruction)
