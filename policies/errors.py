@@ -3,8 +3,8 @@
 A user can act on these (a config field, a checkpoint that cannot be loaded, a disk that is
 full), so the command line prints them as one line; any other exception is a bug and keeps its
 traceback. policies imports nothing of the project's, so this root is its own;
-``train.errors.EXPECTED_ERRORS`` gathers every leaf's root in one place. Each class also keeps
-the built-in base it always had, so ``except ValueError`` and the like still catch it.
+``train.cli.common.expected_errors`` gathers every package's root in one place. Each class also
+keeps the built-in base it always had, so ``except ValueError`` and the like still catch it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.modules.module import (
@@ -105,9 +105,15 @@ def _bounded_build(limit: int) -> Iterator[None]:
 
 def _saved_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's shape in a safetensors file, from its header alone (no tensor is read)."""
-    with safe_open(str(weights_path), framework="pt") as handle:
-        names = handle.keys()  # a safe_open handle has keys() but cannot be iterated
-        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            names = handle.keys()  # a safe_open handle has keys() but cannot be iterated
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as error:  # a truncated or foreign file: its header says so
+        raise CheckpointError(
+            f"cannot read {weights_path} ({type(error).__name__}: {error}): it is not a safetensors "
+            "file written by `instructcraft bc` or `instructcraft rl`"
+        ) from None
 
 
 def read_checkpoint_config(config_path: Path) -> PolicyConfig:
@@ -222,7 +228,10 @@ def load_policy(
             raise CheckpointError(f"{config_path}: {error}") from None
     _check_shapes(cls, config, text_encoder, shapes, config_path, weights_path)
     model = cls(config, text_encoder)
-    state = load_file(str(weights_path), device=str(map_location))
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError) as error:  # changed on disk since its header was read
+        raise CheckpointError(f"cannot read {weights_path} ({type(error).__name__}: {error})") from None
     bad = non_finite_tensors(state)
     if bad:
         more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""

@@ -182,7 +182,15 @@ def read_trainer_state(directory: Path, device: str | torch.device) -> dict[str,
     problem = describe_irregular(directory / TRAINER_STATE)
     if problem:  # torch.load would wait for a writer forever
         raise CheckpointError(problem)
-    return torch.load(directory / TRAINER_STATE, map_location=device, weights_only=True)
+    path = directory / TRAINER_STATE
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated, foreign, or holding more than tensors: torch says which
+        said = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"cannot read {path} ({type(error).__name__}: {said}): it is not a trainer state written "
+            "by `instructcraft bc` or `instructcraft rl`; start a new run instead of resuming this one"
+        ) from None
 
 
 def restore_rl_rng(state: dict[str, Any]) -> None:
@@ -259,6 +267,20 @@ def finished_run(resume: str | Path, key: str, asked: int) -> FinishedRun | None
 RESUMABLE_POLICY_FIELDS = ("policy.instruction_dropout", "policy.fusion_kwargs.dropout")
 
 
+def _saved_policy(path: Path) -> dict[str, Any]:
+    """The ``policy`` section of a checkpoint's ``config.json``."""
+    try:
+        policy = json.loads(path.read_text())["policy"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{path} is not a valid policy config ({type(error).__name__}: {error}): pass a checkpoint "
+            "written by `instructcraft bc` or `instructcraft rl`"
+        ) from None
+    if not isinstance(policy, dict):
+        raise CheckpointError(f"{path}: 'policy' holds {type(policy).__name__}, not a mapping of fields")
+    return policy
+
+
 def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
     """``{field: (checkpoint's value, value now)}``; raises for a change of architecture."""
     for name in (RUN_CONFIG, CONFIG_NAME):
@@ -268,7 +290,9 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
     try:
         before = json.loads((resume_dir / RUN_CONFIG).read_text())
     except (OSError, ValueError):
-        before = {"policy": json.loads((resume_dir / CONFIG_NAME).read_text())["policy"]}
+        before = None
+    if not isinstance(before, dict):  # a checkpoint without a readable run.json: its policy only
+        before = {"policy": _saved_policy(resume_dir / CONFIG_NAME)}
     # A checkpoint written before a policy field existed was built with its legacy value.
     before["policy"] = with_legacy_defaults(before.get("policy", {}))
     old, new = flatten({key: before.get(key, {}) for key in ("policy", "train")}), flatten(run.to_dict())

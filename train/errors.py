@@ -2,7 +2,7 @@
 
 A user can act on these, so the command line prints them as one line; any other exception is a
 bug and keeps its traceback. Each package has its own root (envs and policies import nothing of
-ours, so they cannot share one); ``train.cli.common.EXPECTED_ERRORS`` lists them all, in one
+ours, so they cannot share one); ``train.cli.common.expected_errors`` lists them all, in one
 place. A class keeps the built-in base it always had (``RuntimeError``, ``ValueError``), so
 existing ``except`` clauses still catch it.
 """

@@ -55,7 +55,7 @@ def broken_checkpoint(kind: str, good: Path, tmp_path: Path) -> Path:
     [
         ("missing", "model.safetensors is missing"),
         ("pickle", "pickle-based weights"),
-        ("corrupt", "cannot load the checkpoint in"),
+        ("corrupt", "is not a safetensors file"),
     ],
 )
 def test_eval_with_an_unloadable_checkpoint_fails_at_once(

@@ -131,33 +131,21 @@ def _stdout_reader_gone() -> bool:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Every error of the project a user can act on, in one place: each package's root (envs
-    and policies import nothing of ours, so they cannot share one class), then agent's and two
-    envs modules' own classes until their packages have a root too. Imported when an error
-    arrives, so a command that succeeds never loads what it does not use."""
-    from agent.evaluate import EvaluationInterrupted
-    from agent.plan import PlanError
+    and policies import nothing of ours, so no two packages share one class). Imported when an
+    error arrives, so a command that succeeds never loads what it does not use."""
+    from agent.errors import AgentError
     from envs.errors import EnvsError
-    from envs.experts.base import ExpertCannotLabel
-    from envs.minecraft.actions import ActionError
-    from policies import PoliciesError
+    from policies.errors import PoliciesError
     from train.errors import TrainError
 
-    return (
-        EnvsError,
-        PoliciesError,
-        TrainError,
-        PlanError,
-        EvaluationInterrupted,
-        ExpertCannotLabel,
-        ActionError,
-    )
+    return (EnvsError, PoliciesError, AgentError, TrainError)
 
 
-# Built-in errors that modules not yet on their package's root still raise on purpose (agent/,
-# envs/ outside data/store.py and workers.py: unknown tasks, instructions, spaces, videos).
-# Printed as one line, as before, until those raise the project's errors; then this tuple goes,
-# and a stray ValueError or KeyError keeps its traceback like any other bug.
-NOT_YET_ROOTED = (ValueError, RuntimeError, LookupError, ImportError)
+def is_expected(error: BaseException) -> bool:
+    """Whether ``error`` is one the user can act on: one of ``expected_errors``, or one of
+    gymnasium's own (an unknown env id and the like). A plain ValueError, KeyError and the like
+    is not: the code that raised it is a bug, and its traceback shows where."""
+    return isinstance(error, expected_errors()) or type(error).__module__.startswith("gymnasium")
 
 
 def run_command(handler: Handler, args: argparse.Namespace) -> int:
@@ -180,9 +168,7 @@ def run_command(handler: Handler, args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 0
     except Exception as error:
-        # gymnasium's own errors (an unknown env id and the like) are the user's to fix, too.
-        expected = isinstance(error, expected_errors()) or type(error).__module__.startswith("gymnasium")
-        if not (expected or isinstance(error, NOT_YET_ROOTED)):
+        if not is_expected(error):
             raise
         print(f"error: {error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)  # an interrupted run: 128 + the signal

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from train.cli import common
+from train.errors import SettingError
 
 
 def add_collect_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def run_collect(args: argparse.Namespace) -> int:
     check_env_id(args.env)
     expert = args.expert or default_expert_for(args.env)
     if expert not in EXPERTS:  # here, before a worker starts or --out is made
-        raise ValueError(f"unknown --expert {expert!r}: the experts are {', '.join(sorted(EXPERTS))}")
+        raise SettingError(f"unknown --expert {expert!r}: the experts are {', '.join(sorted(EXPERTS))}")
     seed = next_seed(args.out) if args.seed is None else args.seed
     last = seed + args.episodes - 1
     recorded = recorded_seeds(args.out)

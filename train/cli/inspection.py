@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from train.cli import common
+from train.errors import SettingError
 
 if TYPE_CHECKING:
     from agent.evaluate import EvaluationInterrupted
@@ -125,7 +126,7 @@ def _read_plan(args: argparse.Namespace) -> Any:
     from agent.plan import Plan
 
     if args.sensitivity or args.phrasings or args.instruction_mode != "correct":
-        raise ValueError(
+        raise SettingError(
             "--plan gives the agent its instructions: drop --sensitivity, --phrasings and --instruction-mode"
         )
     return Plan.from_arg(args.plan)
@@ -200,7 +201,7 @@ def _evaluate_phrasings(
 
     phrasings = read_phrasings(args.phrasings, args.env)
     if args.sensitivity or args.tasks or args.video_dir:
-        raise ValueError(
+        raise SettingError(
             "--phrasings picks its own tasks and modes: drop --sensitivity, --tasks and --video-dir"
         )
     per_task = 1 + max(len(texts) for texts in phrasings.values())
@@ -264,7 +265,7 @@ def _plan_for(args: argparse.Namespace) -> Any:
     from agent.plan import Plan
 
     if args.instruction is not None:
-        raise ValueError("--plan gives the agent its instructions: drop --instruction")
+        raise SettingError("--plan gives the agent its instructions: drop --instruction")
     return Plan.from_arg(args.plan)
 
 
@@ -377,14 +378,14 @@ def run_attention(args: argparse.Namespace) -> int:
 
     plan = _plan_for(args)
     if plan is not None and args.from_dataset:
-        raise ValueError("--from-dataset replays a recorded episode's instruction: drop --plan")
+        raise SettingError("--from-dataset replays a recorded episode's instruction: drop --plan")
     # The dataset's episode, or the env and task, are checked before the checkpoint loads.
     dataset: Any = None
     task: str | None = None
     if args.from_dataset:
         dataset = open_dataset_episode(args.from_dataset, args.episode)
     elif not args.env:
-        raise ValueError("--env is required unless --from-dataset is given")
+        raise SettingError("--env is required unless --from-dataset is given")
     else:
         from agent.rollout import judging_task
 
