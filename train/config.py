@@ -1,6 +1,7 @@
-"""Behavioral-cloning run configuration: the policy tree plus training settings.
+"""Run configuration: the policy tree plus the settings of each way to train it.
 
-A config file (YAML or JSON) holds ``{"policy": {...}, "train": {...}}``; ``--set key=value``
+A config file (YAML or JSON) holds ``{"policy": {...}, "train": {...}, "rl": {...}, "dagger": {...}}``
+(every section optional); ``--set key=value``
 overrides any field by its dotted path (``--set train.lr=1e-3``,
 ``--set policy.fusion_kwargs.fusion_type=gmu``). The resolved config is saved with every
 checkpoint.
@@ -157,6 +158,41 @@ class RLConfig:
             raise ConfigError(f"rl.kl_decay must be in (0, 1], got {self.kl_decay}")
 
 
+@dataclass(frozen=True)
+class DaggerConfig:
+    """DAgger settings (every field is a ``--set dagger.<name>=...`` setting; most have a flag of
+    ``instructcraft dagger`` too, ``train.dagger_settings.FLAGS``)."""
+
+    rounds: int = 3
+    """rounds of rollouts + relabelling + fine-tuning after the round-0 policy"""
+    episodes: int = 200
+    """learner episodes rolled out (and labelled) per round"""
+    beta: float = 0.5
+    """probability of executing the expert's action in round 1"""
+    beta_decay: float = 0.5
+    """beta is multiplied by this every round (0 = pure learner rollouts after round 1)"""
+    steps: int = 400
+    """BC fine-tuning steps per round on the aggregated dataset"""
+    eval_episodes: int = 40
+    """learner-only evaluation episodes after each round (0 = off)"""
+    eval_seed: int = 100_000
+    """evaluation episode i uses seed eval_seed + i"""
+    workers: int = 2
+    """rollout and evaluation processes (changes no result)"""
+
+    def __post_init__(self) -> None:
+        _check_numbers(self, "dagger")
+        _at_least(self, "dagger", 1, "rounds", "episodes", "steps", "workers")
+        _at_least(self, "dagger", 0, "eval_episodes", "eval_seed")
+        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
+            raise ConfigError(
+                f"dagger.beta and dagger.beta_decay must be in [0, 1], got {self.beta} and {self.beta_decay}"
+            )
+
+    def beta_for(self, round_: int) -> float:
+        return self.beta * self.beta_decay ** (round_ - 1)
+
+
 def _check_numbers(config: Any, section: str) -> None:
     """Every float field finite (``nan`` passes every comparison, so it is refused first)."""
     for item in dataclasses.fields(config):
@@ -179,7 +215,7 @@ def _in_unit_interval(config: Any, section: str, *names: str) -> None:
             raise ConfigError(f"{section}.{name} must be in [0, 1], got {value}")
 
 
-SECTIONS = {"policy", "train", "rl"}
+SECTIONS = {"policy", "train", "rl", "dagger"}
 
 
 @dataclass(frozen=True)
@@ -187,12 +223,14 @@ class RunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    dagger: DaggerConfig = field(default_factory=DaggerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.to_dict(),
             "train": dataclasses.asdict(self.train),
             "rl": dataclasses.asdict(self.rl),
+            "dagger": dataclasses.asdict(self.dagger),
         }
 
     @classmethod
@@ -204,6 +242,7 @@ class RunConfig:
             build_dataclass(PolicyConfig, data.get("policy") or {}, "policy."),
             build_dataclass(TrainConfig, data.get("train") or {}, "train."),
             build_dataclass(RLConfig, data.get("rl") or {}, "rl."),
+            build_dataclass(DaggerConfig, data.get("dagger") or {}, "dagger."),
         )
 
 
@@ -213,7 +252,12 @@ def parse_value(text: str) -> Any:
 
 
 # Which command reads which section; a ``--set`` for a section the command does not read is refused.
-USED_BY = {"policy": ("bc", "dagger", "rl"), "train": ("bc", "dagger"), "rl": ("rl",)}
+USED_BY = {
+    "policy": ("bc", "dagger", "rl"),
+    "train": ("bc", "dagger"),
+    "rl": ("rl",),
+    "dagger": ("dagger",),
+}
 
 
 def refuse_unused_settings(overrides: list[str], sections: tuple[str, ...], command: str) -> None:

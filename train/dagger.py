@@ -41,12 +41,11 @@ from policies import InstructionPolicy
 from train.bc import train_bc_policy
 from train.checkpoint import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, checkpoint_step, copy_checkpoint
 from train.common import StopRequest
-from train.config import ConfigError, RunConfig
+from train.config import ConfigError, DaggerConfig, RunConfig
 from train.dagger_rollout import RolloutJob, rollout_round, round_entries, round_jobs, round_statistics
 from train.dagger_settings import (
     RUN_CONFIG_FILE,
     STATE,
-    DaggerConfig,
     absolute,
     check_resume,
     load_state,
@@ -177,26 +176,22 @@ def _roll_out(
         raise interrupted(f"{written} of {total} rollouts written to {aggregate}", stop.signal_number)
 
 
-def _fine_tune(
-    run: RunConfig, dagger: DaggerConfig, aggregate: Path, round_dir: Path, previous: Path, progress: bool
-) -> None:
+def _fine_tune(run: RunConfig, aggregate: Path, round_dir: Path, previous: Path, progress: bool) -> None:
     """Fine-tune ``previous`` on the aggregate into ``round_dir``; a fine-tune that was
     interrupted (its checkpoint holds the trainer's state) continues from its last step."""
-    train = dataclasses.replace(run.train, steps=dagger.steps)
+    train = dataclasses.replace(run.train, steps=run.dagger.steps)
     partial = round_dir / CHECKPOINT / RUN_CONFIG
     if (round_dir / CHECKPOINT / TRAINER_STATE).exists() and partial.exists():
         # The round's own architecture and settings, as its checkpoint recorded them.
         recorded = RunConfig.from_dict(json.loads(partial.read_text()))
-        fine_tune = RunConfig(recorded.policy, train, run.rl)
+        fine_tune = RunConfig(recorded.policy, train, run.rl, run.dagger)
         train_bc_policy(fine_tune, str(aggregate), str(round_dir), resume=str(round_dir), progress=progress)
     else:
-        fine_tune = RunConfig(run.policy, train, run.rl)
+        fine_tune = RunConfig(run.policy, train, run.rl, run.dagger)
         train_bc_policy(fine_tune, str(aggregate), str(round_dir), progress=progress, init=str(previous))
 
 
-def _start(
-    root: Path, run: RunConfig, dagger: DaggerConfig, data: str, settings: dict[str, Any]
-) -> dict[str, Any]:
+def _start(root: Path, run: RunConfig, data: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A new run's folder: the demonstrations copied into OUT/data, the resolved config and the
     first state (the settings it was started with, the first rollout seed, no rounds yet)."""
     aggregate = root / "data"
@@ -213,7 +208,7 @@ def _start(
     state = {
         **{key: value for key, value in settings.values()},
         "first_seed": next_seed(aggregate),
-        "dagger": dataclasses.asdict(dagger),
+        "dagger": dataclasses.asdict(run.dagger),
         "run": plain(run.to_dict()),
         "rounds": [],
     }
@@ -223,13 +218,14 @@ def _start(
 
 @dataclass
 class _Rounds:
-    """A DAgger run under way: its folder, state and TensorBoard writer, and how a round ends
-    (``finish``) or is interrupted (``interrupted``, ``train``)."""
+    """A DAgger run under way: its folder, state and TensorBoard writer; each round's training
+    (``zero``, ``next``), how a round ends (``finish``) or is interrupted (``interrupted``)."""
 
     root: Path
     state: dict[str, Any]
-    dagger: DaggerConfig
+    run: RunConfig
     env_id: str
+    expert: str | Callable[[], Expert]
     tasks: list[str] | None
     progress: bool
     writer: Any  # a TensorBoard SummaryWriter
@@ -237,6 +233,54 @@ class _Rounds:
     @property
     def aggregate(self) -> Path:
         return self.root / "data"
+
+    @property
+    def dagger(self) -> DaggerConfig:
+        return self.run.dagger
+
+    def zero(self, init: str | None) -> Path:
+        """Round 0's checkpoint: ``init``'s, or behavioral cloning on the demonstrations."""
+        round_dir = self.root / "round_00"
+        if 0 in {entry["round"] for entry in self.state["rounds"]}:
+            return round_dir / CHECKPOINT
+        if init is not None:
+            copy_checkpoint(Path(init), round_dir / CHECKPOINT)
+        else:
+            # A round 0 that was interrupted continues from its checkpoint.
+            partial = str(round_dir) if (round_dir / CHECKPOINT / TRAINER_STATE).exists() else None
+            self.train(
+                0,
+                round_dir,
+                lambda: train_bc_policy(
+                    self.run, str(self.aggregate), str(round_dir), resume=partial, progress=self.progress
+                ),
+            )
+        self.finish(0, round_dir / CHECKPOINT, {"trained_from": init or "demonstrations"})
+        return round_dir / CHECKPOINT
+
+    def next(self, number: int, previous: Path) -> Path:
+        """Round ``number``'s checkpoint: ``previous`` rolled out with the expert labelling, the
+        aggregate grown by those episodes, and ``previous`` fine-tuned on it. A round that was
+        interrupted writes only the episodes it had not written, then trains."""
+        round_dir = self.root / f"round_{number:02d}"
+        if number in {entry["round"] for entry in self.state["rounds"]}:
+            return round_dir / CHECKPOINT
+        jobs = round_jobs(self.state, self.dagger, number)
+        written = {entry["seed"] for entry in round_entries(self.aggregate, jobs, number)}
+        missing = [job for job in jobs if job.seed not in written]
+        if missing:
+            _roll_out(
+                self.aggregate, previous, self.env_id, self.expert, missing, len(written), self.dagger,
+                self.progress, self.interrupted(number, "rollouts"),
+            )  # fmt: skip
+        self.train(
+            number,
+            round_dir,
+            lambda: _fine_tune(self.run, self.aggregate, round_dir, previous, self.progress),
+        )
+        statistics = round_statistics(round_entries(self.aggregate, jobs, number))
+        self.finish(number, round_dir / CHECKPOINT, {"beta": self.dagger.beta_for(number), **statistics})
+        return round_dir / CHECKPOINT
 
     def interrupted(self, number: int, stage: str) -> Callable[[str, int], TrainingInterrupted]:
         """The error that ends the run when round ``number``'s ``stage`` is interrupted."""
@@ -295,30 +339,18 @@ class _Rounds:
             )
 
 
-def run_dagger(
+def _open(
+    root: Path,
     run: RunConfig,
-    dagger: DaggerConfig,
     data: str,
-    out: str,
     env_id: str,
     expert: str | Callable[[], Expert],
-    *,
-    tasks: list[str] | None = None,
-    init: str | None = None,
-    resume: bool = False,
-    progress: bool = True,
+    tasks: list[str] | None,
+    init: str | None,
+    resume: bool,
 ) -> dict[str, Any]:
-    """Run DAgger; returns the per-round summary (also written to OUT/dagger.json).
-
-    ``expert`` is a registered expert name (``make_expert``) or a picklable factory.
-    ``init`` starts from a trained checkpoint instead of training round 0 on ``data``.
-
-    SIGINT or SIGTERM stops the run after the episode or training step under way, keeping what
-    finished, and raises ``TrainingInterrupted`` whose message gives the command that resumes.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-
-    root = Path(out)
+    """The run's state: a resumed run's, checked against what it was started with, or a new
+    run's, started once every input has been checked."""
     state = load_state(root) if resume else {}
     if resume and not state:
         raise ConfigError(f"{root / STATE} is missing: nothing to resume in {root}; start without --resume")
@@ -334,57 +366,46 @@ def run_dagger(
         "--init": ("init", absolute(init)),
     }
     if state:
-        check_resume(root, state, run, dagger, settings)
+        check_resume(root, state, run, settings)
     _check_inputs(data, env_id, expert, tasks, init)
     if not state:
-        state = _start(root, run, dagger, data, settings)
-    state["dagger"]["workers"] = dagger.workers  # the one setting a resumed run may change
-    rounds = _Rounds(root, state, dagger, env_id, tasks, progress, SummaryWriter(str(root / "tb")))
-    aggregate = rounds.aggregate
-    done = {entry["round"] for entry in state["rounds"]}
+        state = _start(root, run, data, settings)
+    state["dagger"]["workers"] = run.dagger.workers  # the one setting a resumed run may change
+    return state
 
-    round_dir = root / "round_00"
-    if 0 not in done:
-        if init is not None:
-            copy_checkpoint(Path(init), round_dir / CHECKPOINT)
-        else:
-            # A round 0 that was interrupted continues from its checkpoint.
-            partial = str(round_dir) if (round_dir / CHECKPOINT / TRAINER_STATE).exists() else None
-            rounds.train(
-                0,
-                round_dir,
-                lambda: train_bc_policy(
-                    run, str(aggregate), str(round_dir), resume=partial, progress=progress
-                ),
-            )
-        rounds.finish(0, round_dir / CHECKPOINT, {"trained_from": init or "demonstrations"})
-    previous = round_dir / CHECKPOINT
-    for number in range(1, dagger.rounds + 1):
-        round_dir = root / f"round_{number:02d}"
-        if number in done:
-            previous = round_dir / CHECKPOINT
-            continue
-        jobs = round_jobs(state, dagger, number)
-        written = {entry["seed"] for entry in round_entries(aggregate, jobs, number)}
-        missing = [job for job in jobs if job.seed not in written]
-        if missing:
-            _roll_out(
-                aggregate, previous, env_id, expert, missing, len(written), dagger, progress,
-                rounds.interrupted(number, "rollouts"),
-            )  # fmt: skip
-        last = previous
-        rounds.train(
-            number,
-            round_dir,
-            lambda round_dir=round_dir, last=last: _fine_tune(
-                run, dagger, aggregate, round_dir, last, progress
-            ),
-        )
-        previous = round_dir / CHECKPOINT
-        statistics = round_statistics(round_entries(aggregate, jobs, number))
-        rounds.finish(number, previous, {"beta": dagger.beta_for(number), **statistics})
-    rounds.writer.close()
-    copy_checkpoint(previous, root / CHECKPOINT)
+
+def run_dagger(
+    run: RunConfig,
+    data: str,
+    out: str,
+    env_id: str,
+    expert: str | Callable[[], Expert],
+    *,
+    tasks: list[str] | None = None,
+    init: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run DAgger with ``run.dagger``'s settings; returns the per-round summary (also written to
+    OUT/dagger.json).
+
+    ``expert`` is a registered expert name (``make_expert``) or a picklable factory.
+    ``init`` starts from a trained checkpoint instead of training round 0 on ``data``.
+
+    SIGINT or SIGTERM stops the run after the episode or training step under way, keeping what
+    finished, and raises ``TrainingInterrupted`` whose message gives the command that resumes.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = Path(out)
+    state = _open(root, run, data, env_id, expert, tasks, init, resume)
+    writer = SummaryWriter(str(root / "tb"))
+    rounds = _Rounds(root, state, run, env_id, expert, tasks, progress, writer)
+    checkpoint = rounds.zero(init)
+    for number in range(1, run.dagger.rounds + 1):
+        checkpoint = rounds.next(number, checkpoint)
+    writer.close()
+    copy_checkpoint(checkpoint, root / CHECKPOINT)
     state["checkpoint"] = str(root / CHECKPOINT)
     save_state(root, state)
     return state

@@ -18,7 +18,7 @@ from envs.data.collect import record_episode
 from envs.data.store import Dataset, Episode
 from envs.experts import Expert, make_expert
 from envs.workers import map_jobs
-from train.dagger_settings import DaggerConfig
+from train.config import DaggerConfig
 
 
 @dataclass(frozen=True)

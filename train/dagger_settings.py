@@ -1,4 +1,4 @@
-"""DAgger's settings and its state file (``dagger.json``): what a run was started with, what a
+"""DAgger's flags and its state file (``dagger.json``): what a run was started with, what a
 resumed run must match, and the command that resumes it.
 """
 
@@ -8,7 +8,6 @@ import dataclasses
 import json
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,8 @@ STATE = "dagger.json"
 # The run config the rounds train with, written as a file that ``--config`` reads back.
 RUN_CONFIG_FILE = "config.resolved.yaml"
 
-# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none).
+# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none: it is set in
+# the run config's dagger section or by ``--set dagger.eval_seed=N``).
 FLAGS = {
     "rounds": "--rounds",
     "episodes": "--episodes",
@@ -31,40 +31,6 @@ FLAGS = {
     "eval_episodes": "--eval-episodes",
     "workers": "--workers",
 }
-
-
-@dataclass(frozen=True)
-class DaggerConfig:
-    """DAgger settings (each is a flag of ``instructcraft dagger``)."""
-
-    rounds: int = 3
-    """rounds of rollouts + relabelling + fine-tuning after the round-0 policy"""
-    episodes: int = 200
-    """learner episodes rolled out (and labelled) per round"""
-    beta: float = 0.5
-    """probability of executing the expert's action in round 1"""
-    beta_decay: float = 0.5
-    """beta is multiplied by this every round (0 = pure learner rollouts after round 1)"""
-    steps: int = 400
-    """BC fine-tuning steps per round on the aggregated dataset"""
-    eval_episodes: int = 40
-    """learner-only evaluation episodes after each round (0 = off)"""
-    eval_seed: int = 100_000
-    workers: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("rounds", "episodes", "steps", "workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dagger.{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_episodes < 0:
-            raise ConfigError(f"dagger.eval_episodes must be >= 0, got {self.eval_episodes}")
-        if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
-            raise ConfigError(
-                f"dagger.beta and dagger.beta_decay must be in [0, 1], got {self.beta} and {self.beta_decay}"
-            )
-
-    def beta_for(self, round_: int) -> float:
-        return self.beta * self.beta_decay ** (round_ - 1)
 
 
 def load_state(out: Path) -> dict[str, Any]:
@@ -101,12 +67,11 @@ def plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def check_resume(
-    root: Path, state: dict[str, Any], run: RunConfig, dagger: DaggerConfig, settings: dict[str, Any]
-) -> None:
+def check_resume(root: Path, state: dict[str, Any], run: RunConfig, settings: dict[str, Any]) -> None:
     """A resumed run continues the same experiment: refuse any setting that changes what the
     remaining rounds do, naming it. The worker count changes nothing (rollouts are the same
     whatever it is); a changed training config is allowed and said, as ``bc --resume`` does."""
+    dagger = run.dagger
     # A run recorded before a setting was kept is not checked on it.
     started = {flag: state.get(key, value) for flag, (key, value) in settings.items()}
     for flag in ("--data", "--init"):  # recorded as given by runs that kept relative paths
@@ -126,7 +91,9 @@ def check_resume(
             f"(`{resume_command(root, state)}`), or start a new run in another --out"
         )
     if "run" in state:
-        before, now = _flatten(state["run"]), _flatten(plain(run.to_dict()))
+        # The dagger section was checked above, against the settings the run recorded.
+        before = _flatten({name: section for name, section in state["run"].items() if name != "dagger"})
+        now = _flatten(plain(run.to_dict()))
         notes = [
             f"{key} {before[key]!r} -> {now[key]!r}"
             for key in before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -82,17 +83,17 @@ def run_demo(
             f"[3/{stages}] DAgger: {dagger_rounds} round(s) of {dagger_episodes} rollouts labelled by the expert "
             f"(beta 0.3), {dagger_steps} fine-tuning steps each"
         )
+        rounds = DaggerConfig(
+            rounds=dagger_rounds,
+            episodes=dagger_episodes,
+            beta=0.3,
+            beta_decay=0.5,
+            steps=dagger_steps,
+            eval_episodes=0,
+            workers=workers,
+        )
         dagger = run_dagger(
-            run,
-            DaggerConfig(
-                rounds=dagger_rounds,
-                episodes=dagger_episodes,
-                beta=0.3,
-                beta_decay=0.5,
-                steps=dagger_steps,
-                eval_episodes=0,
-                workers=workers,
-            ),
+            dataclasses.replace(run, dagger=rounds),
             str(data),
             str(dagger_dir),
             envs.CRAFTER_ID,

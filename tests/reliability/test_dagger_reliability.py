@@ -27,8 +27,8 @@ from train.dagger import DaggerConfig, run_dagger
 ENV = "instructcraft/BabyAI-GoToRedBall-v0"
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
-RUN = load_run_config(TINY, ["train.steps=5"])
 SMALL = DaggerConfig(rounds=1, episodes=8, beta=0.5, steps=5, eval_episodes=0, workers=1)
+RUN = dataclasses.replace(load_run_config(TINY, ["train.steps=5"]), dagger=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(demos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The round-1 summary of an uninterrupted run with SMALL's settings."""
     state = run_dagger(
-        RUN, SMALL, str(demos), str(tmp_path_factory.mktemp("ref") / "run"), ENV, "babyai_bot", progress=False
+        RUN, str(demos), str(tmp_path_factory.mktemp("ref") / "run"), ENV, "babyai_bot", progress=False
     )
     return state["rounds"][1]
 
@@ -73,7 +73,7 @@ def test_files_the_index_does_not_list_stay_out_of_the_copy(demos: Path, tmp_pat
     (data / "episodes" / "zero.npz").symlink_to("/dev/zero")
     (data / "notes.txt").write_text("mine")
     out = tmp_path / "run"
-    run_dagger(RUN, SMALL, str(data), str(out), ENV, "babyai_bot", progress=False)
+    run_dagger(RUN, str(data), str(out), ENV, "babyai_bot", progress=False)
     copied = sorted(path.name for path in (out / "data" / "episodes").iterdir())
     assert copied == [f"{number:06d}.npz" for number in range(12)]
     assert not (out / "data" / "notes.txt").exists()
@@ -103,7 +103,7 @@ def test_a_linked_episodes_folder_is_refused(demos: Path, tmp_path: Path) -> Non
     (data / "episodes").rename(tmp_path / "elsewhere")
     (data / "episodes").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(DatasetError, match=r"demos/episodes \(episode 0 of .*\) is a symbolic link"):
-        run_dagger(RUN, SMALL, str(data), str(tmp_path / "run"), ENV, "babyai_bot", progress=False)
+        run_dagger(RUN, str(data), str(tmp_path / "run"), ENV, "babyai_bot", progress=False)
 
 
 # A resumed round's statistics
@@ -123,10 +123,10 @@ def test_a_round_killed_in_its_rollouts_reports_all_its_episodes(
     monkeypatch.setattr(dagger_module, "rollout_round", killed_after_three)
     out = str(tmp_path / "run")
     with pytest.raises(SystemExit):
-        run_dagger(RUN, SMALL, str(demos), out, ENV, "babyai_bot", progress=False)
+        run_dagger(RUN, str(demos), out, ENV, "babyai_bot", progress=False)
     monkeypatch.setattr(dagger_module, "rollout_round", real)
     assert len(rollout_entries(Path(out))) == 3
-    state = run_dagger(RUN, SMALL, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
+    state = run_dagger(RUN, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
     resumed = state["rounds"][1]
     assert len(rollout_entries(Path(out))) == 8
     for key in ("rollout_success", "learner_step_fraction", "dataset_episodes", "dataset_steps"):
@@ -148,9 +148,9 @@ def test_a_round_killed_in_its_fine_tune_reports_its_rollouts(
     monkeypatch.setattr(dagger_module, "train_bc_policy", killed_in_round_one)
     out = str(tmp_path / "run")
     with pytest.raises(SystemExit):
-        run_dagger(RUN, SMALL, str(demos), out, ENV, "babyai_bot", progress=False)
+        run_dagger(RUN, str(demos), out, ENV, "babyai_bot", progress=False)
     monkeypatch.setattr(dagger_module, "train_bc_policy", real)
-    state = run_dagger(RUN, SMALL, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
+    state = run_dagger(RUN, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
     assert reference["rollout_success"] > 0
     assert state["rounds"][1]["rollout_success"] == pytest.approx(reference["rollout_success"])
     assert state["rounds"][1]["learner_step_fraction"] == pytest.approx(reference["learner_step_fraction"])
@@ -168,20 +168,36 @@ def test_resume_with_another_data_is_refused_naming_it(
     monkeypatch.setattr(dagger_module, "train_bc_policy", killed)
     out = str(tmp_path / "run")
     with pytest.raises(SystemExit):
-        run_dagger(RUN, SMALL, str(demos), out, ENV, "babyai_bot", progress=False)
+        run_dagger(RUN, str(demos), out, ENV, "babyai_bot", progress=False)
     other = copy_of(demos, tmp_path)
     with pytest.raises(
         ConfigError, match=rf"started with --data '{re.escape(str(demos))}' \(now '{re.escape(str(other))}'\)"
     ):
-        run_dagger(RUN, SMALL, str(other), out, ENV, "babyai_bot", resume=True, progress=False)
+        run_dagger(RUN, str(other), out, ENV, "babyai_bot", resume=True, progress=False)
     more = dataclasses.replace(SMALL, episodes=9)
     with pytest.raises(ConfigError, match=r"started with --episodes 8 \(now 9\)"):
-        run_dagger(RUN, more, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
+        run_dagger(
+            dataclasses.replace(RUN, dagger=more),
+            str(demos),
+            out,
+            ENV,
+            "babyai_bot",
+            resume=True,
+            progress=False,
+        )
     # The worker count changes no result: a resume may use another.
     monkeypatch.setattr(dagger_module, "train_bc_policy", killed)
     with pytest.raises(SystemExit):
         fewer = dataclasses.replace(SMALL, workers=2)
-        run_dagger(RUN, fewer, str(demos), out, ENV, "babyai_bot", resume=True, progress=False)
+        run_dagger(
+            dataclasses.replace(RUN, dagger=fewer),
+            str(demos),
+            out,
+            ENV,
+            "babyai_bot",
+            resume=True,
+            progress=False,
+        )
 
 
 # Ctrl-C

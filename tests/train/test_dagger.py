@@ -4,6 +4,7 @@ policy cannot climb out of it; DAgger's rollouts visit the ditch and the expert 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def corridor_run(tmp_path: Path, clean_demos: str, resume: bool = False, **dagge
         **{"rounds": 2, "episodes": 24, "steps": 80, "eval_episodes": 40, "workers": 1, **dagger}
     )
     return run_dagger(
-        run,
-        config,
+        dataclasses.replace(run, dagger=config),
         clean_demos,
         str(tmp_path / "dagger"),
         SLIP_ID,

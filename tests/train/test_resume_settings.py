@@ -230,7 +230,7 @@ def test_dagger_resume_continues_with_the_run_s_own_settings_unless_overridden(
     [
         ("bc", "rl.n_envs", "policy.* and train.*"),
         ("rl", "train.steps", "policy.* and rl.*"),
-        ("dagger", "rl.n_envs", "policy.* and train.*"),
+        ("dagger", "rl.n_envs", "policy.* and train.* and dagger.*"),
     ],
 )
 def test_a_setting_the_command_does_not_read_is_refused_before_any_work(

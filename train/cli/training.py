@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,36 @@ from train.report import print_json
 
 if TYPE_CHECKING:
     from train.checkpoint import FinishedRun
+
+
+class FromRunConfig:
+    """The default of a flag that sets a run-config field: not given, the field keeps the value
+    the run config gives it (its file, ``--set``, a resumed run's record), else the dataclass's
+    default, which ``--help`` shows as ``%(default)s`` (read only then: building the parser
+    imports no torch)."""
+
+    def __init__(self, section: str, name: str) -> None:
+        self.section, self.name = section, name
+
+    def __str__(self) -> str:
+        from train.config import RunConfig
+
+        return str(getattr(getattr(RunConfig(), self.section), self.name))
+
+
+# ``instructcraft dagger``'s flag for each DaggerConfig field it exposes, with its argparse type
+# and help; the defaults are DaggerConfig's. The flags are train.dagger_settings.FLAGS (which the
+# resume command is written with; a test keeps the two equal), named here so that building the
+# parser imports no torch.
+DAGGER_FLAGS = {
+    "rounds": ("--rounds", common.positive_int, "rounds after round 0"),
+    "episodes": ("--episodes", common.positive_int, "labelled rollouts per round"),
+    "beta": ("--beta", float, "P(execute the expert's action) in round 1"),
+    "beta_decay": ("--beta-decay", float, "beta is multiplied by this every round"),
+    "steps": ("--steps-per-round", common.positive_int, "BC fine-tuning steps per round"),
+    "eval_episodes": ("--eval-episodes", common.non_negative_int, "learner-only evaluation per round"),
+    "workers": ("--workers", common.positive_int, "rollout and evaluation processes"),
+}
 
 
 def add_bc_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -113,7 +144,10 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         help="DAgger: roll the policy out, the expert labels every visited state, aggregate, retrain",
     )
     common.add_config_arguments(
-        p, "YAML or JSON run config ({policy: ..., train: ...}) for round 0", "train.steps=700"
+        p,
+        "YAML or JSON run config ({policy: ..., train: ..., dagger: ...}): round 0 trains with train.*, "
+        "the rounds follow dagger.*",
+        "dagger.eval_seed=0",
     )
     p.add_argument("--data", required=True, help="demonstrations to start from (copied into OUT/data)")
     p.add_argument("--env", required=True, help="env id the rollouts run in")
@@ -132,18 +166,13 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="round-0 policy: a checkpoint instead of BC on --data (on --resume: the run's own)",
     )
-    for flag, kind, default, text in (
-        ("--rounds", common.positive_int, 3, "rounds after round 0"),
-        ("--episodes", common.positive_int, 200, "labelled rollouts per round"),
-        ("--beta", float, 0.5, "P(execute the expert's action) in round 1"),
-        ("--beta-decay", float, 0.5, "beta is multiplied by this every round"),
-        ("--steps-per-round", common.positive_int, 400, "BC fine-tuning steps per round"),
-        ("--eval-episodes", common.non_negative_int, 40, "learner-only evaluation per round"),
-    ):
+    for name, (flag, kind, text) in DAGGER_FLAGS.items():
         p.add_argument(
-            flag, type=kind, default=None, help=f"{text} (default: {default}); on --resume, the run's own"
+            flag,
+            type=kind,
+            default=FromRunConfig("dagger", name),
+            help=f"{text} (default: %(default)s), or the run config's dagger.{name}; on --resume, the run's own",
         )
-    common.add_workers_flag(p, help="rollout and evaluation processes")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -154,17 +183,6 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_dagger)
 
 
-# DaggerConfig's fields and the ``instructcraft dagger`` flags that set them (argparse names).
-DAGGER_FLAGS = {
-    "rounds": "rounds",
-    "episodes": "episodes",
-    "beta": "beta",
-    "beta_decay": "beta_decay",
-    "steps": "steps_per_round",
-    "eval_episodes": "eval_episodes",
-}
-
-
 def run_dagger(args: argparse.Namespace) -> int:
     from envs.experts import default_expert_for
     from train import dagger
@@ -173,28 +191,26 @@ def run_dagger(args: argparse.Namespace) -> int:
     from train.config import load_run_config, refuse_unused_settings
     from train.dagger_settings import load_state
 
-    refuse_unused_settings(args.set, ("policy", "train"), "dagger")
-    # A resumed run continues with what it was started with: its run config (--config and --set
-    # override it) and every flag not given again.
+    refuse_unused_settings(args.set, ("policy", "train", "dagger"), "dagger")
+    # A resumed run continues with what it was started with: its run config and DAgger settings
+    # (--config, --set and the flags given again override them).
     started = load_state(Path(args.out)) if args.resume else {}
-    run = load_run_config(args.config, args.set, base=started.get("run"))
-    given = {name: getattr(args, dest) for name, dest in DAGGER_FLAGS.items()}
-    recorded = started.get("dagger", {})
-    settings = {
-        name: value if value is not None else recorded[name]
-        for name, value in given.items()
-        if value is not None or name in recorded
+    base = {**started.get("run", {}), "dagger": started["dagger"]} if started else None
+    run = load_run_config(args.config, args.set, base=base)
+    given = {
+        name: getattr(args, flag.removeprefix("--").replace("-", "_"))
+        for name, (flag, *_) in DAGGER_FLAGS.items()
     }
+    given = {name: value for name, value in given.items() if not isinstance(value, FromRunConfig)}
+    run = dataclasses.replace(run, dagger=dataclasses.replace(run.dagger, **given))
     tasks, expert, init = (
         getattr(args, name) if getattr(args, name) is not None else started.get(name)
         for name in ("tasks", "expert", "init")
     )
     if init:  # every round fine-tunes the --init architecture
         refuse_unapplied_policy_settings(init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
-    rounds = dagger.DaggerConfig(**settings, workers=args.workers)
     state = dagger.run_dagger(
         run,
-        rounds,
         args.data,
         args.out,
         args.env,
