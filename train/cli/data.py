@@ -1,4 +1,4 @@
-"""Datasets in and out: ``collect``, ``data info|check|merge``, ``import minerl|vpt|minari``,
+"""Datasets in and out: ``collect``, ``data info|check|merge|upgrade``, ``import minerl|vpt|minari``,
 ``export minari``; and ``export hub``, a checkpoint out as a Hugging Face Hub model folder."""
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def _interrupted_collect_line(out: str, before: int) -> str:
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "data",
-        help="inspect, verify or merge datasets",
-        description="Inspect, verify or merge datasets.",
+        help="inspect, verify, merge or upgrade datasets",
+        description="Inspect, verify, merge or upgrade datasets.",
     )
     # Each action its own parser: its own --help, and the other action's flags refused.
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -147,6 +147,13 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         help="merge even when an episode seed is recorded more than once (the episodes repeat)",
     )
     common.add_json_flag(merge, "print the summary as JSON")
+    upgrade_help = (
+        "convert a dataset of an older format version to the current one in place (crash-safe: "
+        "run it again after an interruption)"
+    )
+    upgrade = actions.add_parser("upgrade", help=upgrade_help, description=upgrade_help)
+    upgrade.add_argument("path", help="dataset directory")
+    common.add_json_flag(upgrade, "print what was done as JSON")
     p.set_defaults(func=run_data)
 
 
@@ -182,6 +189,8 @@ def run_data(args: argparse.Namespace) -> int:
 
     if args.action == "merge":
         return run_merge(args)
+    if args.action == "upgrade":
+        return run_upgrade(args)
     try:
         dataset = Dataset(args.path)
         if args.action == "info":
@@ -206,6 +215,37 @@ def run_data(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {len(dataset)} episodes, {dataset.num_steps} steps verified in {args.path}")
     return _replay(args.path) if args.replay else 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    """A refusal (not a dataset, a writer holds it) exits 2 with nothing changed; an interrupted
+    upgrade leaves a readable dataset, and running it again finishes the job."""
+    from envs.data.store import DatasetError
+    from envs.data.upgrade import upgrade_dataset
+
+    try:
+        summary = upgrade_dataset(args.path)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        common.print_json(summary)
+    elif summary["upgraded"]:
+        how = f"{summary['linked']} linked" + (f", {summary['copied']} copied" if summary["copied"] else "")
+        print(
+            f"upgraded {args.path} from format version {summary['from_version']} to {summary['to_version']}: "
+            f"{summary['episodes']} episode files in sub-folders of episodes/ ({how})"
+        )
+    else:
+        finished = (
+            summary["linked"]
+            + summary["copied"]
+            + summary["index_lines_renamed"]
+            + summary["old_names_removed"]
+        )
+        note = " (finished an upgrade that was stopped midway)" if finished else ""
+        print(f"{args.path} is already at format version {summary['to_version']}: nothing to upgrade{note}")
+    return 0
 
 
 def _replay(path: str) -> int:
