@@ -289,31 +289,83 @@ def _check_entry(path: Path, number: int, entry: dict[str, Any]) -> None:
             raise DatasetError(f'{path} line {number}: "{key}" is {_shown(entry[key])}, expected {expected}')
 
 
+# Lines parsed together: one JSON call for a block is several times faster than one a line.
+_BLOCK_LINES = 4096
+
+
 def index_entries(root: Path, raw: bytes, *, line: int = 1, episode: int = 0) -> Iterator[dict[str, Any]]:
     """Each committed entry of ``raw`` (index.jsonl, or its part after the first ``line - 1``
     lines, which held ``episode`` entries), checked: episode numbers in order, the file inside
     episodes/, every field a reader uses of its type. The committed part of ``raw`` ends at
     ``committed_length(raw)``."""
     path = root / "index.jsonl"
-    start, number = 0, line - 1
-    # Line by line without splitting: a split would hold a second copy of a large index at once.
-    while (end := raw.find(b"\n", start)) >= 0:  # text after the last newline is torn
-        text, start, number = raw[start:end], end + 1, number + 1
-        if not text.strip():
-            continue
+    start = 0
+    while True:
+        stop = start  # a block of whole lines, never the torn text after the last newline
+        for _ in range(_BLOCK_LINES):
+            end = raw.find(b"\n", stop)
+            if end < 0:
+                break
+            stop = end + 1
+        if stop == start:
+            return
+        texts = raw[start : stop - 1].split(b"\n")
+        start = stop
+        numbered = [(line + offset, text) for offset, text in enumerate(texts) if text and not text.isspace()]
+        line += len(texts)
         try:
-            entry = json.loads(text)
-        except ValueError as error:  # bad JSON or bad UTF-8
-            raise DatasetError(
-                f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
-            ) from None
-        if not isinstance(entry, dict) or entry.get("episode") != episode:
-            got = entry.get("episode") if isinstance(entry, dict) else entry
-            raise DatasetError(f"{path} line {number}: expected episode {episode}, got {got!r}")
-        check_episode_file(root, path, number, entry.get("file"))
-        _check_entry(path, number, entry)
-        episode += 1
-        yield entry
+            parsed = json.loads(b"[" + b",".join(text for _, text in numbered) + b"]")
+        except ValueError:  # bad JSON or bad UTF-8 somewhere: line by line, to name the line
+            parsed = None
+        if parsed is None or len(parsed) != len(numbered):
+            parsed = [_parse_line(path, number, text) for number, text in numbered]
+        for (number, _), entry in zip(numbered, parsed, strict=True):
+            if not _plain_entry(entry, episode):
+                _check_line(root, path, number, entry, episode)
+            episode += 1
+            yield entry
+
+
+def _parse_line(path: Path, number: int, text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:  # bad JSON or bad UTF-8
+        raise DatasetError(
+            f"{path} line {number} is corrupt ({error}); the episodes before it are intact"
+        ) from None
+
+
+def _plain_entry(entry: Any, episode: int) -> bool:
+    """Whether an entry is as the store writes it (the common case, checked quickly); any other
+    entry goes through ``_check_line``, which names what is wrong, or accepts it."""
+    if type(entry) is not dict:
+        return False
+    get = entry.get
+    length, seed, size = get("length"), get("seed"), get("bytes", 0)
+    return (
+        get("episode") == episode
+        and get("file") in (episode_file(episode, 1), episode_file(episode, 2))
+        and type(length) is int
+        and 0 <= length < 2**62
+        and type(get("instruction")) is str
+        and type(get("task")) is str
+        and type(get("env_id")) is str
+        and type(get("expert", "")) is str
+        and (seed is None or type(seed) is int)
+        and type(get("success", False)) in (bool, type(None))
+        and type(size) is int
+        and size >= 0
+        and type(get("sha256", "")) is str
+        and type(get("extra", {})) is dict
+    )
+
+
+def _check_line(root: Path, path: Path, number: int, entry: Any, episode: int) -> None:
+    if not isinstance(entry, dict) or entry.get("episode") != episode:
+        got = entry.get("episode") if isinstance(entry, dict) else entry
+        raise DatasetError(f"{path} line {number}: expected episode {episode}, got {got!r}")
+    check_episode_file(root, path, number, entry.get("file"))
+    _check_entry(path, number, entry)
 
 
 def committed_length(raw: bytes) -> int:

@@ -59,6 +59,9 @@ ORDER = (
 )
 
 
+_KNOWN = frozenset(ORDER)
+
+
 STRINGS = ("instruction", "task", "env_id", "expert")  # code -1: the entry has no such key
 
 
@@ -96,21 +99,18 @@ class EpisodeTable(Sequence[dict[str, Any]]):
     @classmethod
     def from_entries(cls, version: int, entries: Iterable[dict[str, Any]], first: int = 0) -> EpisodeTable:
         """The table of ``entries`` (checked index entries numbered from ``first``)."""
-        length, seed, seed_state, success, returns, has_return, sizes, digests, has_digest = (
-            [] for _ in range(9)
-        )
-        codes: dict[str, list[int]] = {name: [] for name in STRINGS}
-        lookup: dict[str, dict[str, int]] = {name: {} for name in STRINGS}
+        length, seed, seed_state, success, returns, has_return, sizes, hexes = ([] for _ in range(8))
+        texts: dict[str, list[str | None]] = {name: [] for name in STRINGS}
         rest: dict[int, dict] = {}
         for offset, entry in enumerate(entries):
             number = first + offset
-            other = {key: value for key, value in entry.items() if key not in ORDER}
+            unknown = entry.keys() - _KNOWN
+            other = {key: entry[key] for key in entry if key in unknown} if unknown else {}
             if entry.get("file") != episode_file(number, version):
                 other["file"] = entry.get("file")
             length.append(entry["length"])
             for name in STRINGS:
-                value = entry.get(name)
-                codes[name].append(-1 if value is None else lookup[name].setdefault(value, len(lookup[name])))
+                texts[name].append(entry.get(name))
             value = entry.get("seed", _MISSING)
             if value is _MISSING:
                 seed_state.append(_SEED_ABSENT)
@@ -132,14 +132,19 @@ class EpisodeTable(Sequence[dict[str, Any]]):
             if value >= _INT64:
                 other["bytes"], value = value, -1
             sizes.append(value)
-            value = entry.get("sha256")
-            digest = _digest(value)
-            has_digest.append(digest is not None)
-            digests.append(digest or bytes(32))
-            if value is not None and digest is None:
-                other["sha256"] = value
+            hexes.append(entry.get("sha256"))
             if other:
                 rest[number] = other
+        digests, has_digest = _digests(hexes)
+        for number, (value, present) in enumerate(zip(hexes, has_digest, strict=True), start=first):
+            if value is not None and not present:  # not 64 lowercase hex digits: kept as written
+                rest.setdefault(number, {})["sha256"] = value
+        strings, codes = {}, {}
+        for name in STRINGS:
+            strings[name] = [value for value in dict.fromkeys(texts[name]) if value is not None]
+            code = {value: number for number, value in enumerate(strings[name])}
+            code[None] = -1  # type: ignore[index]
+            codes[name] = np.array([code[value] for value in texts[name]], np.int32)
         columns = {
             "length": np.array(length, np.int64),
             "seed": np.array(seed, np.int64),
@@ -148,11 +153,11 @@ class EpisodeTable(Sequence[dict[str, Any]]):
             "return": np.array(returns, np.float64),
             "has_return": np.array(has_return, bool),
             "bytes": np.array(sizes, np.int64),
-            "sha256": np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 32).copy(),
-            "has_sha256": np.array(has_digest, bool),
-            **{f"{name}_code": np.array(codes[name], np.int32) for name in STRINGS},
+            "sha256": digests,
+            "has_sha256": has_digest,
+            **{f"{name}_code": codes[name] for name in STRINGS},
         }
-        return cls(version, columns, {name: list(lookup[name]) for name in STRINGS}, rest)
+        return cls(version, columns, strings, rest)
 
     def __len__(self) -> int:
         return len(self.columns["length"])
@@ -227,6 +232,21 @@ class EpisodeTable(Sequence[dict[str, Any]]):
             if key not in columns:
                 columns[key] = np.concatenate([column, other.columns[key]])
         return EpisodeTable(self.version, columns, strings, {**self.rest, **other.rest})
+
+
+def _digests(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 32) and bool (N,): each sha256 as its bytes where it is written as the writer
+    writes it (64 lowercase hex digits), all at once when every one is (the common case)."""
+    joined = "".join(value for value in values if type(value) is str and len(value) == 64)
+    if len(joined) == 64 * len(values) and joined == joined.lower():
+        with contextlib.suppress(ValueError):
+            return np.frombuffer(bytes.fromhex(joined), np.uint8).reshape(-1, 32).copy(), np.ones(
+                len(values), bool
+            )
+    digests = [_digest(value) for value in values]
+    flat = b"".join(digest or bytes(32) for digest in digests)
+    present = np.array([digest is not None for digest in digests], bool)
+    return np.frombuffer(flat, np.uint8).reshape(-1, 32).copy(), present
 
 
 def _digest(value: Any) -> bytes | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from train.bench.attention import bench_attention, viewer_size_for
 from train.bench.bc import PREVIOUS_BC_DEFAULT, bench_bc
+from train.bench.data import bench_data
 from train.bench.env import bench_babyai, bench_collect, bench_crafter, bench_env
 from train.bench.policy import bench_policy
 from train.bench.rl import bench_rl
@@ -24,6 +25,7 @@ __all__ = [
     "bench_bc",
     "bench_collect",
     "bench_crafter",
+    "bench_data",
     "bench_env",
     "bench_policy",
     "bench_rl",
@@ -36,4 +38,5 @@ BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {
     "bc": bench_bc,
     "attention": bench_attention,
     "rl": bench_rl,
+    "data": bench_data,
 }

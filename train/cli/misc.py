@@ -57,7 +57,9 @@ def run_envs(args: argparse.Namespace) -> int:
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="run a benchmark; prints side-by-side ratios")
     # train.bench.BENCHES in its order, named here so that building the parser imports no benchmark
-    p.add_argument("what", choices=["env", "policy", "bc", "attention", "rl"], help="what to benchmark")
+    p.add_argument(
+        "what", choices=["env", "policy", "bc", "attention", "rl", "data"], help="what to benchmark"
+    )
     common.add_json_flag(p, "print JSON")
     p.add_argument("--quick", action="store_true", help="smaller budgets (smoke runs)")
     p.set_defaults(func=run_bench)
