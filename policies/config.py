@@ -374,6 +374,9 @@ def _coerce(hint: Any, value: Any, name: str, complete: bool = False) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [arg for arg in args if dataclasses.is_dataclass(arg)]
+        if isinstance(value, dict) and len(sections) == 1:  # a section's own error names its key
+            return build_dataclass(sections[0], value, f"{name}.", complete=complete)
         for arg in args:
             if arg is type(None):
                 continue

@@ -78,12 +78,12 @@ class TrainConfig:
     """validate every N steps (0 = at each checkpoint and at the end)"""
 
     def __post_init__(self) -> None:
-        _check_numbers(self, "train")
+        check_numbers(self, "train")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"train.val_fraction must be in [0, 1), got {self.val_fraction}")
-        _at_least(self, "train", 0, "val_every")
-        _at_least(self, "train", 1, "steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
-        _at_least(
+        at_least(self, "train", 0, "val_every")
+        at_least(self, "train", 1, "steps", "batch_size", "chunk_length", "log_every", "checkpoint_every")
+        at_least(
             self,
             "train",
             0,
@@ -94,10 +94,10 @@ class TrainConfig:
             "eval_episodes",
             "cache_mib",
         )
-        _at_least(self, "train", 0, "seed", "weight_decay", "value_coef", "grad_clip")
+        at_least(self, "train", 0, "seed", "weight_decay", "value_coef", "grad_clip")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        _in_unit_interval(self, "train", "min_lr_ratio", "gamma")
+        in_unit_interval(self, "train", "min_lr_ratio", "gamma")
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,13 @@ class RLConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        _check_numbers(self, "rl")
-        _at_least(self, "rl", 1, "n_envs", "n_steps", "n_epochs", "bc_batch_size", "max_tokens")
+        check_numbers(self, "rl")
+        at_least(self, "rl", 1, "n_envs", "n_steps", "n_epochs", "bc_batch_size", "max_tokens")
         # Advantages are normalized over each minibatch: one step has no spread to divide by.
-        _at_least(self, "rl", 2, "batch_size")
-        _at_least(self, "rl", 1, "checkpoint_every")
-        _at_least(self, "rl", 0, "seed", "ent_coef", "vf_coef", "target_kl", "kl_coef", "bc_coef")
-        _in_unit_interval(self, "rl", "gamma", "gae_lambda")
+        at_least(self, "rl", 2, "batch_size")
+        at_least(self, "rl", 1, "checkpoint_every")
+        at_least(self, "rl", 0, "seed", "ent_coef", "vf_coef", "target_kl", "kl_coef", "bc_coef")
+        in_unit_interval(self, "rl", "gamma", "gae_lambda")
         if self.vec_env not in ("subproc", "dummy"):
             raise ConfigError(f"rl.vec_env must be 'subproc' or 'dummy', got {self.vec_env!r}")
         for name in ("lr", "clip_range", "max_grad_norm"):
@@ -181,9 +181,9 @@ class DaggerConfig:
     """rollout and evaluation processes (changes no result)"""
 
     def __post_init__(self) -> None:
-        _check_numbers(self, "dagger")
-        _at_least(self, "dagger", 1, "rounds", "episodes", "steps", "workers")
-        _at_least(self, "dagger", 0, "eval_episodes", "eval_seed")
+        check_numbers(self, "dagger")
+        at_least(self, "dagger", 1, "rounds", "episodes", "steps", "workers")
+        at_least(self, "dagger", 0, "eval_episodes", "eval_seed")
         if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
             raise ConfigError(
                 f"dagger.beta and dagger.beta_decay must be in [0, 1], got {self.beta} and {self.beta_decay}"
@@ -193,7 +193,7 @@ class DaggerConfig:
         return self.beta * self.beta_decay ** (round_ - 1)
 
 
-def _check_numbers(config: Any, section: str) -> None:
+def check_numbers(config: Any, section: str) -> None:
     """Every float field finite (``nan`` passes every comparison, so it is refused first)."""
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
@@ -201,14 +201,14 @@ def _check_numbers(config: Any, section: str) -> None:
             raise ConfigError(f"{section}.{item.name} must be a finite number, got {value}")
 
 
-def _at_least(config: Any, section: str, minimum: int, *names: str) -> None:
+def at_least(config: Any, section: str, minimum: int, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if value < minimum:
             raise ConfigError(f"{section}.{name} must be >= {minimum}, got {value}")
 
 
-def _in_unit_interval(config: Any, section: str, *names: str) -> None:
+def in_unit_interval(config: Any, section: str, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not 0 <= value <= 1:
@@ -275,7 +275,8 @@ def refuse_unused_settings(overrides: list[str], sections: tuple[str, ...], comm
             )
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path, holds: str = f"sections ({sorted(SECTIONS)})") -> dict[str, Any]:
+    """The mapping a YAML or JSON file holds (``holds`` says what, for the error otherwise)."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     text = path.read_text()
@@ -286,9 +287,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path} holds {type(data).__name__}, not a mapping of sections ({sorted(SECTIONS)})"
-        )
+        raise ConfigError(f"{path} holds {type(data).__name__}, not a mapping of {holds}")
     return data
 
 
@@ -301,6 +300,18 @@ def _merge(into: dict[str, Any], data: dict[str, Any]) -> None:
             into[key] = copy.deepcopy(value)
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """``data[a][b] = value`` for ``key`` "a.b" (sections made as needed); ``where`` names the
+    setting in the error when a part is not a section."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {part} is not a section")
+    node[parts[-1]] = value
+
+
 def load_run_config(
     path: str | Path | None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -308,18 +319,12 @@ def load_run_config(
     defaults), then what the file at ``path`` sets, then each ``--set key=value`` of ``overrides``."""
     data: dict[str, Any] = copy.deepcopy(base) if base else {}
     if path is not None:
-        _merge(data, _read_config_file(Path(path)))
+        _merge(data, read_config_file(Path(path)))
     for override in overrides or []:
         if "=" not in override:
             raise ConfigError(f"--set expects key=value, got {override!r}")
         key, value = override.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part} is not a section")
-        node[parts[-1]] = parse_value(value)
+        set_dotted(data, key.strip(), parse_value(value), f"--set {key}")
     try:
         return RunConfig.from_dict(data)
     except TypeError as error:

@@ -1,10 +1,17 @@
-"""The main job behind `make demo`: demonstrations -> behavioral cloning -> DAgger -> evaluation -> video."""
+"""The main job behind `make demo`: demonstrations -> behavioral cloning -> DAgger -> evaluation -> video.
+
+What it collects, trains and evaluates is a recipe, configs/demo.yaml, read into ``DemoRecipe``;
+``run_demo``'s keywords (the flags of ``instructcraft demo``) override its settings.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,119 +24,172 @@ from agent.rollout import rollout
 from envs.data.collect import collect
 from envs.data.store import Dataset
 from envs.experts import default_expert_for
+from policies.config import build_dataclass
 from train.bc import train_bc
-from train.config import load_run_config
-from train.dagger import DaggerConfig, run_dagger
+from train.config import (
+    ConfigError,
+    DaggerConfig,
+    RunConfig,
+    at_least,
+    check_numbers,
+    in_unit_interval,
+    load_run_config,
+    read_config_file,
+    set_dotted,
+)
+from train.dagger import run_dagger
 from train.errors import SettingError
 from train.report import write_json
 
-DEMO_TASKS = ["collect_wood", "collect_drink", "eat_cow", "place_table"]
-EVAL_SEED = 100_000  # evaluation episode i uses seed EVAL_SEED + i: worlds training never saw
 REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "demo.yaml"
+
+# run_demo's keywords (the flags of `instructcraft demo`) and the recipe settings they override.
+OVERRIDES = {
+    "tasks": "tasks",
+    "episodes": "episodes",
+    "config": "run_config",
+    "bc_steps": "bc_steps",
+    "dagger_rounds": "dagger.rounds",
+    "dagger_episodes": "dagger.episodes",
+    "dagger_steps": "dagger.steps",
+    "eval_episodes": "eval_episodes",
+    "seed": "seed",
+    "workers": "workers",
+}
 
 
-def run_demo(
-    out: str,
-    episodes: int = 2400,
-    workers: int = 2,
-    seed: int = 0,
-    bc_steps: int = 700,
-    eval_episodes: int = 80,
-    tasks: list[str] | None = None,
-    config: str | Path | None = None,
-    dagger_rounds: int = 3,
-    dagger_episodes: int = 400,
-    dagger_steps: int = 700,
-) -> int:
+@dataclass(frozen=True)
+class DemoRecipe:
+    """The demo's settings; a recipe file names every one (configs/demo.yaml says what each is)."""
+
+    tasks: tuple[str, ...]
+    episodes: int
+    noise: float
+    run_config: str
+    """the BC run config: a path relative to the recipe file, or as given to ``config=``"""
+    bc_steps: int
+    dagger: DaggerConfig | None
+    """None: no DAgger, the BC policy is evaluated (its ``workers`` are the recipe's)"""
+    eval_episodes: int
+    eval_seed: int
+    seed: int
+    workers: int
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "demo")
+        if not self.tasks:
+            raise ConfigError("demo.tasks must name at least one task")
+        at_least(self, "demo", 1, "episodes", "bc_steps", "eval_episodes", "workers")
+        at_least(self, "demo", 0, "eval_seed", "seed")
+        in_unit_interval(self, "demo", "noise")
+        self._check_seeds()
+
+    @property
+    def training_episodes(self) -> int:
+        """Episodes seeded ``seed, seed + 1, ...``: the demonstrations, then DAgger's rollouts."""
+        return self.episodes + (self.dagger.rounds * self.dagger.episodes if self.dagger else 0)
+
+    def _check_seeds(self) -> None:
+        """Refuse a seed whose training episodes would reuse the evaluation's seeds: the
+        evaluation must run on worlds training never saw."""
+        training = (self.seed, self.seed + self.training_episodes - 1)
+        evaluation = (self.eval_seed, self.eval_seed + self.eval_episodes - 1)
+        if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
+            raise SettingError(
+                f"demo --seed {self.seed}: training episodes use seeds {training[0]}..{training[1]}, which "
+                f"overlap the evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
+                f"{self.eval_seed - self.training_episodes} or above {evaluation[1]}"
+            )
+
+
+def load_recipe(path: str | Path = RECIPE, **overrides: Any) -> DemoRecipe:
+    """The recipe at ``path`` with ``overrides`` (OVERRIDES' keywords; None keeps the recipe's
+    value) applied; ``dagger_rounds=0`` runs no DAgger."""
+    path = Path(path)
+    data = read_config_file(path, "recipe settings")
+    if isinstance(data.get("run_config"), str):
+        data["run_config"] = str(path.parent / data["run_config"])
+    for keyword, value in overrides.items():
+        if keyword not in OVERRIDES:
+            raise SettingError(f"the demo has no setting {keyword!r}; known: {sorted(OVERRIDES)}")
+        if value is not None:
+            set_dotted(data, OVERRIDES[keyword], str(value) if keyword == "config" else value, keyword)
+    if isinstance(data.get("dagger"), dict) and data["dagger"].get("rounds") == 0:
+        data["dagger"] = None
+    names = [field.name for field in dataclasses.fields(DemoRecipe)]
+    missing = [name for name in names if name not in data]
+    if missing and set(data) <= set(names):  # an unknown key is said first: it may be a misspelling
+        raise ConfigError(f"{path} misses {missing}: a recipe names every setting (see {RECIPE.name})")
+    try:
+        return build_dataclass(DemoRecipe, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+class _Stages:
+    """Prints ``[i/n] what`` as each stage starts; ``timed`` stages add their seconds to ``timings``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.started = total, 0
+        self.timings: dict[str, float] = {}
+
+    def announce(self, what: str) -> None:
+        self.started += 1
+        print(f"[{self.started}/{self.total}] {what}")
+
+    @contextmanager
+    def timed(self, name: str, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self.announce(what)
+        yield
+        self.timings[name] = time.perf_counter() - start
+
+
+def run_demo(out: str, recipe: str | Path = RECIPE, **overrides: Any) -> int:
     """Collect expert demonstrations, train BC on CPU for a few minutes, run DAgger rounds (the
     expert labels the states the cloned policy visits; fine-tune on the aggregate), evaluate
     with correct vs swapped instructions, record a rollout video, and print where everything is.
 
-    ``config``: the BC run config (default ``configs/bc_crafter.yaml``; tests pass a tiny one).
-    ``dagger_rounds`` 0 skips DAgger and evaluates the BC policy.
+    ``recipe``: the recipe file; ``overrides`` replace its settings (``load_recipe``), e.g.
+    ``config`` the BC run config (tests pass a tiny one), ``dagger_rounds=0`` no DAgger.
     """
-    tasks = tasks or DEMO_TASKS
-    _check_seeds(seed, episodes + dagger_rounds * dagger_episodes, eval_episodes)
+    demo = load_recipe(recipe, **overrides)
+    tasks = list(demo.tasks)
     root = Path(out)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    data, run_dir, video_dir = root / "demos", root / "bc", root / "videos"
-    dagger_dir = root / "dagger"
-    stages = 5 if dagger_rounds else 4
-    timings: dict[str, float] = {}
-
-    start = time.perf_counter()
-    print(
-        f"[1/{stages}] collecting {episodes} expert episodes (DART noise 0.25) on {envs.CRAFTER_ID} ({', '.join(tasks)})"
-    )
-    stats = _collect(data, tasks, episodes, workers, seed)
-    timings["collect"] = time.perf_counter() - start
+    data = root / "demos"
+    stages = _Stages(5 if demo.dagger else 4)
+    with stages.timed("collect", f"collecting {demo.episodes} expert episodes {_describe_collection(demo)}"):
+        stats = _collect(data, demo)
     summary = Dataset(data).summary()
-
-    start = time.perf_counter()
-    print(f"[2/{stages}] behavioral cloning for {bc_steps} steps on CPU")
-    run = load_run_config(
-        config or REPO / "configs" / "bc_crafter.yaml",
-        [f"train.steps={bc_steps}", f"train.seed={seed}", f"train.checkpoint_every={bc_steps}"],
-    )
-    trained = train_bc(run, str(data), str(run_dir))
-    timings["bc"] = time.perf_counter() - start
-    checkpoint = trained["checkpoint"]
-    dagger = None
-    if dagger_rounds:
-        start = time.perf_counter()
-        print(
-            f"[3/{stages}] DAgger: {dagger_rounds} round(s) of {dagger_episodes} rollouts labelled by the expert "
-            f"(beta 0.3), {dagger_steps} fine-tuning steps each"
-        )
-        rounds = DaggerConfig(
-            rounds=dagger_rounds,
-            episodes=dagger_episodes,
-            beta=0.3,
-            beta_decay=0.5,
-            steps=dagger_steps,
-            eval_episodes=0,
-            workers=workers,
-        )
-        dagger = run_dagger(
-            dataclasses.replace(run, dagger=rounds),
-            str(data),
-            str(dagger_dir),
-            envs.CRAFTER_ID,
-            default_expert_for(envs.CRAFTER_ID),
-            tasks=tasks,
-            init=checkpoint,
-        )
+    with stages.timed("bc", f"behavioral cloning for {demo.bc_steps} steps on CPU"):
+        run = _bc_run_config(demo)
+        trained = train_bc(run, str(data), str(root / "bc"))
+    checkpoint, dagger = trained["checkpoint"], None
+    if demo.dagger:
+        rounds = dataclasses.replace(demo.dagger, workers=demo.workers)
+        with stages.timed("dagger", f"DAgger: {_describe_rounds(rounds)}"):
+            expert = default_expert_for(envs.CRAFTER_ID)
+            run = dataclasses.replace(run, dagger=rounds)
+            dagger = run_dagger(
+                run, str(data), str(root / "dagger"), envs.CRAFTER_ID, expert, tasks=tasks, init=checkpoint
+            )
         checkpoint = dagger["checkpoint"]
-        timings["dagger"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    print(f"[{stages - 1}/{stages}] evaluating on {eval_episodes} new seeds per instruction mode")
-    results = {}
-    for mode in ("correct", "swapped"):
-        results[mode] = evaluate(
-            envs.CRAFTER_ID,
-            eval_episodes,
-            checkpoint=checkpoint,
-            tasks=tasks,
-            mode=mode,
-            workers=workers,
-            seed=EVAL_SEED,
-        )
-    timings["eval"] = time.perf_counter() - start
-
-    print(f"[{stages}/{stages}] recording a captioned rollout video")
-    video = _record_video(checkpoint, tasks[0], video_dir)
-
-    _print_table(tasks, summary, results, timings, stats)
+    with stages.timed("eval", f"evaluating on {demo.eval_episodes} new seeds per instruction mode"):
+        results = {mode: _evaluate(checkpoint, demo, mode) for mode in ("correct", "swapped")}
+    stages.announce("recording a captioned rollout video")
+    video = _record_video(checkpoint, tasks[0], root / "videos", demo.eval_seed)
+    _print_table(tasks, summary, results, stages.timings, stats)
     report = {
         "dataset": summary,
         "bc": trained,
         "dagger": dagger,
         "checkpoint": checkpoint,
         "eval": results,
-        "timings_s": timings,
+        "timings_s": stages.timings,
         "video": video,
     }
     write_json(root / "summary.json", report)
@@ -137,41 +197,62 @@ def run_demo(
     return 0
 
 
-def _check_seeds(seed: int, training_episodes: int, eval_episodes: int) -> None:
-    """Refuse a --seed whose training episodes (demonstrations, then DAgger's) would reuse the
-    evaluation's seeds: the evaluation must run on worlds training never saw."""
-    training = (seed, seed + training_episodes - 1)
-    evaluation = (EVAL_SEED, EVAL_SEED + eval_episodes - 1)
-    if training[0] <= evaluation[1] and evaluation[0] <= training[1]:
-        raise SettingError(
-            f"demo --seed {seed}: training episodes use seeds {training[0]}..{training[1]}, which overlap the "
-            f"evaluation seeds {evaluation[0]}..{evaluation[1]}; pick a --seed at most "
-            f"{EVAL_SEED - (training[1] - training[0] + 1)} or above {evaluation[1]}"
-        )
+def _bc_run_config(demo: DemoRecipe) -> RunConfig:
+    """The recipe's BC run config, trained for ``bc_steps`` with the recipe's seed, one checkpoint at the end."""
+    steps = demo.bc_steps
+    return load_run_config(
+        demo.run_config,
+        [f"train.steps={steps}", f"train.seed={demo.seed}", f"train.checkpoint_every={steps}"],
+    )
 
 
-def _record_video(checkpoint: str, task: str, video_dir: Path) -> list[str]:
-    """The first evaluation episode of ``task`` (seed ``EVAL_SEED``, sampled actions as evaluated)
-    as a captioned MP4 and GIF, by the path ``instructcraft rollout`` takes: each frame shows the
+def _evaluate(checkpoint: str, demo: DemoRecipe, mode: str) -> dict[str, Any]:
+    """``checkpoint`` on the recipe's evaluation seeds, told each task's instruction (``mode``
+    "correct") or another task's ("swapped")."""
+    return evaluate(
+        envs.CRAFTER_ID,
+        demo.eval_episodes,
+        checkpoint=checkpoint,
+        tasks=list(demo.tasks),
+        mode=mode,
+        workers=demo.workers,
+        seed=demo.eval_seed,
+    )
+
+
+def _describe_collection(demo: DemoRecipe) -> str:
+    return f"(DART noise {demo.noise}) on {envs.CRAFTER_ID} ({', '.join(demo.tasks)})"
+
+
+def _describe_rounds(dagger: DaggerConfig) -> str:
+    return (
+        f"{dagger.rounds} round(s) of {dagger.episodes} rollouts labelled by the expert "
+        f"(beta {dagger.beta}), {dagger.steps} fine-tuning steps each"
+    )
+
+
+def _record_video(checkpoint: str, task: str, video_dir: Path, seed: int) -> list[str]:
+    """The first evaluation episode of ``task`` (``seed``, sampled actions as evaluated) as a
+    captioned MP4 and GIF, by the path ``instructcraft rollout`` takes: each frame shows the
     instruction, the step, the action with its probability, and the return."""
-    agent = Agent.from_pretrained(checkpoint, seed=EVAL_SEED)
-    stats = rollout(agent, envs.CRAFTER_ID, str(video_dir), seed=EVAL_SEED, task=task, deterministic=False)
+    agent = Agent.from_pretrained(checkpoint, seed=seed)
+    stats = rollout(agent, envs.CRAFTER_ID, str(video_dir), seed=seed, task=task, deterministic=False)
     return [row["mp4"] for row in stats["episodes"]]
 
 
-def _collect(data: Path, tasks: list[str], episodes: int, workers: int, seed: int) -> dict[str, Any]:
+def _collect(data: Path, demo: DemoRecipe) -> dict[str, Any]:
     """The expert's demonstrations (successful ones only, with DART noise), with a progress bar."""
-    bar = tqdm(total=episodes, unit="ep", dynamic_ncols=True)
+    bar = tqdm(total=demo.episodes, unit="ep", dynamic_ncols=True)
     stats = collect(
         str(data),
         envs.CRAFTER_ID,
         default_expert_for(envs.CRAFTER_ID),
-        episodes,
-        tasks=tasks,
-        workers=workers,
-        seed=seed,
+        demo.episodes,
+        tasks=list(demo.tasks),
+        workers=demo.workers,
+        seed=demo.seed,
         only_success=True,
-        noise=0.25,  # DART: demonstrations that show recoveries from mistakes
+        noise=demo.noise,  # DART: demonstrations that show recoveries from mistakes
         progress=lambda episode, running: (
             bar.update(1),
             bar.set_postfix(success=f"{running['success_rate']:.2f}"),

@@ -1,5 +1,6 @@
 """Recipes are configs: DAgger's settings are the run config's dagger section (the flags override
-it, and their defaults are the dataclass's); the demo's recipe is configs/demo.yaml."""
+it, and their defaults are the dataclass's); the demo's recipe is configs/demo.yaml (its flags
+override it, and their defaults are the recipe's)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from train.cli import main
 from train.cli.training import DAGGER_FLAGS
 from train.config import ConfigError, DaggerConfig, load_run_config
 from train.dagger_settings import FLAGS
+from train.demo import RECIPE, load_recipe
+from train.errors import SettingError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -59,3 +62,85 @@ def test_a_wrong_dagger_setting_fails_when_the_config_loads(
     config.write_text(f"dagger: {section}\n")
     with pytest.raises(ConfigError, match=message):
         load_run_config(config)
+
+
+# The demo's recipe
+
+
+def test_the_demo_recipe_names_every_setting_and_its_run_config_beside_it() -> None:
+    recipe = load_recipe()
+    assert Path(recipe.run_config) == REPO / "configs" / "bc_crafter.yaml"
+    assert recipe.dagger is not None and recipe.dagger.eval_episodes == 0
+    assert recipe.training_episodes == recipe.episodes + recipe.dagger.rounds * recipe.dagger.episodes
+
+
+def test_overrides_replace_recipe_settings_and_zero_rounds_means_no_dagger() -> None:
+    recipe = load_recipe(RECIPE, episodes=8, config=TINY, dagger_rounds=0, tasks=["eat_cow"], seed=None)
+    assert (recipe.episodes, recipe.run_config, recipe.dagger, recipe.tasks) == (
+        8,
+        str(TINY),
+        None,
+        ("eat_cow",),
+    )
+    assert recipe.seed == load_recipe().seed  # None keeps the recipe's
+    assert load_recipe(dagger_steps=3).dagger == dataclasses.replace(load_recipe().dagger, steps=3)
+    with pytest.raises(SettingError, match=r"the demo has no setting 'noise'; known: \['bc_steps', "):
+        load_recipe(noise=0.5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("episodes:", "epsiodes:"),
+            r"demo.yaml: unknown key\(s\) \['epsiodes'\]; known keys: \['bc_steps', ",
+        ),
+        (("noise: 0.25", "noise: high"), r"demo.yaml: noise must be a number, got 'high' \(str\)"),
+        (("  beta: 0.3", "  bta: 0.3"), r"demo.yaml: unknown key\(s\) \['dagger.bta'\]"),
+        (("seed: 0 ", "# seed: 0"), r"demo.yaml misses \['seed'\]: a recipe names every setting"),
+        (("noise: 0.25", "noise: 1.5"), r"demo.noise must be in \[0, 1\], got 1.5"),
+    ],
+)
+def test_a_wrong_recipe_fails_in_one_line_naming_the_file(
+    edit: tuple[str, str], message: str, tmp_path: Path
+) -> None:
+    text = RECIPE.read_text()
+    assert edit[0] in text
+    (tmp_path / "demo.yaml").write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path / "demo.yaml")
+
+
+def test_the_demo_flags_given_override_the_recipe_and_the_others_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import train.demo as demo_module
+
+    seen: dict[str, Any] = {}
+
+    def run_demo(out: str, recipe: Path, **overrides: Any) -> int:
+        seen.update(out=out, recipe=recipe, overrides=overrides)
+        return 0
+
+    monkeypatch.setattr(demo_module, "run_demo", run_demo)
+    assert (
+        main(
+            ["demo", "--out", str(tmp_path), "--episodes", "8", "--dagger-rounds", "0", "--tasks", "eat_cow"]
+        )
+        == 0
+    )
+    assert seen == {
+        "out": str(tmp_path),
+        "recipe": RECIPE,
+        "overrides": {"episodes": 8, "dagger_rounds": 0, "tasks": ["eat_cow"]},
+    }
+    parser_help = demo_help(capsys)
+    recipe = load_recipe()
+    assert f"expert episodes to collect (default: {recipe.episodes})" in parser_help
+    assert f"(default: {' '.join(recipe.tasks)})" in " ".join(parser_help.split())
+
+
+def demo_help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    return capsys.readouterr().out

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from train.cli import common
 from train.report import print_json
@@ -28,6 +28,22 @@ class FromRunConfig:
         from train.config import RunConfig
 
         return str(getattr(getattr(RunConfig(), self.section), self.name))
+
+
+class FromRecipe:
+    """The default of an ``instructcraft demo`` flag: not given, the recipe's setting, which
+    ``--help`` shows (the default recipe's, read only then)."""
+
+    def __init__(self, keyword: str) -> None:
+        self.keyword = keyword
+
+    def __str__(self) -> str:
+        from train.demo import OVERRIDES, load_recipe
+
+        value: Any = load_recipe()
+        for part in OVERRIDES[self.keyword].split("."):
+            value = getattr(value, part) if value is not None else 0  # no dagger section: 0 rounds
+        return " ".join(value) if isinstance(value, tuple) else str(value)
 
 
 # ``instructcraft dagger``'s flag for each DaggerConfig field it exposes, with its argparse type
@@ -361,6 +377,18 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``instructcraft demo``'s flags: each overrides the recipe setting train.demo.OVERRIDES names for
+# it (the flag's name is run_demo's keyword); the defaults are the recipe's.
+DEMO_FLAGS = {
+    "episodes": (common.positive_int, "expert episodes to collect"),
+    "bc_steps": (common.positive_int, "behavioral-cloning steps"),
+    "eval_episodes": (common.positive_int, "evaluation episodes per instruction mode"),
+    "dagger_rounds": (common.non_negative_int, "DAgger rounds after BC (0: evaluate the BC policy)"),
+    "dagger_episodes": (common.positive_int, "labelled rollouts per DAgger round"),
+    "dagger_steps": (common.positive_int, "fine-tuning steps per DAgger round"),
+}
+
+
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -368,38 +396,22 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         "Crafter-Instruct",
     )
     p.add_argument("--out", default="outputs/demo", help="output directory")
-    p.add_argument("--episodes", type=common.positive_int, default=2400, help="expert episodes to collect")
-    p.add_argument("--bc-steps", type=common.positive_int, default=700, help="behavioral-cloning steps")
     p.add_argument(
-        "--eval-episodes",
-        type=common.positive_int,
-        default=80,
-        help="evaluation episodes per instruction mode",
+        "--recipe",
+        default=None,
+        help="the demo's recipe, a YAML file the flags below override (default: configs/demo.yaml)",
     )
-    p.add_argument(
-        "--dagger-rounds",
-        type=common.non_negative_int,
-        default=3,
-        help="DAgger rounds after BC (0: evaluate the BC policy)",
-    )
-    p.add_argument(
-        "--dagger-episodes", type=common.positive_int, default=400, help="labelled rollouts per DAgger round"
-    )
-    p.add_argument(
-        "--dagger-steps", type=common.positive_int, default=700, help="fine-tuning steps per DAgger round"
-    )
-    common.add_tasks_flag(p, "Crafter-Instruct tasks (default: four)")
-    common.add_workers_flag(p)
-    common.add_seed_flag(p, 0, "base seed")
+    for name, (kind, text) in DEMO_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=FromRecipe(name), help=text)
+    p.add_argument("--tasks", nargs="+", default=FromRecipe("tasks"), help="Crafter-Instruct tasks, in turn")
+    common.add_workers_flag(p, default=FromRecipe("workers"))
+    common.add_seed_flag(p, FromRecipe("seed"), "base seed")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from train import demo
 
-    flags = common.same_named(
-        args,
-        *("episodes", "workers", "seed", "bc_steps", "eval_episodes", "tasks"),
-        *("dagger_rounds", "dagger_episodes", "dagger_steps"),
-    )
-    return demo.run_demo(args.out, **flags)
+    names = [*DEMO_FLAGS, "tasks", "workers", "seed"]
+    given = {name: getattr(args, name) for name in names if not isinstance(getattr(args, name), FromRecipe)}
+    return demo.run_demo(args.out, args.recipe or demo.RECIPE, **given)
