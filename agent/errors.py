@@ -23,3 +23,8 @@ class AgentSettingError(AgentError, ValueError):
 
 class PlanError(AgentError, ValueError):
     """A plan that cannot be followed; the message names the file and the entry."""
+
+
+class AgentWriteError(AgentError, OSError):
+    """A rollout's result file could not be written (a full disk, permissions); the message names
+    the file."""

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
-from agent.errors import AgentSettingError
+from agent.errors import AgentSettingError, AgentWriteError
 from agent.plan import Plan
 from envs.episodes import Step, play_episode
 from envs.errors import TaskError
@@ -239,6 +239,14 @@ def _stats(env_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _write_stats(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats.json`` written atomically and synced, as every result file is."""
+    from envs.data.format import atomic_write_bytes
+    from policies.files import describe_write_failure
+
     root.mkdir(parents=True, exist_ok=True)
-    (root / "stats.json").write_text(json.dumps(stats, indent=2))
+    path = root / "stats.json"
+    try:
+        atomic_write_bytes(path, json.dumps(stats, indent=2).encode())
+    except OSError as error:
+        raise AgentWriteError(describe_write_failure(error, path, "the videos written are kept")) from None
     return stats

@@ -68,17 +68,13 @@ def crafter_score(rates: Mapping[str, float] | Iterable[float]) -> float:
 
 
 def write_stats(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``records`` as ``stats.jsonl`` atomically (a temporary file renamed into place), so a
-    crash never leaves a half-written file for crafter's scripts to misread."""
+    """Write ``records`` as ``stats.jsonl`` atomically (``atomic_write_bytes``), so a crash never
+    leaves a half-written file for crafter's scripts to misread."""
+    from envs.data.format import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with staging.open("w") as file:
-        for record in records:
-            file.write(json.dumps(dict(record)) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(staging, path)
+    atomic_write_bytes(path, "".join(json.dumps(dict(record)) + "\n" for record in records).encode())
     return path
 
 

@@ -1,6 +1,15 @@
 """Files on disk, as the policy's checkpoints need them: atomic directory writes (a reader sees
 the old directory or the complete new one), what a failed write says, and which paths are safe
-to read."""
+to read.
+
+The crash and disk-full rules here are the dataset store's (``envs.data.format``:
+``atomic_write_bytes``, ``disk_full_error``), written twice because envs and policies are the
+two leaves of the project and neither may import the other; agent and train use one of the two
+(a file: ``atomic_write_bytes``; a checkpoint folder, and what a failed write says: this module).
+The rules, the same in both: what is written is fsynced, renamed over the old in one step, and
+its folder fsynced after the rename; a write failed for a full disk when its error's errno says
+so (ENOSPC, EDQUOT). Change one copy, change both.
+"""
 
 from __future__ import annotations
 
@@ -50,16 +59,20 @@ def _apply_umask_tree(directory: Path) -> None:
             apply_umask(path)
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+def _fsync_folder(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_folder(directory)
 
 
 @contextlib.contextmanager
@@ -81,6 +94,7 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, old)
         os.replace(staging, directory)
+        _fsync_folder(directory.parent)  # the rename itself survives a crash
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -89,7 +103,8 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 # torch.save reports a failed write without an errno ("[enforce fail at inline_container.cc] ...
-# file write failed"): below this much free space the cause is taken to be a full disk.
+# file write failed"): for such an error only, below this much free space the cause is taken to
+# be a full disk. An error with an errno is judged by it alone, as the dataset store judges it.
 _NEARLY_FULL_BYTES = 64 * 2**20
 
 
@@ -104,8 +119,11 @@ def mount_point(path: str | os.PathLike[str]) -> Path:
 
 
 def is_disk_full(error: BaseException, path: str | os.PathLike[str]) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+    """Whether writing ``path`` failed for a full disk (or quota): by the errno when the error
+    has one (a permission error on a nearly full disk is a permission error), else by its words
+    or, failing those, by the disk's free space."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
     if "no space left" in str(error).lower():
         return True
     try:

@@ -38,3 +38,8 @@ class RunFolderError(TrainError, ValueError):
 class SettingError(TrainError, ValueError):
     """A run that cannot start as asked (flags that exclude each other, a checkpoint or data that
     do not fit the run); the message names the setting and the fix."""
+
+
+class OutputWriteError(TrainError, OSError):
+    """A summary or result file could not be written (a full disk, permissions); the message
+    names the file and says the previous one is intact."""

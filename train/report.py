@@ -29,9 +29,23 @@ def strict_json(data: Any, indent: int | None = 2) -> str:
     return json.dumps(finite(data), indent=indent, allow_nan=False, default=str)
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` written to ``path`` atomically and synced (a crash leaves the old file or the new
+    one, never half of it); a failed write is an ``OutputWriteError`` naming the file."""
+    from envs.data.format import atomic_write_bytes
+    from policies.files import describe_write_failure
+    from train.errors import OutputWriteError
+
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as error:
+        intact = f"{path.name} was left as it was" if path.exists() else "nothing was written"
+        raise OutputWriteError(describe_write_failure(error, path, intact)) from None
+
+
 def write_json(path: Path, data: Any) -> None:
-    """``strict_json(data)`` written to ``path``."""
-    path.write_text(strict_json(data))
+    """``strict_json(data)`` written to ``path`` (``write_text``)."""
+    write_text(path, strict_json(data))
 
 
 def print_json(data: Any) -> None:

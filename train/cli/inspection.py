@@ -148,11 +148,13 @@ def _write_results(out: str, result: dict[str, Any]) -> None:
     ``OUT/eval.json``, each written whole under a temporary name and renamed into place. An
     interrupted run (``_interrupted_report``) keeps its finished episodes the same way."""
     import json
-    import os
     from pathlib import Path
 
     from agent.evaluate import stats_records
     from envs.crafter_score import STATS_FILE, write_stats
+    from policies.files import describe_write_failure
+    from train.errors import OutputWriteError
+    from train.report import write_text
 
     folder = Path(out)
     runs = result.get("runs", [result])
@@ -161,12 +163,15 @@ def _write_results(out: str, result: dict[str, Any]) -> None:
     records = stats_records(rows)
     if records:
         # stderr: with --json, stdout carries only the JSON
-        written = write_stats(folder / STATS_FILE, records)
+        try:
+            written = write_stats(folder / STATS_FILE, records)
+        except OSError as error:
+            raise OutputWriteError(
+                describe_write_failure(error, folder / STATS_FILE, "no result of this run was written")
+            ) from None
         print(f"wrote {written} ({len(records)} episodes)", file=sys.stderr)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / ".eval.json.tmp"
-    staging.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    os.replace(staging, folder / "eval.json")
+    write_text(folder / "eval.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
