@@ -66,7 +66,8 @@ def _copy_demonstrations(data: str, aggregate: Path, skip_bad: bool) -> list[int
     source = Dataset(data)
     for number, entry in enumerate(source.episodes):
         path = source.root / entry["file"]
-        for link in (path.parent, path):
+        parts = Path(entry["file"]).parts  # episodes/, its sub-folder, the file: none may be a link
+        for link in (source.root.joinpath(*parts[:depth]) for depth in range(1, len(parts) + 1)):
             if link.is_symlink():
                 raise DatasetError(
                     f"{link} (episode {number} of {data}) is a symbolic link: DAgger copies only "

@@ -20,6 +20,7 @@ from helpers import interrupt_when, run_cli
 
 import train.dagger as dagger_module
 from envs.data.collect import collect
+from envs.data.format import episode_file
 from envs.data.store import Dataset, DatasetError
 from train.config import ConfigError, load_run_config
 from train.dagger import DaggerConfig, run_dagger
@@ -74,10 +75,11 @@ def test_files_the_index_does_not_list_stay_out_of_the_copy(demos: Path, tmp_pat
     (data / "notes.txt").write_text("mine")
     out = tmp_path / "run"
     run_dagger(RUN, str(data), str(out), ENV, "babyai_bot", progress=False)
-    copied = sorted(path.name for path in (out / "data" / "episodes").iterdir())
-    assert copied == [f"{number:06d}.npz" for number in range(12)]
+    written = list((out / "data" / "episodes").rglob("*"))
+    copied = sorted(path.relative_to(out / "data").as_posix() for path in written if path.is_file())
+    assert copied == [episode_file(number) for number in range(12)]
     assert not (out / "data" / "notes.txt").exists()
-    assert all(not path.is_symlink() for path in (out / "data" / "episodes").iterdir())
+    assert all(not path.is_symlink() for path in written)
 
 
 @pytest.mark.parametrize("target", ["/etc/passwd", "/dev/zero"])
@@ -85,7 +87,7 @@ def test_a_listed_episode_that_is_a_link_is_refused_in_one_line(
     demos: Path, tmp_path: Path, target: str
 ) -> None:
     data = copy_of(demos, tmp_path)
-    episode = data / "episodes" / "000001.npz"
+    episode = data / episode_file(1)
     episode.unlink()
     episode.symlink_to(target)
     out = tmp_path / "run"
@@ -93,9 +95,9 @@ def test_a_listed_episode_that_is_a_link_is_refused_in_one_line(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert f"{episode} (episode 1 of {data}) is a symbolic link" in result.stderr
-    copied = out / "data" / "episodes"
-    assert not copied.exists() or sum(path.stat().st_size for path in copied.iterdir()) < 1_000_000
-    assert not (out / "data" / "episodes" / "000001.npz").exists()
+    copied = (out / "data" / "episodes").rglob("*.npz")
+    assert sum(path.stat().st_size for path in copied) < 1_000_000
+    assert not (out / "data" / episode_file(1)).exists()
 
 
 def test_a_linked_episodes_folder_is_refused(demos: Path, tmp_path: Path) -> None:
