@@ -188,7 +188,7 @@ class EpisodeTable(Sequence[dict[str, Any]]):
         count = len(self)
         if not -count <= number < count:
             raise IndexError(f"episode {number} out of range: the index has {count} episodes")
-        number %= count
+        number = int(number) % count  # a numpy integer too; the entry holds a plain int
         c = self.columns
         other = self.rest.get(number, {})
         entry: dict[str, Any] = {
