@@ -132,11 +132,29 @@ MODULES: dict[str, Module] = {
         functions=("x_task_options", "x_play_episode"),
         tests=("tests/envs/test_episodes.py", "tests/envs/test_episode_loop.py"),
     ),
-    # Aggregation of rounds, expert relabelling, the beta schedule, resuming rounds.
+    # Aggregation of rounds, expert relabelling, the beta schedule, each round's seeds, the rounds.
     "dagger": Module(
-        files=("train/dagger.py",),
-        functions=("*",),
-        tests=("tests/train/test_dagger.py",),
+        files=("train/dagger.py", "train/dagger_rollout.py", "train/config.py"),
+        functions=(
+            # train/dagger.py: the copy of the demonstrations, the rounds, the run
+            "x__copy_demonstrations",
+            "x__fine_tune",
+            "x__start",
+            "xǁ_Roundsǁzero",
+            "xǁ_Roundsǁnext",
+            "xǁ_Roundsǁfinish",
+            "x_run_dagger",
+            # train/dagger_rollout.py: a mixture episode and its labels, a round's jobs and episodes
+            "x_run_dagger_episode",
+            "x_round_jobs",
+            "x_round_entries",
+            "x_round_statistics",
+            # train/config.py: the beta schedule
+            "xǁDaggerConfigǁbeta_for",
+        ),
+        # test_dagger.py's two tests are slow (left out); these run DAgger in-process on the
+        # corridor of tests/support/slip_env.py (about 6 s for a two-round run).
+        tests=("tests/train/test_dagger_contract.py",),
     ),
     # Writing, reading and checking the dataset store, and replaying its episodes.
     "store": Module(

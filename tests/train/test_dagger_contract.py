@@ -1,0 +1,278 @@
+"""What a DAgger run promises its user: the aggregate is the demonstrations plus each round's
+rollouts, labelled by the expert (never by what the learner did); each round rolls out with its
+own seeds and beta; each round fine-tunes the previous round's policy; the summary counts what
+the aggregate holds.
+
+Runs in-process (one worker) on the two-row corridor of tests/support/slip_env.py with a tiny
+policy, so a changed line in the DAgger code is seen by these tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from slip_env import RIGHT, SLIP_ID, UP, CorridorExpert
+
+from envs.data.collect import run_episode
+from envs.data.store import Dataset, DatasetError, DatasetWriter
+from train.config import DaggerConfig, load_run_config
+from train.dagger import run_dagger
+from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics
+
+# The tiny config's policy, written out: mutation testing runs a copy of the tests that holds no
+# configs/ folder.
+TINY = {
+    "policy": {
+        "text": {"encoder": "word", "word_dim": 16, "word_buckets": 256},
+        "vision": {
+            "image_size": [16, 16],
+            "channels": [8, 16, 16],
+            "frame_tokens": 4,
+            "token_pooling": "average",
+        },
+        "fusion_kwargs": {
+            "fusion_type": "cross_attention",
+            "projection_dim": 16,
+            "num_blocks": 1,
+            "num_heads": 2,
+            "max_history": 64,
+        },
+        "instruction_dropout": 0.0,
+    }
+}
+DEMOS = 3
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Three expert corridor episodes recorded without slips (seeds 0-2)."""
+    path = tmp_path_factory.mktemp("corridor") / "demos"
+    env = gym.make(SLIP_ID, slip=0.0)
+    with DatasetWriter(
+        path, env_id=SLIP_ID, image_shape=(16, 16, 3), action_space=env.action_space
+    ) as writer:
+        for seed in range(DEMOS):
+            writer.add(run_episode(env, CorridorExpert(), seed, None, SLIP_ID))
+    return str(path)
+
+
+def dagger_run(demos: str, out: Path, **dagger: object) -> dict:
+    run = load_run_config(
+        None,
+        [
+            *("train.steps=3", "train.batch_size=2", "train.chunk_length=8", "train.val_fraction=0.0"),
+            *("train.device=cpu", "train.amp=false", "train.log_every=100", "train.checkpoint_every=100"),
+        ],
+        base=TINY,
+    )
+    settings = {
+        "rounds": 1,
+        "episodes": 3,
+        "steps": 2,
+        "beta": 0.0,
+        "eval_episodes": 0,
+        "workers": 1,
+        **dagger,
+    }
+    return run_dagger(
+        dataclasses.replace(run, dagger=DaggerConfig(**settings)),  # type: ignore[arg-type]
+        demos,
+        str(out),
+        SLIP_ID,
+        CorridorExpert,
+        progress=False,
+    )
+
+
+def expert_label(image: np.ndarray) -> int:
+    """What the corridor expert says in the state ``image`` shows: up from the ditch (the bottom
+    row, drawn with a blue left edge), else right."""
+    in_ditch = tuple(image[10, 0]) == (0, 0, 255)
+    return UP if in_ditch else RIGHT
+
+
+@pytest.fixture(scope="module")
+def learner_run(demos: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Two rounds where the learner executes every step (beta 0), three rollouts a round."""
+    out = tmp_path_factory.mktemp("dagger") / "run"
+    return out, dagger_run(demos, out, rounds=2, beta=0.0)
+
+
+def test_the_aggregate_is_the_demonstrations_then_each_round_s_rollouts(
+    demos: str, learner_run: tuple[Path, dict]
+) -> None:
+    """OUT/data starts with an exact copy of every demonstration, then round 1's rollouts, then
+    round 2's, each episode tagged with its round and beta."""
+    out, _ = learner_run
+    source, aggregate = Dataset(demos), Dataset(out / "data")
+    assert len(aggregate) == DEMOS + 2 * 3
+    for number in range(DEMOS):
+        copied, original = aggregate.episode(number), source.episode(number)
+        assert np.array_equal(copied.images, original.images)
+        assert np.array_equal(copied.actions, original.actions)
+        assert copied.instruction == original.instruction and copied.seed == original.seed
+    rounds = [entry.get("extra", {}).get("dagger_round") for entry in aggregate.episodes]
+    assert rounds == [None] * DEMOS + [1] * 3 + [2] * 3
+    assert all(entry["extra"]["beta"] == 0.0 for entry in aggregate.episodes[DEMOS:])
+
+
+def test_rollouts_hold_the_expert_s_labels_not_the_learner_s_actions(learner_run: tuple[Path, dict]) -> None:
+    """DAgger's point: every visited state is labelled with what the expert would do there; what
+    the learner executed is kept apart (``executed_actions``) and counted (``learner_steps``)."""
+    out, _ = learner_run
+    aggregate = Dataset(out / "data")
+    differ = 0
+    for number in range(DEMOS, len(aggregate)):
+        episode = aggregate.episode(number)
+        labels = [expert_label(image) for image in episode.images[:-1]]
+        assert episode.actions.tolist() == labels, number
+        executed = episode.extra["executed_actions"]
+        assert len(executed) == episode.length
+        mismatches = sum(int(a != b) for a, b in zip(executed, labels, strict=True))
+        assert episode.extra["learner_steps"] == mismatches
+        differ += mismatches
+    assert differ > 0  # the untrained learner does not act like the expert
+
+
+def test_with_beta_one_the_expert_executes_every_step(demos: str, tmp_path: Path) -> None:
+    """``dagger.beta=1``: the expert's action runs at every step, so executed actions are the
+    labels and no step is the learner's."""
+    state = dagger_run(demos, tmp_path / "run", beta=1.0, episodes=2)
+    aggregate = Dataset(tmp_path / "run" / "data")
+    for number in range(DEMOS, len(aggregate)):
+        episode = aggregate.episode(number)
+        assert episode.extra["executed_actions"] == episode.actions.tolist()
+        assert episode.extra["learner_steps"] == 0
+    assert state["rounds"][1]["learner_step_fraction"] == 0.0
+
+
+def test_each_round_rolls_out_its_own_seeds(learner_run: tuple[Path, dict]) -> None:
+    """Round r's episode i runs on seed ``first_seed + (r - 1) * episodes + i``, where the first
+    seed follows the demonstrations' seeds; no seed repeats."""
+    out, state = learner_run
+    assert state["first_seed"] == DEMOS
+    seeds = [entry["seed"] for entry in Dataset(out / "data").episodes]
+    assert seeds == list(range(DEMOS + 2 * 3))
+
+
+def test_round_jobs_cycle_tasks_and_carry_the_round_s_beta() -> None:
+    """Round 2 of 4 episodes with beta 0.8 decaying by 0.5: seeds continue after round 1, tasks
+    cycle in order, beta is 0.4."""
+    dagger = DaggerConfig(rounds=3, episodes=4, beta=0.8, beta_decay=0.5)
+    state = {"first_seed": 10, "tasks": ["a", "b", "c"]}
+    assert round_jobs(state, dagger, 2) == [
+        RolloutJob(14, "a", 2, 0.4),
+        RolloutJob(15, "b", 2, 0.4),
+        RolloutJob(16, "c", 2, 0.4),
+        RolloutJob(17, "a", 2, 0.4),
+    ]
+    assert [job.task for job in round_jobs({"first_seed": 0}, dagger, 1)] == [None] * 4
+
+
+def test_beta_decays_geometrically_from_round_one() -> None:
+    """``beta_r = beta * beta_decay ** (r - 1)``: round 1 uses beta itself."""
+    dagger = DaggerConfig(beta=0.8, beta_decay=0.5)
+    assert [dagger.beta_for(r) for r in (1, 2, 3)] == pytest.approx([0.8, 0.4, 0.2])
+
+
+def test_round_statistics_are_over_all_of_a_round_s_episodes() -> None:
+    """``rollout_success``: the fraction of the round's episodes that succeeded;
+    ``learner_step_fraction``: learner steps over all steps; an empty round gives zeros."""
+    entries = [
+        {"length": 10, "success": True, "extra": {"learner_steps": 4}},
+        {"length": 30, "success": False, "extra": {"learner_steps": 6}},
+        {"length": 20, "success": None, "extra": {}},
+    ]
+    assert round_statistics(entries) == pytest.approx(
+        {"rollout_success": 1 / 3, "learner_step_fraction": 10 / 60}
+    )
+    assert round_statistics([]) == {"rollout_success": 0.0, "learner_step_fraction": 0.0}
+
+
+def test_round_entries_are_the_round_s_own_rollouts(learner_run: tuple[Path, dict]) -> None:
+    """A resumed round finds the episodes of that round and those seeds only."""
+    out, state = learner_run
+    dagger = DaggerConfig(**state["dagger"])
+    one, two = round_jobs(state, dagger, 1), round_jobs(state, dagger, 2)
+    assert [entry["seed"] for entry in round_entries(out / "data", one, 1)] == [3, 4, 5]
+    assert [entry["seed"] for entry in round_entries(out / "data", two, 2)] == [6, 7, 8]
+    assert round_entries(out / "data", one, 2) == []
+    assert [entry["seed"] for entry in round_entries(out / "data", one[:2], 1)] == [3, 4]
+
+
+def test_the_summary_counts_each_round_and_ends_with_the_last_round_s_policy(
+    learner_run: tuple[Path, dict],
+) -> None:
+    """Rounds 0, 1, 2 in order: round 0 trained on the demonstrations, each later round with its
+    beta, rollout statistics and the aggregate's size after it; OUT/checkpoint is the last
+    round's policy, and each round fine-tuned ``dagger.steps`` steps."""
+    out, state = learner_run
+    rounds = state["rounds"]
+    assert [entry["round"] for entry in rounds] == [0, 1, 2]
+    assert rounds[0]["trained_from"] == "demonstrations"
+    aggregate = Dataset(out / "data")
+    steps = [entry["length"] for entry in aggregate.episodes]
+    assert [entry["dataset_episodes"] for entry in rounds] == [DEMOS, DEMOS + 3, DEMOS + 6]
+    assert [entry["dataset_steps"] for entry in rounds] == [
+        sum(steps[:DEMOS]),
+        sum(steps[: DEMOS + 3]),
+        sum(steps),
+    ]
+    for number in (1, 2):
+        entry = rounds[number]
+        assert entry["beta"] == 0.0 and entry["checkpoint"] == str(out / f"round_{number:02d}" / "checkpoint")
+        own = aggregate.episodes[DEMOS + 3 * (number - 1) : DEMOS + 3 * number]
+        learner = sum(e["extra"]["learner_steps"] for e in own)
+        assert entry["learner_step_fraction"] == pytest.approx(learner / sum(e["length"] for e in own))
+        assert entry["rollout_success"] == pytest.approx(sum(bool(e["success"]) for e in own) / 3)
+        config = json.loads((out / f"round_{number:02d}" / "checkpoint" / "config.json").read_text())
+        assert config["trained_steps"] == 2
+    assert json.loads((out / "round_00" / "checkpoint" / "config.json").read_text())["trained_steps"] == 3
+    final = load_file(str(out / "checkpoint" / "model.safetensors"))
+    last = load_file(str(out / "round_02" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(final[key], last[key]) for key in last)
+    assert state["checkpoint"] == str(out / "checkpoint")
+    assert json.loads((out / "dagger.json").read_text())["rounds"] == json.loads(json.dumps(rounds))
+
+
+def test_a_round_fine_tunes_the_previous_round_s_weights(learner_run: tuple[Path, dict]) -> None:
+    """Round r starts from round r-1's weights (a fresh start would forget the earlier rounds):
+    two fine-tuning steps at a small rate leave round 2 close to round 1."""
+    out, _ = learner_run
+    one = load_file(str(out / "round_01" / "checkpoint" / "model.safetensors"))
+    two = load_file(str(out / "round_02" / "checkpoint" / "model.safetensors"))
+    zero = load_file(str(out / "round_00" / "checkpoint" / "model.safetensors"))
+    distance = sum(float((two[key] - one[key]).abs().sum()) for key in one)
+    from_zero = sum(float((two[key] - zero[key]).abs().sum()) for key in one)
+    assert 0 < distance < from_zero
+
+
+def test_an_unreadable_demonstration_stops_the_copy_unless_skipped(demos: str, tmp_path: Path) -> None:
+    """A damaged episode in --data stops DAgger before any training, naming the remedy; with
+    ``train.skip_bad_episodes=true`` it is left out of OUT/data and the rest are copied."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(demos, broken)
+    damaged = broken / Dataset(broken).episodes[1]["file"]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(
+        DatasetError, match=r"set train.skip_bad_episodes=true to leave unreadable episodes out"
+    ):
+        dagger_run(str(broken), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "round_00").exists()
+    run = load_run_config(None, ["train.skip_bad_episodes=true"], base=TINY)
+    from train.dagger import _copy_demonstrations
+
+    skipped = _copy_demonstrations(str(broken), tmp_path / "copy", run.train.skip_bad_episodes)
+    assert skipped == [1]
+    copy = Dataset(tmp_path / "copy")
+    assert [entry["seed"] for entry in copy.episodes] == [0, 2]
+    assert copy.metadata["action_space"] == Dataset(demos).metadata["action_space"]
