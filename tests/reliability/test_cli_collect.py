@@ -103,7 +103,7 @@ def test_a_full_disk_ends_collect_cleanly(
     assert code != 0
     assert "no space left on device" in error and "while writing" in error and "000002.npz" in error
     assert "the 2 earlier episodes" in error and "are intact" in error
-    assert not [p.name for p in (out / "episodes").iterdir() if ".tmp-" in p.name]
+    assert not [p.name for p in (out / "episodes").rglob("*") if ".tmp-" in p.name]
     monkeypatch.undo()
     assert len(Dataset(out)) == 2 and Dataset(out).check() == []
     info = json.loads(run_cli("data", "info", str(out), "--json").stdout)

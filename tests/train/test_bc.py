@@ -299,7 +299,7 @@ def test_corrupt_dataset_gets_a_clear_error(demos: str, tmp_path: Path) -> None:
 
     broken = tmp_path / "broken"
     shutil.copytree(demos, broken)
-    for path in (broken / "episodes").glob("*.npz"):
+    for path in (broken / "episodes").rglob("*.npz"):
         path.write_bytes(path.read_bytes()[:200])
     result = run_cli("bc", "--config", TINY, "--data", str(broken), "--out", str(tmp_path / "x"), check=False)
     assert result.returncode == 2

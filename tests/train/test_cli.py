@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
+from envs.data.store import episode_file
+
 
 def test_envs_lists_ids_and_tasks() -> None:
     rows = json.loads(run_cli("envs", "--json").stdout)
@@ -43,7 +45,7 @@ def test_collect_info_check(tmp_path: Path) -> None:
     assert info["episodes"] == 4 and set(info["tasks"]) == {"collect_wood", "eat_cow"}
     assert "collect_wood" in run_cli("data", "info", str(out)).stdout
     assert "ok: 4 episodes" in run_cli("data", "check", str(out)).stdout
-    episode = out / "episodes" / "000002.npz"
+    episode = out / episode_file(2)
     episode.write_bytes(episode.read_bytes()[:100])
     bad = run_cli("data", "check", str(out), check=False)
     assert bad.returncode == 1 and "000002.npz (episode 2)" in bad.stdout
