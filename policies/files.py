@@ -109,7 +109,8 @@ _NEARLY_FULL_BYTES = 64 * 2**20
 
 
 def mount_point(path: str | os.PathLike[str]) -> Path:
-    """The mount point (the device, to a user) holding ``path``."""
+    """The mount point (the device, to a user) holding ``path``: from the nearest existing folder
+    up, since a folder not made yet says nothing. Same as ``envs.data.format._mount_point``."""
     path = Path(os.path.abspath(path))
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -133,10 +134,15 @@ def is_disk_full(error: BaseException, path: str | os.PathLike[str]) -> bool:
 
 
 def describe_write_failure(error: BaseException, file: str | os.PathLike[str], intact: str) -> str:
-    """One line for a failed write of ``file``: "no space left on DEVICE while writing FILE; ``intact``"
-    when the disk is full, else the file and the error."""
+    """One line for a failed write of ``file``: when the disk is full, "no space left on device
+    while writing FILE; ``intact``. Free some space on MOUNT ...", the words of the dataset
+    store's ``envs.data.format.disk_full_error`` (the two copies cannot share code; change
+    both); else the file and the error."""
     if is_disk_full(error, file):
-        return f"no space left on {mount_point(file)} while writing {file}; {intact}"
+        return (
+            f"no space left on device while writing {file}; {intact}. "
+            f"Free some space on {mount_point(file)} (or write to another disk) and try again"
+        )
     return f"could not write {file} ({type(error).__name__}: {error}); {intact}"
 
 

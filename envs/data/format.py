@@ -179,19 +179,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _mount_point(path: Path) -> Path:
-    path = path.absolute()
-    while not os.path.ismount(path) and path.parent != path:
+    """The mount point (the device, to a user) holding ``path``: from the nearest existing folder
+    up, since a folder not made yet says nothing. Same as ``policies.files.mount_point``."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return path
 
 
 def disk_full_error(path: Path, error: OSError, intact: str) -> DatasetError | OSError:
-    """A one-line DatasetError for a full disk (or quota); other OS errors are returned as is."""
+    """A one-line DatasetError for a full disk (or quota); other OS errors are returned as is.
+    The words are those of ``policies.files.describe_write_failure``: a full disk reads the
+    same whichever layer wrote the file (the two copies cannot share code; change both)."""
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return error
     return DatasetError(
-        f"no space left on device {_mount_point(path.parent)} while writing {path}; {intact}. "
-        "Free some space (or write to another disk) and run the same command again"
+        f"no space left on device while writing {path}; {intact}. "
+        f"Free some space on {_mount_point(path)} (or write to another disk) and try again"
     )
 
 
