@@ -20,8 +20,8 @@ so export then import gives back the same episodes field by field.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from envs.data.format import atomic_write_bytes, disk_full_error
 from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode
 from envs.spaces import action_space_from_spec, action_space_spec, instruction_space
 
@@ -125,17 +126,20 @@ def _compress_hdf5(path: Path) -> None:
                     compression_opts=6,
                 )
 
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # The compressed copy is built in memory (about the native dataset's size on disk) and
+    # replaces Minari's file through the store's one atomic write (fsync, rename, folder fsync):
+    # a crash or a full disk leaves the uncompressed file, which Minari reads as well.
+    compressed = io.BytesIO()
+    # The newer hdf5 layout (readers since hdf5 1.10) indexes a chunk in bytes, not kilobytes.
+    with (
+        h5py.File(path, "r") as source,
+        h5py.File(compressed, "w", track_order=True, libver="latest") as target,
+    ):
+        copy(source, target)
     try:
-        # The newer hdf5 layout (readers since hdf5 1.10) indexes a chunk in bytes, not kilobytes.
-        with (
-            h5py.File(path, "r") as source,
-            h5py.File(temporary, "w", track_order=True, libver="latest") as target,
-        ):
-            copy(source, target)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        atomic_write_bytes(path, compressed.getvalue())
+    except OSError as error:
+        raise disk_full_error(path, error, f"{path.name} was left as Minari wrote it, uncompressed") from None
 
 
 def export_minari(data: str | Path, dataset_id: str, *, description: str | None = None) -> dict[str, Any]:
