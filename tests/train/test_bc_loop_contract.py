@@ -9,6 +9,7 @@ changed line in the loop is seen by these tests.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -380,8 +381,12 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(data: str, tmp_path: 
     out = tmp_path / "run"
     first = train_bc(config("train.steps=3"), data, str(out), progress=False)
     files = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    assert finished_run(out, "trained_steps", 3) is not None
-    assert finished_run(out, "trained_steps", 3).done == 3
+    finished = finished_run(out, "trained_steps", 3)
+    assert finished is not None and (finished.folder, finished.done) == (out, 3)
+    # A checkpoint folder named otherwise is its own run folder.
+    shutil.copytree(out / "checkpoint", tmp_path / "kept")
+    kept = finished_run(tmp_path / "kept", "trained_steps", 2)
+    assert kept is not None and kept.folder == tmp_path / "kept"
     assert finished_run(out, "trained_steps", 4) is None
     policy, summary = train_bc_policy(
         config("train.steps=3"), data, str(out), resume=str(out), progress=False
@@ -425,7 +430,7 @@ def test_resume_training_restores_weights_optimizer_schedule_and_randomness(
     puts back the random state the run had when it wrote the checkpoint."""
     out = tmp_path / "run"
     train_bc(config("train.steps=3"), data, str(out), progress=False)
-    run = config("train.steps=6")
+    run = config("train.steps=6", "train.lr=0.003")
     run = run.__class__(
         **{**run.__dict__, "policy": InstructionPolicy.from_pretrained(out / "checkpoint").config}
     )
@@ -434,12 +439,18 @@ def test_resume_training_restores_weights_optimizer_schedule_and_randomness(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, 2, 6, 0.05))
     torch.manual_seed(123)
     step, changed = resume_training(str(out), run, policy, optimizer, scheduler, "cpu")
-    assert step == 3 and changed == {"train.steps": (3, 6)}
+    assert step == 3 and changed == {"train.steps": (3, 6), "train.lr": (0.001, 0.003)}
     assert_same_weights(policy.state_dict(), weights(out))
     saved = trainer_state(out)
     assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
     assert scheduler.last_epoch == 3
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(run.train.lr * lr_lambda(3, 2, 6, 0.05))
+    # The changed rate is the one that trains, the one the schedule reports and the one a later
+    # checkpoint records (the optimizer's initial_lr, the schedule's base rates).
+    rate = 0.003 * lr_lambda(3, 2, 6, 0.05)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(rate)
+    assert scheduler.get_last_lr() == pytest.approx([rate])
+    assert optimizer.state_dict()["param_groups"][0]["initial_lr"] == 0.003
+    assert scheduler.state_dict()["base_lrs"] == [0.003]
     assert optimizer.state_dict()["state"].keys() == saved["optimizer"]["state"].keys()
     first = next(iter(saved["optimizer"]["state"]))
     assert torch.equal(
