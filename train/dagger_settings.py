@@ -13,6 +13,7 @@ from typing import Any
 
 from envs.data.store import atomic_write_bytes
 from train.config import ConfigError, RunConfig
+from train.errors import SettingError
 from train.report import strict_json
 
 STATE = "dagger.json"
@@ -34,13 +35,25 @@ FLAGS = {
 
 
 def load_state(out: Path) -> dict[str, Any]:
+    """The state ``save_state`` wrote in ``out``, or ``{}`` when there is none. A state file that
+    cannot be read or is not one (a folder, no permission, bad UTF-8, broken JSON) is a
+    ``SettingError`` naming it: the run it recorded cannot be resumed as it is."""
     path = out / STATE
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is corrupt ({error}): start a new run in another --out") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SettingError(
+            f"cannot read {path} ({error.strerror or error}): DAgger's state file must be a readable "
+            "file; make it readable to resume, or start a new run in another --out"
+        ) from None
+    except ValueError as error:  # bad UTF-8 (UnicodeDecodeError) or broken JSON
+        raise SettingError(f"{path} is corrupt ({error}): start a new run in another --out") from None
+    if not isinstance(state, dict) or not isinstance(state.get("dagger"), dict):
+        found = "it has no 'dagger' settings" if isinstance(state, dict) else "it is no JSON object"
+        raise SettingError(f"{path} is corrupt ({found}): start a new run in another --out")
+    return state
 
 
 def save_state(out: Path, state: dict[str, Any]) -> None:
