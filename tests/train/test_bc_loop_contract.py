@@ -9,6 +9,8 @@ changed line in the loop is seen by these tests.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from safetensors.torch import load_file
 import train.bc as bc
 from envs.data.format import Episode
 from envs.data.writer import DatasetWriter
-from policies import InstructionPolicy
+from policies import CheckpointError, InstructionPolicy
 from train.batch import Batch, bc_loss
 from train.bc import lr_lambda, train_bc, train_bc_policy
 from train.checkpoint import (
@@ -418,8 +420,21 @@ def test_a_resume_keeps_the_architecture_and_refuses_a_folder_without_trainer_st
     assert summary["steps"] == 3
     bare = tmp_path / "bare"
     InstructionPolicy.from_pretrained(out / "checkpoint").save_pretrained(bare)
-    with pytest.raises(SettingError, match=r"has no trainer\.pt: it is not a training checkpoint"):
+    with pytest.raises(SettingError) as refused:
         train_bc(config("train.steps=4"), data, str(tmp_path / "again"), resume=str(bare))
+    assert str(refused.value) == (
+        f"{bare} has no trainer.pt: it is not a training checkpoint written by `instructcraft bc`, "
+        "so it cannot be resumed (start a new run instead)"
+    )
+    # A trainer state that is a named pipe is refused by name, never opened (it would block).
+    piped = tmp_path / "piped"
+    shutil.copytree(out / "checkpoint", piped)
+    (piped / TRAINER_STATE).unlink()
+    os.mkfifo(piped / TRAINER_STATE)
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(str(piped / TRAINER_STATE))} is a named pipe, not a regular file"
+    ):
+        train_bc(config("train.steps=4"), data, str(tmp_path / "again"), resume=str(piped))
     assert finished_run(bare, "trained_steps", 1) is None  # no trainer state: never "finished"
 
 
