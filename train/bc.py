@@ -46,7 +46,7 @@ from train.common import (
 from train.config import RunConfig
 from train.data import ChunkDataset, make_loader, random_shift
 from train.errors import SettingError, TrainingDiverged, TrainingInterrupted
-from train.report import write_json
+from train.report import write_json, write_text
 from train.validation import action_names, log_validation, split_episodes, validate
 
 
@@ -422,9 +422,7 @@ class BCTrainer:
             listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
             print(f"note: resuming at step {self.step} with changed settings: {listed}", file=sys.stderr)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.resolved.yaml").write_text(
-            yaml.safe_dump(self.run.to_dict(), sort_keys=False)
-        )
+        write_text(self.out_dir / "config.resolved.yaml", yaml.safe_dump(self.run.to_dict(), sort_keys=False))
         # Purge only what a crashed run logged after its checkpoint: the checkpoint's own step
         # stays, and the resumed run logs from the step after it.
         return SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if resume else None)

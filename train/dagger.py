@@ -54,6 +54,7 @@ from train.dagger_settings import (
     save_state,
 )
 from train.errors import TrainingInterrupted
+from train.report import write_text
 
 
 def _copy_demonstrations(data: str, aggregate: Path, skip_bad: bool) -> list[int]:
@@ -205,7 +206,7 @@ def _start(root: Path, run: RunConfig, data: str, settings: dict[str, Any]) -> d
             f"note: left {len(skipped)} unreadable episode(s) of {data} out of {aggregate}: {skipped[:20]}",
             file=sys.stderr,
         )
-    (root / RUN_CONFIG_FILE).write_text(yaml.safe_dump(plain(run.to_dict()), sort_keys=False))
+    write_text(root / RUN_CONFIG_FILE, yaml.safe_dump(plain(run.to_dict()), sort_keys=False))
     state = {
         **{key: value for key, value in settings.values()},
         "first_seed": next_seed(aggregate),

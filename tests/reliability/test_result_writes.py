@@ -1,0 +1,84 @@
+"""Files that runs and commands leave for people (the resolved config of bc and DAgger) are
+written whole or not at all, and a full disk is one line naming the file."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import envs.data.format
+from envs.data.collect import collect
+from train.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "tiny.yaml")
+ENV = "instructcraft/BabyAI-GoToRedBall-v0"
+FULL = "No space left on device"
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two BabyAI expert episodes; read-only for the tests."""
+    out = tmp_path_factory.mktemp("data") / "demos"
+    collect(str(out), ENV, "babyai_bot", 2, seed=0)
+    return str(out)
+
+
+def _full_disk_for(name: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The store's atomic write of ``name`` fails as on a full disk; returns the names it opened."""
+    real_open = open
+    opened: list[str] = []
+
+    class FullDisk:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, FULL)
+
+    def full_for_name(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, mode, *args, **kwargs)
+        if Path(path).name.startswith(f".{name}.tmp-"):
+            opened.append(Path(path).name)
+            return FullDisk(handle)
+        return handle
+
+    monkeypatch.setattr(envs.data.format, "open", full_for_name, raising=False)
+    return opened
+
+
+def _one_line(error: str, path: Path, intact: str) -> None:
+    lines = error.strip().splitlines()
+    assert len(lines) == 1, error
+    assert lines[0].startswith(f"error: no space left on device while writing {path}; {intact}. "), error
+
+
+@pytest.mark.parametrize("command", ["bc", "dagger"])
+def test_a_full_disk_on_the_resolved_config_is_one_line_and_leaves_no_part(
+    command: str,
+    demos: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "run"
+    argv = [command, "--config", TINY, "--set", "train.steps=1", "--data", demos, "--out", str(out)]
+    if command == "dagger":
+        argv += ["--env", ENV, "--rounds", "1", "--episodes", "1", "--eval-episodes", "1"]
+    opened = _full_disk_for("config.resolved.yaml", monkeypatch)
+    code = cli_main(argv)
+    error = capsys.readouterr().err
+    assert opened, "config.resolved.yaml was not written through the store's atomic write"
+    assert code == 2
+    _one_line(error, out / "config.resolved.yaml", "nothing was written")
+    assert not (out / "config.resolved.yaml").exists()
+    assert not [path.name for path in out.rglob("*") if ".tmp-" in path.name]
