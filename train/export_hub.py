@@ -21,10 +21,10 @@ from typing import Any
 
 from agent.pretrained import is_hub_id, resolve_checkpoint
 from policies import InstructionPolicy
-from policies.files import apply_umask
+from policies.files import atomic_directory, describe_write_failure
 from policies.persist import CONFIG_NAME, WEIGHTS_NAME
 from train.checkpoint import RUN_CONFIG, checkpoint_dir
-from train.errors import SettingError
+from train.errors import OutputWriteError, SettingError
 
 CARD_NAME = "card.json"
 README_NAME = "README.md"
@@ -251,12 +251,29 @@ def export_hub(source: str, out: str | os.PathLike[str], evaluation: str | None 
     card = scrub(card) if isinstance(card, dict) else {}
     if evaluation is not None:
         card = {**card, "evaluation": scrub(_trimmed_eval(Path(evaluation)))}
-    out.mkdir(parents=True, exist_ok=True)
-    apply_umask(out)
-    shutil.copyfile(directory / WEIGHTS_NAME, out / WEIGHTS_NAME)  # copyfile: no 0600 mode carried over
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    texts = {CONFIG_NAME: json.dumps(config, indent=2)}
     if card:
-        (out / CARD_NAME).write_text(json.dumps(card, indent=2))
-    (out / README_NAME).write_text(model_card(config, run, card or None))
+        texts[CARD_NAME] = json.dumps(card, indent=2)
+    texts[README_NAME] = model_card(config, run, card or None)
+    _write_folder(out, directory / WEIGHTS_NAME, texts)
     files = sorted(path.name for path in out.iterdir())
     return {"out": str(out), "files": files, "evaluation": bool(card.get("evaluation"))}
+
+
+def _write_folder(out: Path, weights: Path, texts: dict[str, str]) -> None:
+    """``out`` written whole or not at all (``atomic_directory``: every file synced, the folder
+    renamed into place), with the umask's permissions: a failed export (a full disk) leaves
+    ``out`` as it was, so the same command can run again. A failed write is an
+    ``OutputWriteError`` naming the file."""
+    writing = out / WEIGHTS_NAME
+    try:
+        with atomic_directory(out) as staging:
+            shutil.copyfile(weights, staging / WEIGHTS_NAME)
+            for name, text in texts.items():
+                writing = out / name
+                (staging / name).write_text(text, encoding="utf-8")
+            writing = out  # what is left: syncing the folder and renaming it into place
+    except OSError as error:
+        raise OutputWriteError(
+            describe_write_failure(error, writing, f"nothing was written to {out}")
+        ) from None

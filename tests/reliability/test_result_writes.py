@@ -1,9 +1,10 @@
-"""Files that runs and commands leave for people (the resolved config of bc and DAgger) are
-written whole or not at all, and a full disk is one line naming the file."""
+"""Files that runs and commands leave for people (the resolved config of bc and DAgger, an export
+for the hub) are written whole or not at all, and a full disk is one line naming the file."""
 
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 import envs.data.format
 from envs.data.collect import collect
 from train.cli import main as cli_main
+from train.errors import OutputWriteError, TrainError
+from train.export_hub import export_hub
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -82,3 +85,53 @@ def test_a_full_disk_on_the_resolved_config_is_one_line_and_leaves_no_part(
     _one_line(error, out / "config.resolved.yaml", "nothing was written")
     assert not (out / "config.resolved.yaml").exists()
     assert not [path.name for path in out.rglob("*") if ".tmp-" in path.name]
+
+
+# -- export hub -----------------------------------------------------------------------------------
+
+
+def test_a_failed_export_leaves_no_part_of_a_folder_and_names_the_file(
+    crafter_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "export"
+    real_write_text = Path.write_text
+
+    def full_on_readme(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name == "README.md":
+            raise OSError(errno.ENOSPC, FULL)
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_on_readme)
+    with pytest.raises(OutputWriteError) as caught:
+        export_hub(str(crafter_checkpoint), out)
+    monkeypatch.undo()
+    assert isinstance(caught.value, TrainError)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"no space left on device while writing {out / 'README.md'}; nothing was written"
+    )
+    # No half-written folder: the same command runs again once there is space.
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    result = export_hub(str(crafter_checkpoint), out)
+    assert result["files"] == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_an_export_is_synced_before_it_is_renamed_into_place(
+    crafter_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    out = tmp_path / "export"
+    out.mkdir()  # an empty folder is a valid --out, and stays as it was when the export fails
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, FULL)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(
+        OutputWriteError, match=f"^no space left on device while writing {re.escape(str(out))}"
+    ):
+        export_hub(str(crafter_checkpoint), out)
+    monkeypatch.undo()
+    assert [path.name for path in tmp_path.iterdir()] == ["export"] and not any(out.iterdir())
