@@ -23,11 +23,13 @@ from PIL import Image, ImageDraw
 
 import envs  # noqa: F401  (registers the instructcraft ids)
 from agent.agent import Agent
-from agent.errors import AgentSettingError
+from agent.errors import AgentSettingError, AgentWriteError
 from agent.plan import Plan
 from agent.rollout import action_name, caption_font
+from envs.data.format import atomic_write_bytes
 from envs.episodes import Step, play_episode
 from envs.video import upscale
+from policies.files import describe_write_failure
 
 if TYPE_CHECKING:
     from envs.data.store import Dataset
@@ -416,7 +418,13 @@ def viewer_html(recording: AttentionRecording, path: str | Path) -> Path:
     html = template.replace("/*PAYLOAD*/null", script_json(viewer_payload(recording)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html)
+    # Written atomically and synced, as every result file is: a crash or a full disk leaves the
+    # previous viewer whole, and the failure is one line naming the file.
+    intact = f"{path.name} was left as it was" if path.exists() else "nothing was written"
+    try:
+        atomic_write_bytes(path, html.encode())
+    except OSError as error:
+        raise AgentWriteError(describe_write_failure(error, path, intact)) from None
     return path
 
 

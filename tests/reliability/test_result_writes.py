@@ -1,5 +1,6 @@
 """Files that runs and commands leave for people (the resolved config of bc and DAgger, an export
-for the hub) are written whole or not at all, and a full disk is one line naming the file."""
+for the hub, the attention viewer) are written whole or not at all, and a full disk is one line
+naming the file."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import envs.data.format
+from agent.attention import AttentionRecording, StepAttention, viewer_html
+from agent.errors import AgentError, AgentWriteError
 from envs.data.collect import collect
 from train.cli import main as cli_main
 from train.errors import OutputWriteError, TrainError
@@ -135,3 +139,41 @@ def test_an_export_is_synced_before_it_is_renamed_into_place(
         export_hub(str(crafter_checkpoint), out)
     monkeypatch.undo()
     assert [path.name for path in tmp_path.iterdir()] == ["export"] and not any(out.iterdir())
+
+
+# -- the attention viewer -------------------------------------------------------------------------
+
+
+def _recording() -> AttentionRecording:
+    rng = np.random.default_rng(0)
+    recording = AttentionRecording("go to the red ball", "cross_attention", tokens_per_frame=4, source="test")
+    for t in range(2):
+        times = np.arange(t + 1)
+        weights = rng.random((1, 2, t + 1)).astype(np.float32)
+        recording.frames.append(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        recording.steps.append(
+            StepAttention(times, weights, times[:2], rng.random((1, 2, min(2, t + 1), 4)).astype(np.float32))
+        )
+        recording.actions.append("forward")
+        recording.probabilities.append(0.5)
+        recording.rewards.append(0.0)
+    return recording
+
+
+def test_a_full_disk_leaves_the_previous_viewer_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = viewer_html(_recording(), tmp_path / "viewer.html")
+    before = path.read_bytes()
+    _full_disk_for("viewer.html", monkeypatch)
+    with pytest.raises(AgentWriteError) as caught:
+        viewer_html(_recording(), path)
+    monkeypatch.undo()
+    assert isinstance(caught.value, AgentError)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"no space left on device while writing {path}; viewer.html was left as it was. "
+    )
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["viewer.html"]  # no temporary file left
