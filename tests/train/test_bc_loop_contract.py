@@ -267,6 +267,8 @@ def test_training_accuracy_counts_real_steps_only(data: str) -> None:
     batch.actions = torch.tensor([[2, 2, 0, 2]])
     batch.frame_mask = torch.tensor([[True, True, True, False]])
     assert bc._accuracies(distribution, batch) == pytest.approx([2 / 3])
+    batch.frame_mask = torch.tensor([[False, True, False, False]])
+    assert bc._accuracies(distribution, batch) == [1.0]  # one real step, a hit
     batch.frame_mask = torch.zeros(1, 4, dtype=torch.bool)
     assert bc._accuracies(distribution, batch) == [0.0]  # no real step: no division by zero
 
