@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import train.bc as bc
 from envs.data.format import Episode
+from envs.data.store import DatasetError, Problem
 from envs.data.writer import DatasetWriter
 from policies import CheckpointError, InstructionPolicy
 from train.batch import Batch, bc_loss
@@ -517,7 +518,7 @@ def test_a_nan_loss_stops_the_run_before_it_touches_the_weights(
     message = str(raised.value)
     assert message.startswith("loss is nan at step 3: training stopped; ")
     assert f"the last good checkpoint ({out / 'checkpoint'}, step 3) is intact" in message
-    assert "Lower train.lr or check the data." in message
+    assert message.endswith(" is intact. Lower train.lr or check the data.")
     assert_same_weights(trainer.policy.state_dict(), weights(out))
 
 
@@ -589,3 +590,47 @@ def test_evaluation_and_validation_run_at_their_steps_and_at_the_end(
     run = config("train.steps=5", "train.val_fraction=0.3", "train.val_every=0")
     summary = train_bc(run, data, str(tmp_path / "b"), progress=False, evaluate_fn=evaluate)
     assert validated == [3, 5] and len(evaluated) == 3  # eval_episodes=0: no evaluation
+
+
+# -- the dataset check before step 1 ------------------------------------------------------------
+
+
+class _Checked:
+    """A dataset of ``episodes`` episodes whose `data check` finds ``problems``."""
+
+    def __init__(self, problems: list[Problem], episodes: int = 10) -> None:
+        self.problems, self.episodes, self.root = problems, episodes, Path("demos")
+
+    def check(self) -> list[Problem]:
+        return self.problems
+
+    def __len__(self) -> int:
+        return self.episodes
+
+
+@pytest.mark.parametrize("count", [5, 6])
+def test_the_refusal_lists_five_problems_and_counts_the_rest(count: int) -> None:
+    """BC refuses a dataset with bad episodes in one message: the first five problems, a count
+    of any more, where to see them all and what skipping would keep."""
+    problems = [Problem(n, f"demos/episodes/{n}.npz (episode {n}) is missing") for n in range(count)]
+    with pytest.raises(DatasetError) as refused:
+        bc.check_dataset(_Checked(problems), skip_bad=False)  # type: ignore[arg-type]
+    listed = "".join(f"\n  {problem}" for problem in problems[:5])
+    more = "\n  ... and 1 more" if count == 6 else ""
+    assert str(refused.value) == (
+        f"demos is corrupt or truncated: {count} problem(s) in 10 episodes, found before training:{listed}{more}"
+        "\nRun `instructcraft data check demos` to list them all; repair or re-collect those episodes, "
+        f"or set train.skip_bad_episodes=true to train on the other {10 - count} episodes."
+    )
+
+
+def test_a_problem_of_the_whole_dataset_cannot_be_skipped() -> None:
+    """A problem tied to no episode stops BC even with ``train.skip_bad_episodes``; the message
+    says why skipping cannot help."""
+    problems = [Problem(None, "demos/index.jsonl line 3 is corrupt")]
+    with pytest.raises(DatasetError) as refused:
+        bc.check_dataset(_Checked(problems), skip_bad=True)  # type: ignore[arg-type]
+    assert str(refused.value).endswith(
+        "repair or re-collect those episodes, (these problems are not tied to one episode, so they "
+        "cannot be skipped)."
+    )
