@@ -87,7 +87,7 @@ results-crafter-all: $(STAMP)
 		--out $(RESULTS)/bc_crafter_all
 	$(TIME) $(VENV)/bin/instructcraft dagger --config configs/bc_crafter_all.yaml --data $(RESULTS)/crafter_all_demos \
 		--env instructcraft/Crafter-Instruct-v0 --tasks $(CRAFTER_ALL_TASKS) --init $(RESULTS)/bc_crafter_all/checkpoint \
-		--rounds 2 --episodes 440 --beta 0.3 --beta-decay 0.5 --steps-per-round 1500 --eval-episodes 0 \
+		--rounds 4 --episodes 440 --beta 0.3 --beta-decay 0.5 --steps-per-round 1500 --eval-episodes 0 \
 		--workers 2 --out $(RESULTS)/dagger_crafter_all
 	$(TIME) $(VENV)/bin/instructcraft eval --checkpoint $(RESULTS)/dagger_crafter_all/checkpoint \
 		--env instructcraft/Crafter-Instruct-v0 --episodes 440 --tasks $(CRAFTER_ALL_TASKS) --sensitivity --workers 2 \
