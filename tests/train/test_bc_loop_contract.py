@@ -634,3 +634,11 @@ def test_a_problem_of_the_whole_dataset_cannot_be_skipped() -> None:
         "repair or re-collect those episodes, (these problems are not tied to one episode, so they "
         "cannot be skipped)."
     )
+
+
+def test_a_one_step_warm_up_trains_its_step_at_the_full_rate() -> None:
+    """``train.warmup_steps=1``: step 0 is the whole warm-up and trains at exactly ``train.lr``;
+    the decay starts at step 1."""
+    assert lr_lambda(0, 1, 100, 0.1) == 1.0
+    assert lr_lambda(1, 1, 100, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(2, 1, 100, 0.1) < 1.0
