@@ -356,3 +356,34 @@ def test_a_line_that_is_not_json_is_named_and_a_torn_last_line_is_not_committed(
         DatasetError, match=r"index.jsonl line 3 is corrupt \(.*\); the episodes before it are intact"
     ):
         list(index_entries(tmp_path, good + b"\n\n{not json\n"))
+
+
+@pytest.mark.parametrize("file", ["episodes/..\\..\\x.npz", "episodes/../x.npz", "episodes/000/../x.npz"])
+def test_a_parent_or_windows_separator_inside_episodes_is_refused(tmp_path: Path, file: str) -> None:
+    """ ".." at any depth, and a backslash (a separator on Windows), never lead out of episodes/."""
+    with pytest.raises(DatasetError, match="is outside"):
+        parse(tmp_path, entry(0), entry(1, file=file))
+
+
+@pytest.mark.parametrize("file", ["episodes/other.npz", "episodes/sub/other.npz"])
+def test_any_plain_file_in_episodes_or_one_sub_folder_down_is_accepted(tmp_path: Path, file: str) -> None:
+    """An entry the writer did not name itself (checked the slow way) is still accepted when its
+    file is plainly inside episodes/."""
+    assert parse(tmp_path, entry(0), entry(1, file=file))[1]["file"] == file
+
+
+@pytest.mark.parametrize("line", [[1, 2], 5, "x"])
+def test_an_index_line_that_is_not_an_object_is_refused_naming_it(tmp_path: Path, line: object) -> None:
+    with pytest.raises(DatasetError) as refused:
+        parse(tmp_path, entry(0), line)
+    assert str(refused.value) == f"{tmp_path / 'index.jsonl'} line 2: expected episode 1, got {line!r}"
+
+
+def test_a_link_out_of_episodes_is_corrupt_in_the_quick_look(data: Dataset, tmp_path: Path) -> None:
+    """An episode file replaced by a link to a file outside episodes/ is never read: the quick
+    look calls it corrupt."""
+    outside = tmp_path / "elsewhere.npz"
+    outside.write_bytes(data.file(1).read_bytes())
+    data.file(1).unlink()
+    data.file(1).symlink_to(outside)
+    assert Dataset(data.root).unreadable() == {"missing": [], "corrupt": [1]}
