@@ -128,7 +128,9 @@ MODULES: dict[str, Module] = {
     ),
     # Aggregation of rounds, expert relabelling, the beta schedule, each round's seeds, the rounds.
     "dagger": Module(
-        files=("train/dagger.py", "train/dagger_rollout.py", "train/config.py"),
+        # train/config.py (DaggerConfig.beta_for) is not mutated: mutmut's copy of it fails to
+        # import (the stats run stops at collection).
+        files=("train/dagger.py", "train/dagger_rollout.py"),
         functions=(
             # train/dagger.py: the copy of the demonstrations, the rounds, the run
             "x__copy_demonstrations",
@@ -143,8 +145,6 @@ MODULES: dict[str, Module] = {
             "x_round_jobs",
             "x_round_entries",
             "x_round_statistics",
-            # train/config.py: the beta schedule
-            "xǁDaggerConfigǁbeta_for",
         ),
         # test_dagger.py's two tests are slow (left out); these run DAgger in-process on the
         # corridor of tests/support/slip_env.py (about 6 s for a two-round run).
