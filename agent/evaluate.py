@@ -5,6 +5,10 @@ held in memory (periodic evaluation during training). The parent first loads the
 makes the env itself, so a bad checkpoint, a mistyped env id or a checkpoint trained for another
 action space fails in seconds, before any worker starts; a worker that dies ends the run. Ctrl-C
 stops the workers at once and raises ``EvaluationInterrupted`` with what finished.
+
+Length (about 500 lines): the episode loop's callers, the statistics (intervals, modes, the
+Crafter score) and the worker protocol stay together, so every number in eval.json is computed
+in the file that runs the episodes behind it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Shape legend: B chunks, L steps per chunk, K sum of action sizes.
 schedule, this rank's data, logs); ``BCTrainer.fit`` is the loop, on one screen: batch -> loss
 -> step -> log -> checkpoint / validate / evaluate. The loss and the batch are train/batch.py's,
 the checkpoint train/checkpoint.py's, what BC shares with RL train/common.py's.
+
+Length (about 480 lines): set-up, the loop and the pre-flight checks of one BC run, read top
+to bottom like a single training script.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ Appending is crash-safe: an episode file is written to a temporary name, fsynced
 process killed at any point leaves every earlier episode readable; a torn last index line is
 ignored by readers and cut off by the next writer. The snapshot is only ever a cache of
 index.jsonl (index.py): missing, stale or unreadable, it is ignored.
+
+Length (about 480 lines): the format's rules (layout, limits, crash rules, index-line
+checks) are the one place the reader, the writer, merge and upgrade all import.
 """
 
 from __future__ import annotations

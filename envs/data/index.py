@@ -11,6 +11,9 @@ the prefix's byte length and CRC-32. The writer saves it when it closes; opening
 columns and parses only the lines appended after the prefix. It is only a cache: a missing,
 stale (the prefix changed) or unreadable snapshot is ignored and the whole index parsed, and a
 snapshot's columns are checked as index lines are.
+
+Length (about 470 lines): the table's columns and the snapshot written from them must agree
+field by field, so both live here.
 """
 
 from __future__ import annotations

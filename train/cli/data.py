@@ -1,5 +1,9 @@
 """Datasets in and out: ``collect``, ``data info|check|merge|upgrade``, ``import minerl|vpt|minari``,
-``export minari``; and ``export hub``, a checkpoint out as a Hugging Face Hub model folder."""
+``export minari``; and ``export hub``, a checkpoint out as a Hugging Face Hub model folder.
+
+Length (about 470 lines): one parser beside its handler for each data command (collect, data
+info/check/merge/upgrade, import, export).
+"""
 
 from __future__ import annotations
 
