@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	for what in env policy bc attention rl data; do $(VENV)/bin/instructcraft bench $$what --json; done
+	for what in env policy bc attention rl; do $(VENV)/bin/instructcraft bench $$what --json; done
 
 # Mutation testing (slow, not part of `make test`): every module, or one with MODULE=store.
 # Modules and their tests: tools/mutation.py; scores: docs/development.md.

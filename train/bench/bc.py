@@ -50,7 +50,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
     from train.common import cpu_has_native_bf16
     from train.config import TrainConfig
 
-    steps = 10 if quick else 30
+    steps = 5 if quick else 30
     action_space = ActionSpaceConfig("Discrete", (17,))
     pack_now = TrainConfig().pack
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
             path,
             envs.CRAFTER_ID,
             default_expert_for(envs.CRAFTER_ID),
-            40 if quick else 200,
+            20 if quick else 200,
             tasks=TASKS,
             workers=2,
             seed=0,
