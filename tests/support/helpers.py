@@ -33,6 +33,30 @@ def random_frames(batch: int, steps: int, seed: int = 0) -> torch.Tensor:
 SCRIPT = str(Path(sys.executable).parent / "instructcraft")
 
 
+def tiny_run_config(instruction_dropout: float) -> dict:
+    """configs/tiny.yaml's policy as a run-config mapping: mutation testing runs the tests from a
+    copy of the packages and tests that holds no configs/ folder."""
+    return {
+        "policy": {
+            "text": {"encoder": "word", "word_dim": 16, "word_buckets": 256},
+            "vision": {
+                "image_size": [16, 16],
+                "channels": [8, 16, 16],
+                "frame_tokens": 4,
+                "token_pooling": "average",
+            },
+            "fusion_kwargs": {
+                "fusion_type": "cross_attention",
+                "projection_dim": 16,
+                "num_blocks": 1,
+                "num_heads": 2,
+                "max_history": 64,
+            },
+            "instruction_dropout": instruction_dropout,
+        }
+    }
+
+
 def run_cli(
     *args: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from helpers import tiny_run_config
 from safetensors.torch import load_file
 
 import train.bc as bc
@@ -39,27 +40,7 @@ from train.config import load_run_config
 from train.data import ChunkDataset, ResumableSampler
 from train.errors import SettingError, TrainingDiverged
 
-# configs/tiny.yaml's policy, written out: mutation testing runs these tests from a copy of the
-# packages and tests that holds no configs/ folder.
-TINY = {
-    "policy": {
-        "text": {"encoder": "word", "word_dim": 16, "word_buckets": 256},
-        "vision": {
-            "image_size": [16, 16],
-            "channels": [8, 16, 16],
-            "frame_tokens": 4,
-            "token_pooling": "average",
-        },
-        "fusion_kwargs": {
-            "fusion_type": "cross_attention",
-            "projection_dim": 16,
-            "num_blocks": 1,
-            "num_heads": 2,
-            "max_history": 64,
-        },
-        "instruction_dropout": 0.1,
-    }
-}
+TINY = tiny_run_config(instruction_dropout=0.1)
 LENGTHS = (5, 9, 12, 7, 11, 6)
 INSTRUCTIONS = ("go left", "go right", "pick it up")
 

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_run_config
 from safetensors.torch import load_file
 from slip_env import RIGHT, SLIP_ID, UP, CorridorExpert
 
@@ -26,27 +27,7 @@ from train.config import DaggerConfig, load_run_config
 from train.dagger import run_dagger
 from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics
 
-# The tiny config's policy, written out: mutation testing runs a copy of the tests that holds no
-# configs/ folder.
-TINY = {
-    "policy": {
-        "text": {"encoder": "word", "word_dim": 16, "word_buckets": 256},
-        "vision": {
-            "image_size": [16, 16],
-            "channels": [8, 16, 16],
-            "frame_tokens": 4,
-            "token_pooling": "average",
-        },
-        "fusion_kwargs": {
-            "fusion_type": "cross_attention",
-            "projection_dim": 16,
-            "num_blocks": 1,
-            "num_heads": 2,
-            "max_history": 64,
-        },
-        "instruction_dropout": 0.0,
-    }
-}
+TINY = tiny_run_config(instruction_dropout=0.0)
 DEMOS = 3
 
 
