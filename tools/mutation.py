@@ -8,7 +8,7 @@ modules' results on every run. The shared settings live in ``[tool.mutmut]`` of 
 ``pyproject.toml``; this script adds the module's files and tests to a copy of it.
 
     python tools/mutation.py                 # every module, one after another
-    python tools/mutation.py evaluate store  # only these
+    python tools/mutation.py evaluate store-check  # only these
     python tools/mutation.py --report        # the table of the last runs, nothing run
 
 Each run writes ``mutants/<module>/score.json`` (counts, survivors, wall time). A survivor is
@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -126,34 +127,37 @@ MODULES: dict[str, Module] = {
         functions=("x_task_options", "x_play_episode"),
         tests=("tests/envs/test_episodes.py", "tests/envs/test_episode_loop.py"),
     ),
-    # Aggregation of rounds, expert relabelling, the beta schedule, each round's seeds, the rounds.
-    "dagger": Module(
-        # train/config.py (DaggerConfig.beta_for) is not mutated: mutmut's copy of it fails to
-        # import (the stats run stops at collection).
-        files=("train/dagger.py", "train/dagger_rollout.py"),
-        functions=(
-            # train/dagger.py: the copy of the demonstrations, the rounds, the run
-            "x__copy_demonstrations",
-            "x__fine_tune",
-            "x__start",
-            "xǁ_Roundsǁzero",
-            "xǁ_Roundsǁnext",
-            "xǁ_Roundsǁfinish",
-            "x_run_dagger",
-            # train/dagger_rollout.py: a mixture episode and its labels, a round's jobs and episodes
-            "x_run_dagger_episode",
-            "x_round_jobs",
-            "x_round_entries",
-            "x_round_statistics",
-        ),
-        # test_dagger.py's two tests are slow (left out); these run DAgger in-process on the
-        # corridor of tests/support/slip_env.py (about 6 s for a two-round run).
+    # DAgger, in three parts that each run to the end in about 20 minutes on two shared cores
+    # (the whole scope, 637 mutants, needs about an hour). train/config.py
+    # (DaggerConfig.beta_for) is not mutated: mutmut's copy of it fails to import (the stats run
+    # stops at collection). test_dagger.py's two tests are slow (left out); these run DAgger
+    # in-process on the corridor of tests/support/slip_env.py (about 6 s for a two-round run).
+    # A mixture episode and its expert labels, a round's jobs, episodes and statistics.
+    "dagger-rollout": Module(
+        files=("train/dagger_rollout.py",),
+        functions=("x_run_dagger_episode", "x_round_jobs", "x_round_entries", "x_round_statistics"),
         tests=("tests/train/test_dagger_contract.py",),
     ),
-    # The dataset store's integrity checks (`data check`, the quick look, the index validation),
-    # reading episodes and chunks, and the writer's commit of an episode.
-    "store": Module(
-        files=("envs/data/store.py", "envs/data/format.py", "envs/data/writer.py"),
+    # The rounds: the beta schedule's rounds, aggregation into the dataset, each round's record.
+    "dagger-rounds": Module(
+        files=("train/dagger.py",),
+        functions=("xǁ_Roundsǁzero", "xǁ_Roundsǁnext", "xǁ_Roundsǁfinish"),
+        tests=("tests/train/test_dagger_contract.py",),
+    ),
+    # The run: the copy of the demonstrations, fine-tuning, the start and resume, the loop.
+    "dagger-run": Module(
+        files=("train/dagger.py",),
+        functions=("x__copy_demonstrations", "x__fine_tune", "x__start", "x_run_dagger"),
+        tests=("tests/train/test_dagger_contract.py",),
+    ),
+    # The dataset store, in three parts that each run to the end (the whole scope, 985 mutants,
+    # needs about two hours). The CLI tests of tests/reliability/test_dataset_store.py run
+    # `data check` in a subprocess and cannot see a mutant; test_dataset_layout.py's upgrade
+    # tests are left out.
+    # The integrity checks: `data check`, the quick look (`unreadable`), each member's shape,
+    # dtype and storage, the index validation line by line.
+    "store-check": Module(
+        files=("envs/data/store.py", "envs/data/format.py"),
         functions=(
             # envs/data/store.py
             "xǁDatasetǁcheck",
@@ -163,23 +167,25 @@ MODULES: dict[str, Module] = {
             "xǁDatasetǁ_regular_file",
             "xǁDatasetǁ_expected",
             "xǁDatasetǁ_member",
-            "xǁDatasetǁ_rows",
-            "xǁDatasetǁimages",
-            "xǁDatasetǁchunk",
-            "xǁDatasetǁepisode",
-            # envs/data/format.py: the index, line by line
-            "x_index_entries",
-            "x__parse_line",
-            "x__plain_entry",
+            # envs/data/format.py
             "x__check_line",
             "x__check_entry",
+            "x__parse_line",
             "x_check_episode_file",
             "x_committed_length",
-            # envs/data/writer.py
-            "xǁDatasetWriterǁadd",
         ),
-        # The CLI tests of tests/reliability/test_dataset_store.py run `data check` in a
-        # subprocess and cannot see a mutant; test_dataset_layout.py's upgrade tests are left out.
+        tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
+    ),
+    # Reading: an episode, its rows, images and chunks (what training sees).
+    "store-read": Module(
+        files=("envs/data/store.py",),
+        functions=("xǁDatasetǁepisode", "xǁDatasetǁ_rows", "xǁDatasetǁimages", "xǁDatasetǁchunk"),
+        tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
+    ),
+    # The index: the lines the writer commits with an episode and how they are read back.
+    "store-index": Module(
+        files=("envs/data/format.py", "envs/data/writer.py"),
+        functions=("x_index_entries", "x__plain_entry", "xǁDatasetWriterǁadd"),
         tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
     ),
     # Instruction plans: steps, the rules that advance them, the loop.
@@ -223,10 +229,35 @@ def mutant_globs(module: Module) -> list[str]:
     return names
 
 
+def scope(module: Module) -> dict[str, list[str]]:
+    """What a module's verdicts depend on besides the code: the mutated files and functions and the
+    test selection (the shared ``[tool.mutmut]`` settings with them)."""
+    settings = toml_loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return {
+        "files": list(module.files),
+        "functions": list(module.functions),
+        "tests": [t for t in module.tests if _test_exists(t)],
+        "settings": [f"{key} = {_toml_value(value)}" for key, value in sorted(settings.items())],
+    }
+
+
 def prepare(name: str, module: Module) -> Path:
-    """``mutants/<name>/``: links to the packages and tests, and the module's pyproject.toml."""
+    """``mutants/<name>/``: links to the packages and tests, and the module's pyproject.toml.
+
+    A folder last run with another scope is wiped first. mutmut regenerates a file's mutants only
+    when the source is newer than its copy, so a file that was copied unmutated (outside the
+    scope) stays unmutated after it joins the scope, and the test map recorded for the old
+    selection is reused: its mutants then read as "no tests" or are tested against the wrong
+    tests. ``scope.json`` records the scope the folder's copy, test map and verdicts belong to.
+    """
     folder = REPO / "mutants" / name
+    wanted = scope(module)
+    recorded = folder / "scope.json"
+    if folder.exists() and (not recorded.exists() or json.loads(recorded.read_text()) != wanted):
+        print(f"{name}: the scope changed since the last run; starting from a clean mutants/{name}/")
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(wanted, indent=2, ensure_ascii=False) + "\n")
     for entry in (*PACKAGES, "tests"):
         link = folder / entry
         if not link.is_symlink():
@@ -270,7 +301,13 @@ def run(name: str, module: Module, max_children: int) -> dict[str, object]:
     folder = prepare(name, module)
     (folder / "score.json").unlink(missing_ok=True)  # an interrupted run leaves no stale score
     mutmut = Path(sys.executable).parent / "mutmut"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     started = time.monotonic()
     subprocess.run(
         [str(mutmut), "run", "--max-children", str(max_children), *mutant_globs(module)],
