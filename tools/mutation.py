@@ -174,19 +174,31 @@ MODULES: dict[str, Module] = {
             "x_check_episode_file",
             "x_committed_length",
         ),
-        tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
+        tests=(
+            "tests/envs/test_store_contract.py",
+            "tests/envs/test_store_integrity_contract.py",
+            "tests/envs/test_dataset.py",
+        ),
     ),
     # Reading: an episode, its rows, images and chunks (what training sees).
     "store-read": Module(
         files=("envs/data/store.py",),
         functions=("xǁDatasetǁepisode", "xǁDatasetǁ_rows", "xǁDatasetǁimages", "xǁDatasetǁchunk"),
-        tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
+        tests=(
+            "tests/envs/test_store_contract.py",
+            "tests/envs/test_store_integrity_contract.py",
+            "tests/envs/test_dataset.py",
+        ),
     ),
     # The index: the lines the writer commits with an episode and how they are read back.
     "store-index": Module(
         files=("envs/data/format.py", "envs/data/writer.py"),
         functions=("x_index_entries", "x__plain_entry", "xǁDatasetWriterǁadd"),
-        tests=("tests/envs/test_store_contract.py", "tests/envs/test_dataset.py"),
+        tests=(
+            "tests/envs/test_store_contract.py",
+            "tests/envs/test_store_integrity_contract.py",
+            "tests/envs/test_dataset.py",
+        ),
     ),
     # Instruction plans: steps, the rules that advance them, the loop.
     "plan": Module(

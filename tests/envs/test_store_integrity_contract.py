@@ -1,0 +1,247 @@
+"""More of what `instructcraft data check` and the quick look (``Dataset.unreadable``) promise,
+for datasets the writer did not write byte for byte: a file the system cannot read or find
+through a broken folder, the size an index line records (none, zero, past int64), members in
+the other npy layouts numpy writes (format 2.0, Fortran order) and one holding more than its
+header says. Also: a writer reopened on an index with lines past its snapshot and a torn last
+line keeps every committed episode.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs.data.store as store_module
+from envs.data.format import SNAPSHOT
+from envs.data.store import Dataset, DatasetWriter, Episode, Problem
+
+SPACE = {"type": "Discrete", "n": 4}
+LENGTHS = (6, 9, 3)
+
+
+def episode(steps: int) -> Episode:
+    rng = np.random.default_rng(steps)
+    return Episode(
+        images=rng.integers(0, 256, (steps + 1, 8, 8, 3), dtype=np.uint8),
+        actions=rng.integers(0, 4, steps),
+        rewards=rng.random(steps).astype(np.float32),
+        terminated=np.arange(steps) == steps - 1,
+        truncated=np.zeros(steps, bool),
+        instruction="go",
+        task="go",
+        env_id="test-env",
+        seed=steps,
+        success=True,
+    )
+
+
+def writer(root: Path) -> DatasetWriter:
+    """Frames in blocks of four, so an episode file holds several image members."""
+    return DatasetWriter(
+        root, env_id="test-env", image_shape=(8, 8, 3), action_space=SPACE, frames_per_block=4
+    )
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Dataset:
+    with writer(tmp_path / "d") as open_writer:
+        for steps in LENGTHS:
+            open_writer.add(episode(steps))
+    return Dataset(tmp_path / "d")
+
+
+def edit_entry(data: Dataset, number: int, **changes: object) -> None:
+    """Episode ``number``'s index line with ``changes`` (a value of ``...`` drops the key), the
+    snapshot dropped so the index is read again."""
+    index = data.root / "index.jsonl"
+    lines = index.read_text().splitlines()
+    entry = json.loads(lines[number])
+    for key, value in changes.items():
+        if value is ...:
+            del entry[key]
+        else:
+            entry[key] = value
+    lines[number] = json.dumps(entry)
+    index.write_text("\n".join(lines) + "\n")
+    (data.root / SNAPSHOT).unlink(missing_ok=True)
+
+
+def archive(members: dict[str, bytes]) -> bytes:
+    """An npz archive of already serialised npy members."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, raw in members.items():
+            out.writestr(f"{name}.npy", raw)
+    return buffer.getvalue()
+
+
+def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def replace_file(data: Dataset, number: int, raw: bytes) -> Path:
+    """Episode ``number``'s file replaced by ``raw``, its size and checksum recorded as the
+    writer records them."""
+    path = data.file(number)
+    path.write_bytes(raw)
+    edit_entry(data, number, bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    return path
+
+
+def stored(data: Dataset, number: int) -> dict[str, np.ndarray]:
+    with np.load(data.file(number)) as files:
+        return {name: files[name] for name in files.files}
+
+
+def same_episode(read: Episode, written: Episode) -> bool:
+    return all(
+        np.array_equal(getattr(read, name), getattr(written, name))
+        for name in ("images", "actions", "rewards", "terminated", "truncated")
+    )
+
+
+# -- files the system cannot read ---------------------------------------------------------------
+
+
+def test_an_episode_folder_replaced_by_a_file_reports_every_episode_in_it(data: Dataset) -> None:
+    """A version-2 sub-folder of episodes/ that became a plain file: every episode in it is
+    reported once by `data check`, naming its file and the system's error, and counted corrupt
+    (not missing) by the quick look; nothing raises."""
+    folder = data.file(0).parent
+    shutil.rmtree(folder)
+    folder.write_bytes(b"not a folder")
+    fresh = Dataset(data.root)
+    problems = fresh.check()
+    assert [problem.episode for problem in problems] == [0, 1, 2]
+    for problem in problems:
+        path = data.file(problem.episode)
+        assert str(problem) == (
+            f"{path} (episode {problem.episode}) is corrupt or truncated: [Errno {errno.ENOTDIR}] "
+            f"Not a directory: {str(path)!r}. "
+            f"Run `instructcraft data check {data.root}` to list every bad episode."
+        )
+    assert fresh.unreadable() == {"missing": [], "corrupt": [0, 1, 2]}
+
+
+def test_a_read_error_while_checksumming_is_that_episodes_problem(
+    data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error reading one episode's file for its checksum (a failing disk) is reported for
+    that episode, naming the file and the error, and the check goes on to the next episodes."""
+    bad = data.file(1)
+
+    def failing_open(file: object, *args: object, **kwargs: object) -> object:
+        if Path(str(file)) == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        return builtins.open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(store_module, "open", failing_open, raising=False)
+    assert Dataset(data.root).check() == [
+        Problem(
+            1,
+            f"{bad} (episode 1) is corrupt or truncated: [Errno {errno.EIO}] Input/output error. "
+            f"Run `instructcraft data check {data.root}` to list every bad episode.",
+        )
+    ]
+
+
+# -- the size an index line records -------------------------------------------------------------
+
+
+def test_an_entry_without_a_size_is_not_compared(data: Dataset) -> None:
+    """An index line that records no size (a hand-made or older index) leaves the size out of
+    the quick look: the episode is not corrupt there, and `data check` still finds it clean."""
+    edit_entry(data, 1, bytes=...)
+    fresh = Dataset(data.root)
+    assert fresh.unreadable() == {"missing": [], "corrupt": []}
+    assert fresh.check() == []
+
+
+@pytest.mark.parametrize("size", [0, 2**64])
+def test_a_recorded_size_of_zero_or_past_int64_is_compared(data: Dataset, size: int) -> None:
+    """A size of 0 is a size (not "none recorded"), and one too large for the index's int64
+    column is kept with the entry: either way the file's real size differs, so the quick look
+    calls the episode corrupt."""
+    edit_entry(data, 2, bytes=size)
+    assert Dataset(data.root).unreadable() == {"missing": [], "corrupt": [2]}
+
+
+# -- members in the other layouts numpy writes ---------------------------------------------------
+
+
+def test_members_in_npy_format_2_read_and_check_clean(data: Dataset) -> None:
+    """numpy writes npy format 2.0 for headers over 64 KiB: such members are read as written
+    (the header read the 2.0 way), and `data check` finds nothing to report."""
+    written = data.episode(1)
+    raw = archive({name: npy(array, (2, 0)) for name, array in stored(data, 1).items()})
+    replace_file(data, 1, raw)
+    fresh = Dataset(data.root)
+    assert fresh.check() == []
+    assert same_episode(fresh.episode(1), written)
+
+
+def test_a_member_in_an_npy_format_the_store_never_writes_is_named(data: Dataset) -> None:
+    """npy format 3.0 (never written by the store): `data check` names the member and version."""
+    members = {name: npy(array) for name, array in stored(data, 0).items()}
+    members["actions"] = npy(stored(data, 0)["actions"], (3, 0))
+    path = replace_file(data, 0, archive(members))
+    assert [str(problem) for problem in Dataset(data.root).check()] == [
+        f"{path} (episode 0) is corrupt or truncated: actions has npy format version (3, 0), which the "
+        f"store never writes. Run `instructcraft data check {data.root}` to list every bad episode."
+    ]
+
+
+def test_members_in_fortran_order_read_as_written(data: Dataset) -> None:
+    """A member stored column-major (Fortran order) is read back with the values written, whole
+    or in part, and checks clean."""
+    written = data.episode(1)
+    raw = archive({name: npy(np.asfortranarray(array)) for name, array in stored(data, 1).items()})
+    replace_file(data, 1, raw)
+    fresh = Dataset(data.root)
+    assert fresh.check() == []
+    assert same_episode(fresh.episode(1), written)
+    assert np.array_equal(fresh.images(1, 2, 7), written.images[2:7])
+
+
+def test_a_member_with_more_data_than_its_header_says_is_named(data: Dataset) -> None:
+    """Bytes past the data an npy header promises: the whole-member read sees them, and
+    `data check` reports the episode naming that member."""
+    members = {name: npy(array) for name, array in stored(data, 2).items()}
+    members["rewards"] += b"\0" * 4
+    path = replace_file(data, 2, archive(members))
+    assert [str(problem) for problem in Dataset(data.root).check()] == [
+        f"{path} (episode 2) is corrupt or truncated: rewards holds more data than its header says. "
+        f"Run `instructcraft data check {data.root}` to list every bad episode."
+    ]
+
+
+# -- appending after a writer that was killed ----------------------------------------------------
+
+
+def test_appending_after_a_torn_index_line_keeps_every_committed_episode(data: Dataset) -> None:
+    """An index with no snapshot of its lines (lost, or never saved by a killed writer) and the
+    torn start of a line a killed writer left: a writer reopened on it cuts only the torn text,
+    so the committed episodes stay and the new one follows them."""
+    (data.root / SNAPSHOT).unlink()
+    index = data.root / "index.jsonl"
+    committed = index.read_bytes()
+    index.write_bytes(committed + b'{"episode": 3, "fi')
+    with writer(data.root) as reopened:
+        assert len(reopened) == 3
+        assert reopened.add(episode(5)) == 3
+    assert index.read_bytes().startswith(committed)
+    fresh = Dataset(data.root)
+    assert [fresh.episodes[number]["length"] for number in range(len(fresh))] == [*LENGTHS, 5]
+    assert same_episode(fresh.episode(3), episode(5))
+    assert fresh.check() == []
