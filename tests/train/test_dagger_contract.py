@@ -19,13 +19,13 @@ import pytest
 import torch
 from helpers import tiny_run_config
 from safetensors.torch import load_file
-from slip_env import RIGHT, SLIP_ID, UP, CorridorExpert
+from slip_env import DOWN, INSTRUCTION, RIGHT, SLIP_ID, UP, CorridorExpert, SlipCorridorEnv
 
 from envs.data.collect import run_episode
 from envs.data.store import Dataset, DatasetError, DatasetWriter
 from train.config import DaggerConfig, load_run_config
 from train.dagger import run_dagger
-from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics
+from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics, run_dagger_episode
 
 TINY = tiny_run_config(instruction_dropout=0.0)
 DEMOS = 3
@@ -257,3 +257,104 @@ def test_an_unreadable_demonstration_stops_the_copy_unless_skipped(demos: str, t
     copy = Dataset(tmp_path / "copy")
     assert [entry["seed"] for entry in copy.episodes] == [0, 2]
     assert copy.metadata["action_space"] == Dataset(demos).metadata["action_space"]
+
+
+# -- one mixture episode, driven directly ------------------------------------------------------
+# The tests above share one DAgger run (a module fixture), which mutation testing credits to the
+# first test only; these drive ``run_dagger_episode`` on their own, with a learner that always
+# says DOWN, an action the corridor expert never labels, so each step shows who acted.
+
+
+class RecordingCorridor(SlipCorridorEnv):
+    def __init__(self) -> None:
+        super().__init__(slip=0.3)
+        self.resets: list[tuple[object, object]] = []
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.resets.append((seed, options))
+        return super().reset(seed=seed, options=options)
+
+
+class RecordingExpert(CorridorExpert):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[dict, dict]] = []
+        self.ran: list[int] = []
+
+    def reset(self, env: gym.Env, obs: dict, info: dict) -> None:
+        self.started.append((obs, info))
+        super().reset(env, obs, info)
+
+    def executed(self, action: object) -> None:
+        self.ran.append(int(action))  # type: ignore[call-overload]
+
+
+class DownLearner:
+    """Stands in for ``Agent``: the instruction it is reset with and the info of every step."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator()
+        self.instructions: list[str] = []
+        self.infos: list[dict] = []
+
+    def reset(self, instruction: str) -> None:
+        self.instructions.append(instruction)
+
+    def acting(self):
+        def act(observation: dict, info: dict) -> int:
+            self.infos.append(info)
+            return DOWN
+
+        return act
+
+
+def mixture_episode(job: RolloutJob) -> tuple[object, RecordingCorridor, RecordingExpert, DownLearner]:
+    env, expert, learner = RecordingCorridor(), RecordingExpert(), DownLearner()
+    episode = run_dagger_episode(learner, env, expert, SLIP_ID, job)  # type: ignore[arg-type]
+    return episode, env, expert, learner
+
+
+def test_a_mixture_episode_runs_the_job_and_tells_expert_and_learner_everything() -> None:
+    """The job's seed and task choose the episode (and are recorded with it, with the expert's
+    name); the expert starts from the first observation and info and hears every action that
+    ran; the learner is reset with the instruction, seeded with the job's seed, and asked at
+    every step with that step's info (its history stays whole even where the expert acts)."""
+    job = RolloutJob(seed=7, task="corridor", round=2, beta=0.5)
+    episode, env, expert, learner = mixture_episode(job)
+    assert env.resets == [(7, {"task": "corridor"})]
+    assert (episode.seed, episode.task, episode.expert) == (7, "corridor", "corridor_expert")
+    ((first, info),) = expert.started
+    assert np.array_equal(first["image"], episode.images[0]) and info["instruction"] == INSTRUCTION
+    assert expert.ran == episode.extra["executed_actions"]
+    assert learner.instructions == [INSTRUCTION]
+    assert learner.generator.initial_seed() == 7
+    assert len(learner.infos) == episode.length
+    assert all(step["instruction"] == INSTRUCTION for step in learner.infos)
+    assert (episode.extra["dagger_round"], episode.extra["beta"]) == (2, 0.5)
+
+
+@pytest.mark.parametrize(("beta", "learner_acts"), [(0.0, True), (1.0, False)])
+def test_beta_zero_lets_the_learner_act_at_every_step_and_beta_one_never(
+    beta: float, learner_acts: bool
+) -> None:
+    """Whatever runs, the labels are the expert's; beta 0 executes the learner's action at every
+    step, beta 1 the expert's; ``learner_steps`` counts the steps where they differ."""
+    episode, _, _, _ = mixture_episode(RolloutJob(seed=3, task=None, round=1, beta=beta))
+    labels = [expert_label(image) for image in episode.images[:-1]]
+    assert episode.actions.tolist() == labels
+    executed = episode.extra["executed_actions"]
+    assert executed == ([DOWN] * episode.length if learner_acts else labels)
+    assert episode.extra["learner_steps"] == (episode.length if learner_acts else 0)
+
+
+def test_the_mixture_is_drawn_again_the_same_for_the_same_seed_and_round() -> None:
+    """With beta 0.5 both kinds of step occur; the same job gives the same steps (a resumed round
+    rolls out what it would have), and another round of the same seed draws another mixture."""
+    job = RolloutJob(seed=5, task=None, round=1, beta=0.5)
+    first, _, _, _ = mixture_episode(job)
+    again, _, _, _ = mixture_episode(job)
+    later, _, _, _ = mixture_episode(dataclasses.replace(job, round=2))
+    executed = first.extra["executed_actions"]
+    assert DOWN in executed and any(action != DOWN for action in executed)
+    assert again.extra["executed_actions"] == executed
+    assert later.extra["executed_actions"] != executed
