@@ -168,12 +168,13 @@ def test_an_entry_without_a_size_is_not_compared(data: Dataset) -> None:
     assert fresh.check() == []
 
 
-@pytest.mark.parametrize("size", [0, 2**64])
-def test_a_recorded_size_of_zero_or_past_int64_is_compared(data: Dataset, size: int) -> None:
-    """A size of 0 is a size (not "none recorded"), and one too large for the index's int64
-    column is kept with the entry: either way the file's real size differs, so the quick look
-    calls the episode corrupt."""
-    edit_entry(data, 2, bytes=size)
+@pytest.mark.parametrize(("size", "extra"), [(0, None), (0, {"dagger_round": 1, "beta": 0.5}), (2**64, None)])
+def test_a_recorded_size_of_zero_or_past_int64_is_compared(data: Dataset, size: int, extra: object) -> None:
+    """A size of 0 is a size (not "none recorded"), also on an entry that carries fields of its
+    own (a DAgger rollout's ``extra``), and one too large for the index's int64 column is kept
+    with the entry: either way the file's real size differs, so the quick look calls the
+    episode corrupt."""
+    edit_entry(data, 2, bytes=size, **({} if extra is None else {"extra": extra}))
     assert Dataset(data.root).unreadable() == {"missing": [], "corrupt": [2]}
 
 
