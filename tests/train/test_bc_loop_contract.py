@@ -623,3 +623,75 @@ def test_a_one_step_warm_up_trains_its_step_at_the_full_rate() -> None:
     assert lr_lambda(0, 1, 100, 0.1) == 1.0
     assert lr_lambda(1, 1, 100, 0.1) == pytest.approx(1.0)
     assert lr_lambda(2, 1, 100, 0.1) < 1.0
+
+
+# -- the loss: packed rows, a single real step, the DDP wrapper --------------------------------
+
+
+def test_each_episode_of_a_packed_row_is_scored_as_if_it_ran_alone(data: str) -> None:
+    """Packed rows (``train.pack``) hold several episodes one after another: each episode's
+    action distributions, and so the loss's log-likelihood, are those of the policy run on that
+    episode alone, never on frames of the episode before it in the row."""
+    chunks = ChunkDataset(data, 16, pack=True, seed=0)
+    batch = Batch.collate([chunks[i] for i in range(len(chunks))])
+    assert batch.segments is not None and int(batch.segments.max()) >= 1  # some row holds two
+    policy = eval_policy(data)
+    terms = bc_loss(policy, batch, keep_instructions=True)
+    expected = torch.zeros(())
+    with torch.no_grad():
+        for row in range(len(batch)):
+            for piece in batch.segments[row].unique():
+                steps = (batch.segments[row] == piece) & batch.frame_mask[row]
+                if not steps.any():
+                    continue
+                alone = policy(
+                    batch.frames[row : row + 1, steps],
+                    [batch.instructions[row]],
+                    times=batch.times[row : row + 1, steps],
+                ).logits
+                torch.testing.assert_close(
+                    terms.distribution.logits[row : row + 1, steps].detach(), alone, atol=1e-5, rtol=0
+                )
+                actions = batch.actions[row : row + 1, steps]
+                expected += policy.distribution(alone).log_prob(actions).sum()
+    torch.testing.assert_close(terms.log_likelihood.detach(), expected, atol=1e-4, rtol=1e-6)
+
+
+def test_a_batch_with_a_single_real_step_averages_over_that_one_step(data: str) -> None:
+    """The mean is over real steps, also when there is one: the loss is that step's negative
+    log-likelihood and the value term its squared error (the last row of a small dataset)."""
+    policy, batch = eval_policy(data), padded_batch(data)
+    mask = torch.zeros_like(batch.frame_mask)
+    mask[0, 0] = True
+    one = Batch(
+        frames=batch.frames,
+        instructions=batch.instructions,
+        times=batch.times,
+        frame_mask=mask,
+        actions=batch.actions,
+        returns=batch.returns,
+        segments=batch.segments,
+    )
+    terms = bc_loss(policy, one)
+    with torch.no_grad():
+        output = policy(batch.frames, batch.instructions, times=batch.times, frame_mask=mask)
+    log_prob = policy.distribution(output.logits).log_prob(batch.actions)[0, 0]
+    torch.testing.assert_close(terms.policy.detach(), -log_prob)
+    torch.testing.assert_close(terms.value.detach(), (output.value[0, 0] - batch.returns[0, 0]).square())
+
+
+def test_the_loss_of_a_ddp_wrapped_policy_is_the_policy_s_own(data: str, tmp_path: Path) -> None:
+    """Multi-GPU runs hand ``bc_loss`` the DistributedDataParallel wrapper: the forward goes
+    through it and the loss is the same as the bare policy's (a one-process gloo group)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    policy, batch = eval_policy(data), padded_batch(data)
+    bare = bc_loss(policy, batch)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        wrapped = bc_loss(DistributedDataParallel(policy), batch)
+    finally:
+        dist.destroy_process_group()
+    for name in ("policy", "value", "log_likelihood"):
+        torch.testing.assert_close(getattr(wrapped, name).detach(), getattr(bare, name).detach(), msg=name)
