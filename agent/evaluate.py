@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,13 @@ from agent.agent import Agent
 from agent.errors import AgentError, AgentSettingError
 from agent.plan import Plan
 from agent.pretrained import resolve_checkpoint
+from envs import ray_rollouts
 from envs.crafter_score import crafter_score as score_of_rates
 from envs.crafter_score import stats_record, success_rates
 from envs.crafter_tasks import TASKS
 from envs.episodes import play_episode
 from envs.video import write_video
-from envs.workers import make_env, map_jobs, usable_workers
+from envs.workers import in_worker_process, make_env, map_jobs, usable_workers
 
 MODES = ("correct", "swapped", "blank")
 
@@ -170,13 +171,11 @@ class _Worker:
 
 
 def _load_worker(checkpoint: str, env_id: str, env_kwargs: dict[str, Any]) -> _Worker:
-    import multiprocessing
-
     import torch
 
     # One thread per worker process (they share the cores); never in this process, where a
     # capped pool runs the work in place and later training needs every thread.
-    if multiprocessing.parent_process() is not None:
+    if in_worker_process():
         torch.set_num_threads(1)
     return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id, **env_kwargs), env_id)
 
@@ -363,16 +362,25 @@ def _run_jobs(
     """Episode rows in job order: here with ``agent``, or in ``workers`` processes (at most one per
     job and CPU core) that each load ``checkpoint`` (when given and more than one worker is left).
     Ctrl-C raises ``EvaluationInterrupted`` with the rows finished so far."""
-    if checkpoint is not None:
+    on_ray = ray_rollouts.active() is not None  # Ray tasks load the checkpoint, whatever ``workers`` is
+    if checkpoint is not None and not on_ray:
         workers = usable_workers(workers, jobs, "eval")
-    if checkpoint is None or workers <= 1:
+    rows: Iterator[dict[str, Any]]
+    if checkpoint is None or (workers <= 1 and not on_ray):
         # The agent already loaded here acts: a worker's setup would also set this process's threads.
-        setup, setup_args, workers = (lambda: _Worker(agent, gym.make(env_id, **env_kwargs), env_id)), (), 1
+        here = _Worker(agent, gym.make(env_id, **env_kwargs), env_id)
+        rows = (_episode_row(here, job) for job in jobs)
     else:
         # Resolved once here (a shipped name or a hub id -> its local folder): workers load a path.
         folder = os.fspath(resolve_checkpoint(checkpoint))
-        setup, setup_args = _load_worker, (folder, env_id, env_kwargs)
-    rows = map_jobs(_episode_row, jobs, setup=setup, setup_args=setup_args, workers=workers, what="eval")
+        rows = map_jobs(
+            _episode_row,
+            jobs,
+            setup=_load_worker,
+            setup_args=(folder, env_id, env_kwargs),
+            workers=workers,
+            what="eval",
+        )
     results: list[dict[str, Any]] = []
     try:
         for row in rows:

@@ -34,6 +34,11 @@ class FileFormatError(EnvsError, ValueError):
     names the file and the line."""
 
 
+class WorkerError(EnvsError, RuntimeError):
+    """A worker process (the pool's or a Ray worker) failed to start or died; the message says
+    which work and why."""
+
+
 class MissingDependencyError(EnvsError, ImportError):
     """An optional package (MineRL) that is not installed; the message says how to install it."""
 

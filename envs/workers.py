@@ -1,7 +1,7 @@
 """Episode work in worker processes: a checked env factory that a parent calls before it starts
 any worker, and the one worker pool (``map_jobs``: here, or in spawned processes through
 ``ordered_map``, which ends the run when a worker fails or dies) that collection, evaluation and
-DAgger's rollouts share.
+DAgger's rollouts share; inside a ``ray_rollouts()`` block the same jobs run as Ray tasks.
 
 A failure in a worker (an env that cannot be made, a checkpoint that cannot be loaded, a worker
 killed by the OS) stops the whole map with one error instead of a pool respawning the worker
@@ -29,15 +29,12 @@ from typing import Any, TypeVar
 
 import gymnasium as gym
 
-from envs.errors import EnvsError
+from envs import ray_rollouts
+from envs.errors import EnvsError, WorkerError
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 State = TypeVar("State")
-
-
-class WorkerError(EnvsError, RuntimeError):
-    """A worker process failed to start or died; the message says which work and why."""
 
 
 class EnvIdError(EnvsError, ValueError):
@@ -196,6 +193,12 @@ def _exit_with_parent(parent: int, stop: Connection) -> None:
     os._exit(0)
 
 
+def in_worker_process() -> bool:
+    """True in a process this module (or Ray, through ``ray_rollouts``) runs jobs in: a setup
+    there may take one CPU thread, never in the caller's own process."""
+    return mp.parent_process() is not None or ray_rollouts.in_ray_worker()
+
+
 _process_state: dict[str, Any] = {}  # what ``setup`` built in this worker process
 
 
@@ -220,7 +223,14 @@ def map_jobs(
     is built once per process (the env, the expert, the agent): in this process when ``workers``
     (capped by ``usable_workers``) is 1, else once in each of ``workers`` spawned processes
     (``ordered_map``). There ``work``, ``setup`` and the jobs must pickle (module-level functions,
-    plain data). ``jobs`` may be a generator: it is read as the results are consumed."""
+    plain data). ``jobs`` may be a generator: it is read as the results are consumed.
+
+    Inside a ``ray_rollouts()`` block (envs/ray_rollouts.py) the jobs run as Ray tasks instead,
+    on as many CPUs as the cluster has (``workers`` is the pool's setting only)."""
+    session = ray_rollouts.active()
+    if session is not None:
+        yield from ray_rollouts.ray_map(work, jobs, setup, setup_args, what, session)
+        return
     workers = usable_workers(workers, jobs, what)
     if workers <= 1:
         state = setup(*setup_args)

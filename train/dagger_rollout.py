@@ -17,7 +17,7 @@ from agent import Agent
 from envs.data.collect import record_episode
 from envs.data.store import Dataset, Episode
 from envs.experts import Expert, make_expert
-from envs.workers import map_jobs
+from envs.workers import in_worker_process, map_jobs
 from train.config import DaggerConfig
 
 
@@ -75,13 +75,11 @@ class _Worker:
 
 
 def load_worker(checkpoint: str, env_id: str, expert: str | Callable[[], Expert]) -> _Worker:
-    import multiprocessing
-
     import torch
 
     # One thread per worker process (they share the cores); never in this process, where a
     # capped pool runs the work in place and later training needs every thread.
-    if multiprocessing.parent_process() is not None:
+    if in_worker_process():
         torch.set_num_threads(1)
     made = make_expert(expert) if isinstance(expert, str) else expert()
     return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id), made, env_id)

@@ -4,8 +4,9 @@ how a command's failure becomes an exit code."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], "int | None"]
@@ -95,6 +96,41 @@ def add_workers_flag(
     parser: argparse.ArgumentParser, default: int = 2, help: str = "worker processes"
 ) -> None:
     parser.add_argument("--workers", type=positive_int, default=default, help=help)
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ray`` / ``--ray-address``: the episodes run as Ray tasks (``rollout_backend``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the episodes as Ray tasks on a local Ray started with this machine's cores "
+        "instead of the process pool (the [ray] extra; same results)",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="run the episodes as Ray tasks on the running Ray cluster at ADDRESS (HOST:PORT from "
+        "`ray start --head`, or auto)",
+    )
+
+
+@contextlib.contextmanager
+def rollout_backend(args: argparse.Namespace) -> Iterator[None]:
+    """The block where a command's episodes run: the process pool (``--workers``), or Ray tasks
+    when ``--ray`` or ``--ray-address`` is given (envs/ray_rollouts.py); says which on stderr."""
+    if not (args.ray or args.ray_address):
+        yield
+        return
+    from envs.ray_rollouts import ray_rollouts
+    from envs.workers import usable_cores
+
+    local = args.ray_address is None
+    with ray_rollouts(args.ray_address, num_cpus=usable_cores() if local else None) as session:
+        where = "a local Ray" if local else f"the Ray cluster at {args.ray_address}"
+        print(f"episodes run as Ray tasks on {where} ({session.cpus} CPUs)", file=sys.stderr, flush=True)
+        yield
 
 
 def add_seed_flag(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:

@@ -23,6 +23,7 @@ def add_collect_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="dataset directory (appended to if it exists)")
     common.add_tasks_flag(p)
     common.add_workers_flag(p)
+    common.add_ray_flags(p)
     common.add_seed_flag(
         p, None, "episode i uses seed + i (default: after the highest seed already in --out, else 0)"
     )
@@ -68,15 +69,16 @@ def run_collect(args: argparse.Namespace) -> int:
 
     before = _episode_count(args.out)
     try:
-        stats = collect(
-            args.out,
-            args.env,
-            expert,
-            args.episodes,
-            seed=seed,
-            progress=progress,
-            **common.same_named(args, "tasks", "workers", "only_success", "noise"),
-        )
+        with common.rollout_backend(args):
+            stats = collect(
+                args.out,
+                args.env,
+                expert,
+                args.episodes,
+                seed=seed,
+                progress=progress,
+                **common.same_named(args, "tasks", "workers", "only_success", "noise"),
+            )
     except KeyboardInterrupt:
         bar.close()
         print(_interrupted_collect_line(args.out, before), file=sys.stderr)

@@ -48,6 +48,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_seed_flag(p, 100_000, "episode i uses seed + i")
     common.add_workers_flag(p, help="episode worker processes")
+    common.add_ray_flags(p)
     p.add_argument("--video-dir", default=None, help="write mp4 videos of the first episodes here")
     p.add_argument("--videos", type=common.non_negative_int, default=1, help="how many episodes to record")
     p.add_argument(
@@ -76,7 +77,7 @@ def run_eval(args: argparse.Namespace) -> int:
     (``EvaluationInterrupted``); the workers ignore it and are stopped by this process."""
     from tqdm import tqdm
 
-    from agent.evaluate import MODES, EvaluationInterrupted, evaluate, sensitivity
+    from agent.evaluate import MODES, EvaluationInterrupted
 
     modes = list(MODES) if args.sensitivity else [args.instruction_mode]
     plan = _read_plan(args)
@@ -89,17 +90,8 @@ def run_eval(args: argparse.Namespace) -> int:
         bars[0].set_postfix(mode=row["mode"])
 
     try:
-        if args.phrasings:
-            result = _evaluate_phrasings(args, modes, progress)
-        else:
-            shared = common.same_named(
-                args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
-            )
-            shared.update(deterministic=args.greedy, progress=progress)
-            if args.sensitivity:
-                result = sensitivity(args.env, args.episodes, **shared)
-            else:
-                result = evaluate(args.env, args.episodes, mode=args.instruction_mode, plan=plan, **shared)
+        with common.rollout_backend(args):
+            result = _run_modes(args, modes, plan, progress)
     except EvaluationInterrupted as stopped:
         for bar in bars:
             bar.close()
@@ -117,6 +109,21 @@ def run_eval(args: argparse.Namespace) -> int:
         _write_results(args.out, result)
     _print_result(args, result)
     return 0
+
+
+def _run_modes(args: argparse.Namespace, modes: list[str], plan: Any, progress: Any) -> dict[str, Any]:
+    """The evaluation ``args`` asks for: phrasings, every mode (--sensitivity) or one mode."""
+    from agent.evaluate import evaluate, sensitivity
+
+    if args.phrasings:
+        return _evaluate_phrasings(args, modes, progress)
+    shared = common.same_named(
+        args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
+    )
+    shared.update(deterministic=args.greedy, progress=progress)
+    if args.sensitivity:
+        return sensitivity(args.env, args.episodes, **shared)
+    return evaluate(args.env, args.episodes, mode=args.instruction_mode, plan=plan, **shared)
 
 
 def _read_plan(args: argparse.Namespace) -> Any:

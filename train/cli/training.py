@@ -195,6 +195,7 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue the run in --out with the settings it was started with; --config and --set "
         "override its run config (a note lists what changed)",
     )
+    common.add_ray_flags(p)
     common.add_json_flag(p)
     p.set_defaults(func=run_dagger)
 
@@ -225,16 +226,17 @@ def run_dagger(args: argparse.Namespace) -> int:
     )
     if init:  # every round fine-tunes the --init architecture
         refuse_unapplied_policy_settings(init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
-    state = dagger.run_dagger(
-        run,
-        args.data,
-        args.out,
-        args.env,
-        expert or default_expert_for(args.env),
-        tasks=tasks,
-        init=init,
-        resume=args.resume,
-    )
+    with common.rollout_backend(args):
+        state = dagger.run_dagger(
+            run,
+            args.data,
+            args.out,
+            args.env,
+            expert or default_expert_for(args.env),
+            tasks=tasks,
+            init=init,
+            resume=args.resume,
+        )
     if args.json:
         print_json(state)
     else:

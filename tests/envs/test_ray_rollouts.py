@@ -1,0 +1,236 @@
+"""The Ray rollout backend (envs/ray_rollouts.py) on a local Ray (``ray.init(num_cpus=2)``):
+collection, evaluation and DAgger's rollouts give what the process pool gives (the same dataset
+bytes, the same evaluation numbers, the same labelled episodes), a worker killed mid-episode is
+retried once and then stops the run naming the episode, and without Ray ``--ray`` says how to
+install it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_config
+
+from agent.evaluate import evaluate
+from envs.data.collect import collect
+from envs.ray_rollouts import RayClusterError, active, ray_rollouts
+from envs.workers import WorkerError, map_jobs
+from policies import InstructionPolicy
+from train.cli import main
+from train.dagger_rollout import RolloutJob, rollout_round
+
+ray = pytest.importorskip("ray")
+
+CRAFTER = "instructcraft/Crafter-Instruct-v0"
+SUPPORT = str(Path(__file__).parents[1] / "support")
+TASKS = ["collect_wood", "place_table"]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> object:
+    """One local Ray for the module (starting one takes seconds); the test helpers importable in its workers."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": SUPPORT, "OMP_NUM_THREADS": "1"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    config = make_tiny_config().replace(**{"vision.image_size": [64, 64], "vision.channels": [8, 16]})
+    torch.manual_seed(0)
+    return str(InstructionPolicy(config).save_pretrained(tmp_path_factory.mktemp("ckpt") / "checkpoint"))
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_collect_through_ray_writes_the_pools_dataset_byte_for_byte(
+    local_ray: object, tmp_path: Path
+) -> None:
+    """The backend does not change a dataset: same seeds, same episode files, index and metadata."""
+    settings = {"tasks": TASKS, "seed": 3, "workers": 2}
+    pool = collect(str(tmp_path / "pool"), CRAFTER, "crafter_planner", 6, **settings)
+    with ray_rollouts() as session:
+        assert session.cpus == 2 and active() is session
+        on_ray = collect(str(tmp_path / "ray"), CRAFTER, "crafter_planner", 6, **settings)
+    assert active() is None
+    assert local_ray.is_initialized()  # a Ray this process started itself is left running
+    assert on_ray["kept"] == pool["kept"] == 6
+    written = files(tmp_path / "pool")
+    assert any(name.endswith(".npz") for name in written)
+    assert files(tmp_path / "ray") == written
+
+
+def test_eval_through_ray_gives_the_pools_numbers(local_ray: object, checkpoint: str) -> None:
+    """Same seeds, same sampled actions: every episode's success, return and length match."""
+    shared = {"checkpoint": checkpoint, "tasks": TASKS, "seed": 11, "env_kwargs": {"step_limit": 30}}
+    pool = evaluate(CRAFTER, 4, workers=2, **shared)
+    with ray_rollouts():
+        on_ray = evaluate(CRAFTER, 4, workers=1, **shared)  # --workers is the pool's setting only
+    assert on_ray["per_episode"] == pool["per_episode"]
+    assert on_ray["success_rate"] == pool["success_rate"]
+    assert on_ray["mean_length"] == pool["mean_length"]
+
+
+def test_dagger_rollouts_through_ray_label_the_same_episodes(local_ray: object, checkpoint: str) -> None:
+    jobs = [RolloutJob(20 + i, TASKS[i % 2], 1, 0.5) for i in range(4)]
+    pool = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
+    with ray_rollouts():
+        on_ray = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
+    assert [e.seed for e in on_ray] == [20, 21, 22, 23]
+    for ours, theirs in zip(on_ray, pool, strict=True):
+        assert np.array_equal(ours.actions, theirs.actions) and np.array_equal(ours.images, theirs.images)
+        assert ours.extra == theirs.extra
+
+
+def test_a_worker_killed_mid_episode_is_retried_once(local_ray: object, tmp_path: Path) -> None:
+    from ray_jobs import Attempt, crafter_env, steps_then_maybe_die
+
+    jobs = [Attempt(0, 0), Attempt(1, 1), Attempt(2, 0)]  # seed 1's first attempt is killed
+    with ray_rollouts():
+        results = list(map_jobs(steps_then_maybe_die, jobs, setup=crafter_env, setup_args=(str(tmp_path),)))
+    assert results == [5, 15, 25]
+    assert len((tmp_path / "seed_1.attempts").read_text().splitlines()) == 2
+
+
+def test_a_worker_killed_twice_stops_the_run_naming_the_episode(local_ray: object, tmp_path: Path) -> None:
+    """The retry is the only one: what finished before is handed over, then one clear error."""
+    from ray_jobs import Attempt, crafter_env, steps_then_maybe_die
+
+    jobs = [
+        Attempt(0, 0),
+        Attempt(1, 0),
+        Attempt(2, 99),
+        Attempt(3, 0),
+        Attempt(4, 0),
+    ]  # seed 2 is killed on every attempt
+    finished: list[int] = []
+    with ray_rollouts(), pytest.raises(WorkerError) as raised:
+        for result in map_jobs(steps_then_maybe_die, jobs, setup=crafter_env, setup_args=(str(tmp_path),)):
+            finished.append(result)
+    assert finished == [5, 15]
+    message = str(raised.value)
+    assert "the episode with seed 2" in message and "retried once" in message
+    assert len((tmp_path / "seed_2.attempts").read_text().splitlines()) == 2  # first try + one retry
+
+
+def test_an_error_raised_by_the_work_is_raised_as_itself(local_ray: object) -> None:
+    """An exception in an episode is not a dead worker: it is not retried and keeps its type."""
+    from ray_jobs import divide
+
+    with ray_rollouts(), pytest.raises(ZeroDivisionError):
+        list(map_jobs(divide, [1, 0, 2], setup=int))
+
+
+def test_without_ray_the_flag_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code = main(["collect", "--env", CRAFTER, "--episodes", "1", "--out", str(tmp_path / "d"), "--ray"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pip install -e '.[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "episodes").exists()
+
+
+def test_ray_and_ray_address_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--checkpoint", "x", "--env", CRAFTER, "--ray", "--ray-address", "auto"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_cluster_address_nothing_listens_on_is_refused_naming_it() -> None:
+    """Checked when the block opens, in seconds, before any episode."""
+    refused = r"no Ray cluster answers at 127\.0\.0\.1:9 .*ray start --head"
+    with pytest.raises(RayClusterError, match=refused), ray_rollouts("127.0.0.1:9"):
+        pass
+    with pytest.raises(RayClusterError, match="is not HOST:PORT"), ray_rollouts("head-node"):
+        pass
+
+
+@pytest.mark.slow
+def test_collect_on_a_two_node_cluster_equals_the_pool(tmp_path: Path) -> None:
+    """`ray start --head` and a second `ray start --address` on this machine make a two-node
+    cluster; `collect --ray-address` spreads the episodes over both nodes and writes the pool's
+    dataset. Only the processes of this cluster are stopped afterwards, found by a marker in their
+    environment (`ray stop` would stop every Ray on the machine; some Ray processes rename
+    themselves, so their command line cannot tell)."""
+    from helpers import run_cli
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    marker = f"INSTRUCTCRAFT_TEST_CLUSTER={temp}"
+    env = {**os.environ, "PYTHONPATH": SUPPORT, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["INSTRUCTCRAFT_TEST_CLUSTER"] = temp  # every process of the cluster inherits it
+    # Ray's token authentication, with a token of this cluster's own (every node and the driver
+    # must hold the same one; a user's nodes share ~/.ray/auth_token instead).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    try:
+        head = [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+        ]
+        subprocess.run([*head, *common], check=True, capture_output=True, env=env, timeout=120)
+        subprocess.run(
+            [ray_cli, "start", f"--address={address}", *common],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        settings = ["--env", CRAFTER, "--episodes", "6", "--seed", "40", "--tasks", *TASKS]
+        on_cluster = run_cli(
+            "collect", *settings, "--out", str(tmp_path / "ray"), "--ray-address", address, env=env
+        )
+        assert f"the Ray cluster at {address} (2 CPUs)" in on_cluster.stderr
+        run_cli("collect", *settings, "--out", str(tmp_path / "pool"), "--workers", "2")
+        assert files(tmp_path / "ray") == files(tmp_path / "pool")
+    finally:
+        stop_processes_with(marker)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_processes_with(marker: str) -> None:
+    """SIGKILL every other process whose environment holds ``marker`` (``NAME=value``)."""
+    wanted = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environment:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
