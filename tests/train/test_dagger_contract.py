@@ -177,6 +177,13 @@ def test_round_statistics_are_over_all_of_a_round_s_episodes() -> None:
     assert round_statistics([]) == {"rollout_success": 0.0, "learner_step_fraction": 0.0}
 
 
+def test_round_statistics_of_a_single_one_step_episode_are_not_diluted() -> None:
+    """The smallest round (``dagger.episodes=1``, an episode ended at its first step): its
+    success and learner fraction are that episode's own, 1.0 each."""
+    entries = [{"length": 1, "success": True, "extra": {"learner_steps": 1}}]
+    assert round_statistics(entries) == {"rollout_success": 1.0, "learner_step_fraction": 1.0}
+
+
 def test_round_entries_are_the_round_s_own_rollouts(learner_run: tuple[Path, dict]) -> None:
     """A resumed round finds the episodes of that round and those seeds only."""
     out, state = learner_run
