@@ -3,16 +3,19 @@ for datasets the writer did not write byte for byte: a file the system cannot re
 through a broken folder, the size an index line records (none, zero, past int64), members in
 the other npy layouts numpy writes (format 2.0, Fortran order) and one holding more than its
 header says. Also: a writer reopened on an index with lines past its snapshot and a torn last
-line keeps every committed episode.
+line keeps every committed episode; what reading gives back (every field of an episode, a
+zero-step episode, empty and padded ranges, big-endian members, a member cut short).
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import hashlib
 import io
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 
 import envs.data.store as store_module
 from envs.data.format import SNAPSHOT
-from envs.data.store import Dataset, DatasetWriter, Episode, Problem
+from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode, Problem
 
 SPACE = {"type": "Discrete", "n": 4}
 LENGTHS = (6, 9, 3)
@@ -67,7 +70,7 @@ def edit_entry(data: Dataset, number: int, **changes: object) -> None:
     entry = json.loads(lines[number])
     for key, value in changes.items():
         if value is ...:
-            del entry[key]
+            entry.pop(key, None)
         else:
             entry[key] = value
     lines[number] = json.dumps(entry)
@@ -246,3 +249,111 @@ def test_appending_after_a_torn_index_line_keeps_every_committed_episode(data: D
     assert [fresh.episodes[number]["length"] for number in range(len(fresh))] == [*LENGTHS, 5]
     assert same_episode(fresh.episode(3), episode(5))
     assert fresh.check() == []
+
+
+# -- reading back -------------------------------------------------------------------------------
+
+
+def test_an_episode_reads_back_every_field_as_written(tmp_path: Path) -> None:
+    """Arrays and every recorded field: env id, expert, seed, success and ``extra`` (DAgger's
+    round and executed actions live there)."""
+    written = dataclasses.replace(
+        episode(6), expert="scripted", success=True, extra={"dagger_round": 2, "executed_actions": [1, 0]}
+    )
+    with writer(tmp_path / "d") as open_writer:
+        open_writer.add(written)
+    read = Dataset(tmp_path / "d").episode(0)
+    assert same_episode(read, written)
+    assert (read.instruction, read.task, read.env_id, read.expert, read.seed) == (
+        "go",
+        "go",
+        "test-env",
+        "scripted",
+        6,
+    )
+    assert read.success is True and read.extra == {"dagger_round": 2, "executed_actions": [1, 0]}
+
+
+def test_an_entry_without_expert_success_or_extra_reads_with_the_defaults(data: Dataset) -> None:
+    """A hand-made or imported index line without ``expert``, ``success`` or ``extra``: no
+    expert (""), not a success (False) and no extra fields ({})."""
+    edit_entry(data, 0, expert=..., success=..., extra=...)
+    read = Dataset(data.root).episode(0)
+    assert (read.expert, read.success, read.extra) == ("", False, {})
+
+
+def test_an_episode_of_zero_steps_reads_back_with_empty_typed_arrays(tmp_path: Path) -> None:
+    """An episode that ended at reset (one image, no step): empty actions (int64), rewards
+    (float32) and flags (bool), as a step-by-step reader expects."""
+    image = np.full((1, 8, 8, 3), 7, np.uint8)
+    empty = Episode(
+        images=image,
+        actions=np.zeros(0, np.int64),
+        rewards=np.zeros(0, np.float32),
+        terminated=np.zeros(0, bool),
+        truncated=np.zeros(0, bool),
+        instruction="go",
+        task="go",
+        env_id="test-env",
+    )
+    with writer(tmp_path / "d") as open_writer:
+        open_writer.add(empty)
+    read = Dataset(tmp_path / "d").episode(0)
+    assert np.array_equal(read.images, image) and read.length == 0
+    for name, dtype in (
+        ("actions", np.int64),
+        ("rewards", np.float32),
+        ("terminated", bool),
+        ("truncated", bool),
+    ):
+        array = getattr(read, name)
+        assert array.shape == (0,) and array.dtype == dtype, name
+
+
+def test_an_empty_image_range_is_empty_and_a_reversed_one_is_refused(data: Dataset) -> None:
+    """``images(e, k, k)`` is no frame (uint8, the image shape); a range that runs backwards is
+    an IndexError naming the range, the episode and its image count."""
+    empty = data.images(0, 3, 3)
+    assert empty.shape == (0, 8, 8, 3) and empty.dtype == np.uint8
+    with pytest.raises(IndexError, match=r"^image range 5:2 invalid for episode 0 with 7 images$"):
+        data.images(0, 5, 2)
+
+
+def test_a_padded_chunk_keeps_each_field_s_dtype(data: Dataset) -> None:
+    """Padding past an episode's end is zeros of each field's own dtype, so a batch of padded
+    and unpadded chunks stacks without changing type."""
+    padded = data.chunk(2, 1, 6, pad=True)
+    whole = data.chunk(2, 0, 3)
+    for name in ("images", "actions", "rewards", "terminated", "truncated"):
+        assert padded[name].dtype == whole[name].dtype and len(padded[name]) == 5, name
+
+
+def test_big_endian_members_read_as_native_values(data: Dataset) -> None:
+    """Members stored big-endian (written on another machine or by another tool) read back with
+    the values written, in native byte order."""
+    written = data.episode(1)
+    members = {
+        name: npy(array.astype(array.dtype.newbyteorder(">"))) for name, array in stored(data, 1).items()
+    }
+    replace_file(data, 1, archive(members))
+    read = Dataset(data.root).episode(1)
+    assert same_episode(read, written)
+    assert read.rewards.dtype == np.float32 and read.rewards.dtype.isnative and read.actions.dtype.isnative
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_a_frame_block_cut_short_is_refused_when_read(data: Dataset, fortran: bool) -> None:
+    """An image block with less data than its header promises (C or Fortran order): reading
+    the episode, or only some of the block's frames, raises the store's error naming the file
+    and episode, never returns the missing frames as garbage."""
+    members = {name: npy(array) for name, array in stored(data, 0).items()}
+    block = stored(data, 0)["images_0001"]
+    full = npy(np.asfortranarray(block) if fortran else block)
+    members["images_0001"] = full[: len(full) - block[0].nbytes - 5]
+    path = replace_file(data, 0, archive(members))
+    fresh = Dataset(data.root)
+    for read in (lambda: fresh.episode(0), lambda: fresh.images(0, 4, 6)):
+        with pytest.raises(
+            DatasetError, match=rf"^{re.escape(str(path))} \(episode 0\) is corrupt or truncated: "
+        ):
+            read()
