@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -234,3 +235,21 @@ def stop_processes_with(marker: str) -> None:
         if wanted in environment:
             with contextlib.suppress(OSError):
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_collect_on_ray_keeps_what_was_written(tmp_path: Path) -> None:
+    """Ctrl-C with --ray behaves as with the pool: exit 130, no traceback, the episodes written
+    so far kept and named, the dataset valid; the local Ray it started is shut down."""
+    from helpers import interrupt_when
+
+    from envs.data.store import Dataset
+
+    out = tmp_path / "demos"
+    args = ["collect", "--env", CRAFTER, "--episodes", "200", "--out", str(out), "--ray"]
+    code, stderr = interrupt_when(args, re.compile(r"\b([1-9]\d*)/200\b"), signal.SIGINT)
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
+    assert kept, stderr[-3000:]
+    assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []

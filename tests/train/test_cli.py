@@ -105,7 +105,17 @@ def test_bench_env_quick() -> None:
     )
     assert results["collect_success_rate"] >= 0.8 and results["collect_workers"] == 2
     assert results["dataset_chunk16_read_ms"] < results["dataset_full_decompress_ms"]
-    assert set(results["goals"]) == {"crafter_instruct_over_raw_sps", "babyai_over_raw_sps"}
+    assert set(results["goals"]) == {
+        "crafter_instruct_over_raw_sps",
+        "babyai_over_raw_sps",
+        "ray_over_pool_collect_eps",
+    }
+    # the same collection through a local Ray and through the pool, side by side
+    assert 0.1 < results["ray_over_pool_collect_eps"] < 10
+    assert results["ray_over_pool_collect_eps"] == pytest.approx(
+        results["ray_collect_episodes_per_s"] / results["pool_collect_episodes_per_s"]
+    )
+    assert results["ray_start_s"] > 0
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""``bench env``: Crafter-Instruct and BabyAI adapters against the raw envs, expert collection,
-and dataset chunk reads against decompressing whole episodes."""
+"""``bench env``: Crafter-Instruct and BabyAI adapters against the raw envs, expert collection
+(and the same collection through a local Ray against the process pool), and dataset chunk reads
+against decompressing whole episodes."""
 
 from __future__ import annotations
 
@@ -137,11 +138,51 @@ def bench_collect(episodes: int, workers: int, seed: int = 0) -> dict[str, float
     }
 
 
+def bench_ray_over_pool(episodes: int, rounds: int = 2, seed: int = 0) -> dict[str, Any]:
+    """The same collection (``episodes`` Crafter planner episodes, the same seeds) through the
+    process pool (2 workers) and through a local Ray with 2 CPUs, alternating ``rounds`` times so
+    machine noise hits both; Ray's start-up is timed apart (a cluster pays it once)."""
+    from envs.ray_rollouts import ray_rollouts
+
+    try:
+        import ray
+    except ImportError:
+        return {"ray_over_pool_collect_eps": None, "ray_note": "Ray is not installed (the [ray] extra)"}
+    expert = default_expert_for(envs.CRAFTER_ID)
+
+    def seconds(root: str) -> float:
+        return collect(root, envs.CRAFTER_ID, expert, episodes, workers=2, seed=seed)["seconds"]
+
+    pool = on_ray = 0.0
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")  # kept for every round
+    start_s = time.perf_counter() - started
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for number in range(rounds):
+                pool += seconds(f"{tmp}/pool{number}")
+                with ray_rollouts():  # the Ray started above
+                    on_ray += seconds(f"{tmp}/ray{number}")
+    finally:
+        ray.shutdown()
+    return {
+        "ray_over_pool_collect_eps": pool / on_ray,
+        "ray_collect_episodes_per_s": rounds * episodes / on_ray,
+        "pool_collect_episodes_per_s": rounds * episodes / pool,
+        "ray_start_s": start_s,
+    }
+
+
 def bench_env(quick: bool = False) -> dict[str, Any]:
     steps, rounds = (300, 2) if quick else (1000, 5)
     results: dict[str, Any] = {}
     results.update(bench_crafter(steps, rounds))
     results.update(bench_babyai(steps, rounds))
     results.update(bench_collect(10 if quick else 60, workers=2))
-    results["goals"] = {"crafter_instruct_over_raw_sps": ">= 0.95", "babyai_over_raw_sps": ">= 0.9"}
+    results.update(bench_ray_over_pool(10 if quick else 60))
+    results["goals"] = {
+        "crafter_instruct_over_raw_sps": ">= 0.95",
+        "babyai_over_raw_sps": ">= 0.9",
+        "ray_over_pool_collect_eps": ">= 0.9",
+    }
     return results
