@@ -357,3 +357,35 @@ def test_a_frame_block_cut_short_is_refused_when_read(data: Dataset, fortran: bo
             DatasetError, match=rf"^{re.escape(str(path))} \(episode 0\) is corrupt or truncated: "
         ):
             read()
+
+
+# -- the index's fast path ------------------------------------------------------------------------
+
+
+def test_every_entry_the_writer_can_write_takes_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a dataset parses its index a block at a time and checks each line with one quick
+    test; only a line the writer would not write goes through the slow, line-naming check. Every
+    shape of line the writer writes (either file layout, seed and outcome known or not, extras,
+    no optional field at all, a zero-step episode, the longest length allowed) passes the quick
+    test, so a large index opens at the fast path's speed."""
+    import envs.data.format as format_module
+
+    def slow(*args: object) -> None:
+        raise AssertionError(f"took the slow check: {args[3]!r}")
+
+    monkeypatch.setattr(format_module, "_check_line", slow)
+    base = {"instruction": "go", "task": "go", "env_id": "test-env"}
+    entries = [
+        {"episode": 0, "file": "episodes/000/000000.npz", "length": 3, **base, "expert": "scripted", "seed": 3,
+         "success": True, "return": 1.0, "bytes": 10, "sha256": "ab" * 32},
+        {"episode": 1, "file": "episodes/000001.npz", "length": 2, **base, "seed": None, "success": None,
+         "extra": {"dagger_round": 1}},
+        {"episode": 2, "file": "episodes/000/000002.npz", "length": 1, **base},
+        {"episode": 3, "file": "episodes/000/000003.npz", "length": 0, **base, "expert": "", "success": False,
+         "bytes": 0},
+        {"episode": 4, "file": "episodes/000/000004.npz", "length": 2**62 - 1, **base},
+    ]  # fmt: skip
+    raw = b"".join(json.dumps(item).encode() + b"\n" for item in entries)
+    assert list(format_module.index_entries(tmp_path, raw)) == entries
