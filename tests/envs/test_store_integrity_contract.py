@@ -389,3 +389,133 @@ def test_every_entry_the_writer_can_write_takes_the_fast_path(
     ]  # fmt: skip
     raw = b"".join(json.dumps(item).encode() + b"\n" for item in entries)
     assert list(format_module.index_entries(tmp_path, raw)) == entries
+
+
+# -- the writer's commit ------------------------------------------------------------------------
+
+
+def test_the_writer_stores_each_array_in_the_store_s_dtype(tmp_path: Path) -> None:
+    """Actions given as int32, rewards as float64 and flags as 0/1 integers are stored as int64,
+    float32 and bool, so the episode reads back and checks clean; an outcome of None is kept as
+    unknown and the index records the episode's return."""
+    given = episode(5)
+    odd = dataclasses.replace(
+        given,
+        actions=given.actions.astype(np.int32),
+        rewards=given.rewards.astype(np.float64),
+        terminated=given.terminated.astype(np.uint8),
+        truncated=given.truncated.astype(np.uint8),
+        success=None,
+    )
+    with writer(tmp_path / "d") as open_writer:
+        open_writer.add(odd)
+    data = Dataset(tmp_path / "d")
+    assert data.check() == []
+    read = data.episode(0)
+    assert same_episode(read, given) and read.success is None
+    assert data.episodes[0]["return"] == pytest.approx(float(given.rewards.sum()))
+
+
+def test_an_episode_of_another_image_shape_is_refused_naming_both(tmp_path: Path) -> None:
+    with writer(tmp_path / "d") as open_writer:
+        small = dataclasses.replace(episode(2), images=np.zeros((3, 4, 4, 3), np.uint8))
+        with pytest.raises(DatasetError, match=r"^expected images \[8, 8, 3\], got \[4, 4, 3\]$"):
+            open_writer.add(small)
+
+
+def full_disk() -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_an_episode_file_keeps_the_dataset(
+    data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No room for the next episode's file: a one-line error names the file and says the earlier
+    episodes are intact; they are, and the dataset checks clean."""
+    import envs.data.writer as writer_module
+
+    def no_room(path: Path, raw: bytes) -> None:
+        raise full_disk()
+
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", no_room)
+    with writer(data.root) as open_writer, pytest.raises(DatasetError) as refused:
+        open_writer.add(episode(4))
+    assert str(refused.value).startswith(
+        f"no space left on device while writing {data.root / 'episodes/000/000003.npz'}; "
+        f"the 3 earlier episodes in {data.root} are intact. Free some space on "
+    )
+    monkeypatch.undo()
+    fresh = Dataset(data.root)
+    assert len(fresh) == 3 and fresh.check() == []
+
+
+class _FullAfter:
+    """The writer's index file, which takes ``room`` bytes of the next line, then is full."""
+
+    def __init__(self, real: io.RawIOBase, room: int) -> None:
+        self.real, self.room = real, room
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def write(self, line: memoryview) -> int:
+        if self.room <= 0:
+            raise full_disk()
+        written = self.real.write(line[: self.room])
+        self.room -= written
+        return written
+
+
+def test_a_full_disk_while_committing_the_index_line_undoes_the_episode(data: Dataset) -> None:
+    """The disk fills up part way through the episode's index line: the part is cut off, the
+    episode's file is removed, the error names the index and says the earlier episodes are
+    intact; the same writer then commits the next episode in that place."""
+    index = data.root / "index.jsonl"
+    with writer(data.root) as open_writer:
+        before = index.read_bytes()
+        real = open_writer._index
+        open_writer._index = _FullAfter(real, 10)  # type: ignore[assignment]
+        with pytest.raises(DatasetError) as refused:
+            open_writer.add(episode(4))
+        open_writer._index = real
+        assert str(refused.value).startswith(
+            f"no space left on device while writing {index}; the 3 earlier episodes in {data.root} are intact."
+        )
+        assert index.read_bytes() == before
+        assert not (data.root / "episodes/000/000003.npz").exists()
+        assert open_writer.add(episode(5)) == 3
+    fresh = Dataset(data.root)
+    assert fresh.check() == [] and same_episode(fresh.episode(3), episode(5))
+
+
+# -- the index, block by block ------------------------------------------------------------------
+
+
+def plain(number: int) -> dict:
+    return {"episode": number, "file": f"episodes/{number // 1000:03d}/{number:06d}.npz", "length": 1,
+            "instruction": "go", "task": "go", "env_id": "test-env"}  # fmt: skip
+
+
+def test_an_index_longer_than_a_parsing_block_is_read_whole_and_lines_are_counted_across_blocks(
+    tmp_path: Path,
+) -> None:
+    """The index is parsed 4096 lines at a time: 5000 lines give 5000 entries, and a bad line in
+    the second block is named by its own line number."""
+    from envs.data.format import index_entries
+
+    lines = [json.dumps(plain(n)).encode() for n in range(5000)]
+    assert list(index_entries(tmp_path, b"\n".join(lines) + b"\n")) == [plain(n) for n in range(5000)]
+    lines[4499] = json.dumps({**plain(4499), "length": -1}).encode()
+    with pytest.raises(DatasetError, match=r"index\.jsonl line 4500: \"length\" is -1"):
+        list(index_entries(tmp_path, b"\n".join(lines) + b"\n"))
+
+
+def test_a_blank_first_line_is_skipped_and_two_objects_on_one_line_are_refused(tmp_path: Path) -> None:
+    """Blank lines anywhere are skipped, the first included; a line holding two entries (a
+    comma-joined edit) is named as not JSON, never read as two episodes."""
+    from envs.data.format import index_entries
+
+    one, two = json.dumps(plain(0)).encode(), json.dumps(plain(1)).encode()
+    assert list(index_entries(tmp_path, b"\n" + one + b"\n" + two + b"\n")) == [plain(0), plain(1)]
+    with pytest.raises(DatasetError, match=r"index\.jsonl line 1 is corrupt"):
+        list(index_entries(tmp_path, one + b", " + two + b"\n"))
