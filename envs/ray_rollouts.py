@@ -28,6 +28,8 @@ import contextlib
 import contextvars
 import itertools
 import logging
+import os
+import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -44,12 +46,64 @@ class RayClusterError(EnvsError, ConnectionError):
     how to get a right one."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class RayRollouts:
-    """An open Ray session that ``map_jobs`` sends its jobs to."""
+    """An open ``ray_rollouts()`` block: where its episodes go. Ray is started or joined by the
+    first map that runs (``connect``), so a command's own checks (the env, the tasks, the
+    checkpoint) run before any Ray process starts."""
 
-    address: str | None  # None: the local Ray this block started
-    cpus: int  # the cluster's CPUs when the block opened: the tasks kept in flight are twice this
+    address: str | None  # None: a local Ray started here
+    num_cpus: int | None = None  # a local Ray's CPUs (None: Ray's count of this machine's)
+    cpus: int = 0  # the cluster's CPUs once connected: the tasks kept in flight are twice this
+    started: bool = False  # this block started (and will shut down) the Ray it uses
+
+    def connect(self) -> int:
+        """Start or join Ray once (a Ray this process had already initialised is used as it
+        is) and return the cluster's CPUs; says where the episodes run on stderr."""
+        if self.cpus:
+            return self.cpus
+        ray = import_ray()
+        if not ray.is_initialized():
+            self._init(ray)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < 1:
+            raise RayClusterError(
+                f"the Ray cluster {'at ' + self.address if self.address else 'here'} has no CPU for episodes: "
+                "start its nodes with --num-cpus 1 or more"
+            )
+        self.cpus = cpus
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+        print(f"episodes run as Ray tasks on {where} ({cpus} CPUs)", file=sys.stderr, flush=True)
+        return cpus
+
+    def _init(self, ray: Any) -> None:
+        # A worker killed by Ray's memory monitor is retried once, as one that dies otherwise
+        # (Ray's default retries those without end); the process that owns the tasks decides.
+        os.environ.setdefault("RAY_task_oom_retries", "1")
+        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+        try:
+            ray.init(
+                # "local": a new Ray here, never a cluster `ray start` left running on this machine
+                address=self.address or "local",
+                num_cpus=self.num_cpus if self.address is None else None,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+                log_to_driver=True,
+            )
+        except ray.exceptions.AuthenticationError as error:
+            raise RayClusterError(
+                f"{where} refused this process's token ({error}). A cluster with token authentication "
+                "needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN) here too"
+            ) from None
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            fix = (
+                "`ray start --head` prints the address to pass, and `ray status --address ADDRESS` checks it"
+                if self.address
+                else "run `ray stop` if an old local Ray is left, or pass --ray-address to join a running one"
+            )
+            raise RayClusterError(f"could not start or join {where}: {error}. {fix}") from None
+        self.started = True
 
 
 _active: contextvars.ContextVar[RayRollouts | None] = contextvars.ContextVar("ray_rollouts", default=None)
@@ -75,47 +129,20 @@ def ray_rollouts(address: str | None = None, num_cpus: int | None = None) -> Ite
 
     ``address`` None starts a local Ray here with ``num_cpus`` CPUs (default: Ray's count of this
     machine's) and shuts it down when the block ends; an address (``HOST:PORT``, or ``auto`` for
-    the cluster this machine belongs to) joins an existing cluster and leaves it running. A Ray
-    this process had already initialised is used as it is. Fails before any episode when the
-    cluster cannot be reached or has no CPU.
+    the cluster this machine belongs to) joins an existing cluster and leaves it running. Ray is
+    imported and the address checked when the block opens; Ray starts (or is joined) when the
+    first map runs, and fails there, before any episode, when it cannot.
     """
     ray = import_ray()
-    started = False
     if address is not None:
         _check_reachable(address)
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=address,
-                num_cpus=num_cpus if address is None else None,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-                log_to_driver=True,
-            )
-        except (ConnectionError, ValueError, RuntimeError) as error:
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            fix = (
-                "`ray start --head` prints the address to pass, and `ray status --address ADDRESS` checks it"
-                if address
-                else "run `ray stop` if an old local Ray is left, or pass --ray-address to join a running one"
-            )
-            raise RayClusterError(f"could not start or join {where}: {error}. {fix}") from None
-        started = True
+    session = RayRollouts(address, num_cpus)
+    token = _active.set(session)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus < 1:
-            raise RayClusterError(
-                f"the Ray cluster {'at ' + address if address else 'here'} has no CPU for episodes: "
-                "start its nodes with --num-cpus 1 or more"
-            )
-        token = _active.set(RayRollouts(address, cpus))
-        try:
-            yield _active.get()  # type: ignore[misc]
-        finally:
-            _active.reset(token)
+        yield session
     finally:
-        if started:
+        _active.reset(token)
+        if session.started:
             ray.shutdown()
 
 
@@ -160,19 +187,21 @@ def ray_map(
     """``work(setup(*setup_args), job)`` for each job as Ray tasks, results in job order (see the
     module's docstring for state, retries and cancelling)."""
     ray = import_ray()
+    cpus = session.connect()
     remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(_run_job)
     # One key per map: a worker process reused by a later map builds that map's state afresh.
     key = uuid.uuid4().hex
     shared = ray.put((key, setup, setup_args, work))
-    window = 2 * session.cpus
+    window = 2 * cpus
     pending: deque[tuple[Any, Any]] = deque()
     remaining = iter(jobs)
     try:
         for job in itertools.islice(remaining, window):
             pending.append((job, remote.remote(shared, job)))
         while pending:
-            job, ref = pending.popleft()
+            job, ref = pending[0]  # still cancelled on the way out while it is awaited
             result = _get(ray, ref, job, what)
+            pending.popleft()
             for job in itertools.islice(remaining, 1):  # the next job starts before the caller works
                 pending.append((job, remote.remote(shared, job)))
             yield result
@@ -191,9 +220,11 @@ def _get(ray: Any, ref: Any, job: Any, what: str) -> Any:
     except exceptions.RayTaskError as error:
         cause = error.cause
         if isinstance(cause, BaseException):
+            if hasattr(cause, "add_note"):  # where it happened: the remote traceback is Ray's
+                cause.add_note(f"(raised in the Ray worker running {describe_job(job)})")
             raise cause from None
         raise
-    except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.ObjectLostError) as error:
+    except exceptions.RayError as error:  # the worker died (crashed, killed, out of memory, node lost)
         kind = type(error).__name__
         raise WorkerError(
             f"the Ray worker running {describe_job(job)} of this {what} died twice ({kind}: killed, out of "

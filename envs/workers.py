@@ -227,11 +227,20 @@ def map_jobs(
 
     Inside a ``ray_rollouts()`` block (envs/ray_rollouts.py) the jobs run as Ray tasks instead,
     on as many CPUs as the cluster has (``workers`` is the pool's setting only)."""
-    session = ray_rollouts.active()
+    session = ray_rollouts.active()  # read here, when the map is made, not when it is first read
     if session is not None:
-        yield from ray_rollouts.ray_map(work, jobs, setup, setup_args, what, session)
-        return
-    workers = usable_workers(workers, jobs, what)
+        return ray_rollouts.ray_map(work, jobs, setup, setup_args, what, session)
+    return _pool_map(work, jobs, setup, setup_args, usable_workers(workers, jobs, what), what)
+
+
+def _pool_map(
+    work: Callable[[State, Job], Result],
+    jobs: Iterable[Job],
+    setup: Callable[..., State],
+    setup_args: tuple[Any, ...],
+    workers: int,
+    what: str,
+) -> Iterator[Result]:
     if workers <= 1:
         state = setup(*setup_args)
         for job in jobs:

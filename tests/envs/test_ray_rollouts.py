@@ -28,7 +28,6 @@ from envs.data.collect import collect
 from envs.ray_rollouts import RayClusterError, active, ray_rollouts
 from envs.workers import WorkerError, map_jobs
 from policies import InstructionPolicy
-from train.cli import main
 from train.dagger_rollout import RolloutJob, rollout_round
 
 ray = pytest.importorskip("ray")
@@ -41,14 +40,22 @@ TASKS = ["collect_wood", "place_table"]
 @pytest.fixture(scope="module")
 def local_ray() -> object:
     """One local Ray for the module (starting one takes seconds); the test helpers importable in its workers."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Tests on this machine: no token authentication, so that two test processes starting a local
+    # Ray at once never race to write the same ~/.ray/auth_token.
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(
+        address="local",  # never the two-node test's cluster, which may be running beside it
         num_cpus=2,
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": SUPPORT, "OMP_NUM_THREADS": "1"}},
     )
     yield ray
     ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +76,9 @@ def test_collect_through_ray_writes_the_pools_dataset_byte_for_byte(
     settings = {"tasks": TASKS, "seed": 3, "workers": 2}
     pool = collect(str(tmp_path / "pool"), CRAFTER, "crafter_planner", 6, **settings)
     with ray_rollouts() as session:
-        assert session.cpus == 2 and active() is session
+        assert active() is session and session.cpus == 0  # nothing started before the first map
         on_ray = collect(str(tmp_path / "ray"), CRAFTER, "crafter_planner", 6, **settings)
+        assert session.cpus == 2  # the episodes went to Ray
     assert active() is None
     assert local_ray.is_initialized()  # a Ray this process started itself is left running
     assert on_ray["kept"] == pool["kept"] == 6
@@ -83,8 +91,9 @@ def test_eval_through_ray_gives_the_pools_numbers(local_ray: object, checkpoint:
     """Same seeds, same sampled actions: every episode's success, return and length match."""
     shared = {"checkpoint": checkpoint, "tasks": TASKS, "seed": 11, "env_kwargs": {"step_limit": 30}}
     pool = evaluate(CRAFTER, 4, workers=2, **shared)
-    with ray_rollouts():
+    with ray_rollouts() as session:
         on_ray = evaluate(CRAFTER, 4, workers=1, **shared)  # --workers is the pool's setting only
+    assert session.cpus == 2  # the episodes went to Ray, not to this process
     assert on_ray["per_episode"] == pool["per_episode"]
     assert on_ray["success_rate"] == pool["success_rate"]
     assert on_ray["mean_length"] == pool["mean_length"]
@@ -93,8 +102,9 @@ def test_eval_through_ray_gives_the_pools_numbers(local_ray: object, checkpoint:
 def test_dagger_rollouts_through_ray_label_the_same_episodes(local_ray: object, checkpoint: str) -> None:
     jobs = [RolloutJob(20 + i, TASKS[i % 2], 1, 0.5) for i in range(4)]
     pool = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
-    with ray_rollouts():
+    with ray_rollouts() as session:
         on_ray = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
+    assert session.cpus == 2
     assert [e.seed for e in on_ray] == [20, 21, 22, 23]
     for ours, theirs in zip(on_ray, pool, strict=True):
         assert np.array_equal(ours.actions, theirs.actions) and np.array_equal(ours.images, theirs.images)
@@ -132,30 +142,16 @@ def test_a_worker_killed_twice_stops_the_run_naming_the_episode(local_ray: objec
     assert len((tmp_path / "seed_2.attempts").read_text().splitlines()) == 2  # first try + one retry
 
 
-def test_an_error_raised_by_the_work_is_raised_as_itself(local_ray: object) -> None:
-    """An exception in an episode is not a dead worker: it is not retried and keeps its type."""
-    from ray_jobs import divide
+def test_an_error_raised_by_the_work_is_raised_as_itself(local_ray: object, tmp_path: Path) -> None:
+    """An exception in an episode is not a dead worker: it keeps its type, names the episode
+    and is not retried."""
+    from ray_jobs import Attempt, divide_by_seed
 
-    with ray_rollouts(), pytest.raises(ZeroDivisionError):
-        list(map_jobs(divide, [1, 0, 2], setup=int))
-
-
-def test_without_ray_the_flag_says_how_to_install_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    code = main(["collect", "--env", CRAFTER, "--episodes", "1", "--out", str(tmp_path / "d"), "--ray"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "pip install -e '.[ray]'" in err and "Traceback" not in err
-    assert not (tmp_path / "d" / "episodes").exists()
-
-
-def test_ray_and_ray_address_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["eval", "--checkpoint", "x", "--env", CRAFTER, "--ray", "--ray-address", "auto"])
-    assert exited.value.code == 2
-    assert "not allowed with argument" in capsys.readouterr().err
+    jobs = [Attempt(1, 0), Attempt(0, 0), Attempt(2, 0)]
+    with ray_rollouts(), pytest.raises(ZeroDivisionError) as raised:
+        list(map_jobs(divide_by_seed, jobs, setup=Path, setup_args=(str(tmp_path),)))
+    assert "the episode with seed 0" in "".join(getattr(raised.value, "__notes__", []))
+    assert len((tmp_path / "seed_0.attempts").read_text().splitlines()) == 1
 
 
 def test_a_cluster_address_nothing_listens_on_is_refused_naming_it() -> None:
@@ -238,13 +234,16 @@ def stop_processes_with(marker: str) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_collect_on_ray_keeps_what_was_written(tmp_path: Path) -> None:
+def test_ctrl_c_to_collect_on_ray_keeps_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C with --ray behaves as with the pool: exit 130, no traceback, the episodes written
     so far kept and named, the dataset valid; the local Ray it started is shut down."""
     from helpers import interrupt_when
 
     from envs.data.store import Dataset
 
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token written by a test
     out = tmp_path / "demos"
     args = ["collect", "--env", CRAFTER, "--episodes", "200", "--out", str(out), "--ray"]
     code, stderr = interrupt_when(args, re.compile(r"\b([1-9]\d*)/200\b"), signal.SIGINT)

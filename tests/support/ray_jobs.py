@@ -43,5 +43,8 @@ def steps_then_maybe_die(state: tuple[gym.Env, Path], job: Attempt) -> int:
     return 10 * seed + 5
 
 
-def divide(_state: object, job: int) -> float:
-    return 1 / job
+def divide_by_seed(markers: Path, job: Attempt) -> float:
+    """1 / seed, each attempt logged: seed 0 raises ZeroDivisionError in the worker."""
+    with (markers / f"seed_{job.seed}.attempts").open("a") as attempts:
+        attempts.write(f"{os.getpid()}\n")
+    return 1 / job.seed

@@ -89,10 +89,11 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_env_quick() -> None:
+def test_bench_env_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every reported number is there and plausible: the wrappers cost at most a few times the
     raw env (loose: a busy CI machine), the expert collects successfully, chunk reads beat
     decompressing everything."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # its local Ray writes no ~/.ray/auth_token
     results = json.loads(run_cli("bench", "env", "--quick", "--json").stdout)
     rates = ("crafter_raw_sps", "crafter_instruct_sps", "babyai_raw_sps", "babyai_sps", "collect_episodes_per_s",
              "collect_steps_per_s", "dataset_chunk16_read_ms", "dataset_full_decompress_ms")  # fmt: skip

@@ -119,7 +119,8 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def rollout_backend(args: argparse.Namespace) -> Iterator[None]:
     """The block where a command's episodes run: the process pool (``--workers``), or Ray tasks
-    when ``--ray`` or ``--ray-address`` is given (envs/ray_rollouts.py); says which on stderr."""
+    when ``--ray`` or ``--ray-address`` is given (envs/ray_rollouts.py: Ray starts with the
+    first episodes, after the command's checks, and says where they run on stderr)."""
     if not (args.ray or args.ray_address):
         yield
         return
@@ -127,9 +128,7 @@ def rollout_backend(args: argparse.Namespace) -> Iterator[None]:
     from envs.workers import usable_cores
 
     local = args.ray_address is None
-    with ray_rollouts(args.ray_address, num_cpus=usable_cores() if local else None) as session:
-        where = "a local Ray" if local else f"the Ray cluster at {args.ray_address}"
-        print(f"episodes run as Ray tasks on {where} ({session.cpus} CPUs)", file=sys.stderr, flush=True)
+    with ray_rollouts(args.ray_address, num_cpus=usable_cores() if local else None):
         yield
 
 
