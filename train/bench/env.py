@@ -155,7 +155,9 @@ def bench_ray_over_pool(episodes: int, rounds: int = 2, seed: int = 0) -> dict[s
 
     pool = on_ray = 0.0
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")  # kept for every round
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING"
+    )  # kept for every round
     start_s = time.perf_counter() - started
     try:
         with tempfile.TemporaryDirectory() as tmp:
