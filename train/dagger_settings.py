@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from envs import ray_rollouts
 from envs.data.store import atomic_write_bytes
 from train.config import ConfigError, RunConfig
 from train.errors import SettingError
@@ -118,7 +119,8 @@ def check_resume(root: Path, state: dict[str, Any], run: RunConfig, settings: di
 
 def resume_command(root: Path, state: dict[str, Any]) -> str:
     """The ``instructcraft dagger`` command that continues the run in ``root``: every setting
-    the run was started with, read from its state, and ``--resume``."""
+    the run was started with, read from its state, the Ray backend when the run uses one, and
+    ``--resume``."""
     parts = ["instructcraft", "dagger"]
     if (root / RUN_CONFIG_FILE).exists():
         parts += ["--config", str(root / RUN_CONFIG_FILE)]
@@ -131,4 +133,7 @@ def resume_command(root: Path, state: dict[str, Any]) -> str:
         parts += ["--init", state["init"]]
     for name, flag in FLAGS.items():
         parts += [flag, str(state["dagger"][name])]
+    session = ray_rollouts.active()  # the rollouts of this run go to Ray: so do the resumed run's
+    if session is not None:
+        parts += ["--ray-address", session.address] if session.address else ["--ray"]
     return shlex.join([*parts, "--resume"])

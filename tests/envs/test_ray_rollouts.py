@@ -29,6 +29,7 @@ from envs.ray_rollouts import RayClusterError, active, ray_rollouts
 from envs.workers import WorkerError, map_jobs
 from policies import InstructionPolicy
 from train.dagger_rollout import RolloutJob, rollout_round
+from train.dagger_settings import FLAGS
 
 ray = pytest.importorskip("ray")
 
@@ -252,3 +253,17 @@ def test_ctrl_c_to_collect_on_ray_keeps_what_was_written(
     kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
     assert kept, stderr[-3000:]
     assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []
+
+
+def test_a_dagger_run_on_ray_advises_a_resume_on_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The resume command a stopped DAgger run prints keeps its episodes where they ran."""
+    import envs.ray_rollouts as backend
+    from train.dagger_settings import resume_command
+
+    state = {"data": "demos", "env_id": CRAFTER, "dagger": {name: 1 for name in FLAGS}}
+    assert "--ray" not in resume_command(tmp_path, state)
+    with ray_rollouts():  # nothing starts before the first episodes
+        assert resume_command(tmp_path, state).endswith("--ray --resume")
+    monkeypatch.setattr(backend, "_check_reachable", lambda address: None)
+    with ray_rollouts("10.0.0.7:6379"):
+        assert resume_command(tmp_path, state).endswith("--ray-address 10.0.0.7:6379 --resume")
