@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,8 +25,10 @@ from slip_env import DOWN, INSTRUCTION, RIGHT, SLIP_ID, UP, CorridorExpert, Slip
 from envs.data.collect import run_episode
 from envs.data.store import Dataset, DatasetError, DatasetWriter
 from train.config import DaggerConfig, load_run_config
-from train.dagger import run_dagger
+from train.dagger import _Rounds, run_dagger
 from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics, run_dagger_episode
+from train.dagger_settings import load_state
+from train.errors import TrainingInterrupted
 
 TINY = tiny_run_config(instruction_dropout=0.0)
 DEMOS = 3
@@ -365,3 +368,315 @@ def test_the_mixture_is_drawn_again_the_same_for_the_same_seed_and_round() -> No
     assert DOWN in executed and any(action != DOWN for action in executed)
     assert again.extra["executed_actions"] == executed
     assert later.extra["executed_actions"] != executed
+
+
+# -- the rounds' bookkeeping, driven directly --------------------------------------------------
+# ``_Rounds.zero``, ``next`` and ``finish`` called on their own (not through the shared run), with
+# the training and the rollouts replaced by stand-ins that record what they were asked.
+
+
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter: every scalar logged, and the flushes."""
+
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+        self.flushes = 0
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def started_rounds(
+    demos: str, root: Path, *, progress: bool = False, tasks: list[str] | None = None, **dagger: object
+) -> _Rounds:
+    """A run's rounds as ``run_dagger`` starts them: OUT/data a copy of the demonstrations, no
+    round finished yet."""
+    import shutil
+
+    settings = DaggerConfig(
+        **{"rounds": 2, "episodes": 3, "steps": 2, "eval_episodes": 0, "workers": 1, **dagger}
+    )
+    run = dataclasses.replace(load_run_config(None, ["train.device=cpu"], base=TINY), dagger=settings)
+    root.mkdir(parents=True)
+    shutil.copytree(demos, root / "data")
+    state = {
+        "data": demos,
+        "env_id": SLIP_ID,
+        "tasks": tasks,
+        "expert": None,
+        "init": None,
+        "first_seed": DEMOS,
+        "dagger": dataclasses.asdict(settings),
+        "rounds": [],
+    }
+    return _Rounds(root, state, run, SLIP_ID, CorridorExpert, tasks, progress, RecordingWriter())
+
+
+def demo_steps(demos: str) -> int:
+    return sum(entry["length"] for entry in Dataset(demos).episodes)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_finished_round_is_recorded_logged_and_saved(
+    demos: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], progress: bool
+) -> None:
+    """``dagger.json`` and TensorBoard after a round: the round, its checkpoint, what it was given
+    (beta, rollout statistics) and the aggregate's size then; the same numbers logged at the
+    round's step and flushed; one line printed with progress on, none with it off."""
+    rounds = started_rounds(demos, tmp_path / "run", progress=progress)
+    checkpoint = tmp_path / "run" / "round_02" / "checkpoint"
+    extra = {"beta": 0.25, "rollout_success": 0.5, "learner_step_fraction": 0.125}
+    rounds.finish(2, checkpoint, extra)
+    steps = demo_steps(demos)
+    entry = {
+        "round": 2,
+        "checkpoint": str(checkpoint),
+        **extra,
+        "dataset_episodes": DEMOS,
+        "dataset_steps": steps,
+    }
+    assert rounds.state["rounds"] == [entry]
+    assert load_state(tmp_path / "run")["rounds"] == [entry]
+    assert rounds.writer.scalars == [
+        ("dagger/dataset_episodes", DEMOS, 2),
+        ("dagger/dataset_steps", steps, 2),
+        ("dagger/beta", 0.25, 2),
+        ("dagger/rollout_success", 0.5, 2),
+        ("dagger/learner_step_fraction", 0.125, 2),
+    ]
+    assert rounds.writer.flushes == 1
+    shown = f"round 2: dataset {DEMOS} episodes / {steps} steps\n" if progress else ""
+    assert capsys.readouterr().out == shown
+
+
+def test_round_zero_logs_only_the_aggregate_s_size(demos: str, tmp_path: Path) -> None:
+    """Round 0 has no beta or rollouts: only the dataset's size is logged, and a second finished
+    round is added after the first in the saved state."""
+    rounds = started_rounds(demos, tmp_path / "run")
+    rounds.finish(0, tmp_path / "zero", {"trained_from": "demonstrations"})
+    rounds.finish(1, tmp_path / "one", {"beta": 0.5})
+    assert [tag for tag, _, _ in rounds.writer.scalars] == [
+        "dagger/dataset_episodes",
+        "dagger/dataset_steps",
+        "dagger/dataset_episodes",
+        "dagger/dataset_steps",
+        "dagger/beta",
+    ]
+    assert [entry["round"] for entry in load_state(tmp_path / "run")["rounds"]] == [0, 1]
+    assert load_state(tmp_path / "run")["rounds"][0]["trained_from"] == "demonstrations"
+
+
+def test_an_evaluated_round_records_its_success_per_task(
+    demos: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``dagger.eval_episodes`` set, each round's checkpoint is evaluated on the run's env and
+    tasks with the eval seed and workers; the mean success and each task's rate are recorded, the
+    success logged and printed."""
+    import train.dagger
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def evaluate(*args: object, **kwargs: object) -> dict:
+        calls.append((args, kwargs))
+        return {
+            "mean_task_success": 0.75,
+            "tasks": {"corridor": {"success_rate": 0.75}, "other": {"success_rate": 0.5}},
+        }
+
+    monkeypatch.setattr(train.dagger, "evaluate", evaluate)
+    rounds = started_rounds(
+        demos, tmp_path / "run", progress=True, tasks=["corridor"], eval_episodes=4, eval_seed=123, workers=3
+    )
+    checkpoint = tmp_path / "round_01" / "checkpoint"
+    rounds.finish(1, checkpoint, {"beta": 0.5})
+    assert calls == [
+        ((SLIP_ID, 4), {"checkpoint": str(checkpoint), "tasks": ["corridor"], "workers": 3, "seed": 123})
+    ]
+    entry = rounds.state["rounds"][0]
+    assert entry["success"] == 0.75 and entry["eval"] == {"corridor": 0.75, "other": 0.5}
+    assert rounds.writer.scalars[0] == ("dagger/success", 0.75, 1)
+    steps = demo_steps(demos)
+    assert capsys.readouterr().out == f"round 1: success 0.75, dataset {DEMOS} episodes / {steps} steps\n"
+
+
+def refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a finished round ran again")
+
+
+def test_a_finished_round_is_not_run_again(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed run skips the rounds its state lists: their checkpoints are returned as they
+    are, nothing is trained, copied or rolled out, and the state is not touched."""
+    import train.dagger
+
+    for name in ("train_bc_policy", "copy_checkpoint", "_roll_out", "_fine_tune"):
+        monkeypatch.setattr(train.dagger, name, refuse)
+    rounds = started_rounds(demos, tmp_path / "run")
+    rounds.state["rounds"] = [{"round": 0}]  # interrupted in round 1
+    assert rounds.zero(None) == tmp_path / "run" / "round_00" / "checkpoint"
+    assert rounds.zero("elsewhere") == tmp_path / "run" / "round_00" / "checkpoint"
+    rounds.state["rounds"].append({"round": 1})
+    assert rounds.next(1, tmp_path / "previous") == tmp_path / "run" / "round_01" / "checkpoint"
+    assert rounds.state["rounds"] == [{"round": 0}, {"round": 1}]
+    assert rounds.writer.scalars == []
+
+
+def test_round_zero_from_a_checkpoint_copies_it_and_says_so(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--init``: round 0 is the given checkpoint, copied into OUT/round_00/checkpoint without
+    training, and recorded as trained from it."""
+    import train.dagger
+
+    copies: list[tuple[Path, Path]] = []
+    monkeypatch.setattr(
+        train.dagger, "copy_checkpoint", lambda source, target: copies.append((source, target))
+    )
+    monkeypatch.setattr(train.dagger, "train_bc_policy", refuse)
+    rounds = started_rounds(demos, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "round_00" / "checkpoint"
+    assert rounds.zero(str(tmp_path / "init")) == checkpoint
+    assert copies == [(tmp_path / "init", checkpoint)]
+    (entry,) = rounds.state["rounds"]
+    assert (entry["round"], entry["checkpoint"], entry["trained_from"]) == (
+        0,
+        str(checkpoint),
+        str(tmp_path / "init"),
+    )
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_round_zero_clones_the_demonstrations_and_continues_an_interrupted_clone(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
+) -> None:
+    """Without ``--init``, round 0 is behavioral cloning with the run's settings on OUT/data into
+    OUT/round_00; a round 0 whose checkpoint holds the trainer's state resumes from it."""
+    import train.dagger
+    from train.checkpoint import TRAINER_STATE
+
+    calls: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(train.dagger, "train_bc_policy", lambda *a, **k: calls.append((a, k)))
+    rounds = started_rounds(demos, tmp_path / "run", progress=True)
+    round_dir = tmp_path / "run" / "round_00"
+    if interrupted:
+        (round_dir / "checkpoint").mkdir(parents=True)
+        (round_dir / "checkpoint" / TRAINER_STATE).write_bytes(b"")
+    assert rounds.zero(None) == round_dir / "checkpoint"
+    resume = str(round_dir) if interrupted else None
+    assert calls == [
+        ((rounds.run, str(tmp_path / "run" / "data"), str(round_dir)), {"resume": resume, "progress": True})
+    ]
+    (entry,) = rounds.state["rounds"]
+    assert (entry["round"], entry["trained_from"]) == (0, "demonstrations")
+
+
+def test_an_interrupted_round_zero_says_so_and_how_to_resume(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while round 0 trains: the error names round 0's training, no finished round, the
+    round's checkpoint folder and the resume command; round 0 is not recorded as finished."""
+    import train.dagger
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise TrainingInterrupted("stopped", signal.SIGTERM)
+
+    monkeypatch.setattr(train.dagger, "train_bc_policy", stopped)
+    rounds = started_rounds(demos, tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as error:
+        rounds.zero(None)
+    message = str(error.value)
+    assert message.startswith("DAgger interrupted in round 0's training (rounds finished: none): ")
+    assert f"written to {tmp_path / 'run' / 'round_00' / 'checkpoint'}" in message and "--resume" in message
+    assert error.value.exit_code == 128 + signal.SIGTERM
+    assert rounds.state["rounds"] == []
+
+
+def write_rollouts(aggregate: Path, jobs: list[RolloutJob]) -> None:
+    """What ``_roll_out`` appends: each job's mixture episode (a learner that always says DOWN)."""
+    metadata = Dataset(aggregate).metadata
+    with DatasetWriter(
+        aggregate,
+        env_id=metadata["env_id"],
+        image_shape=tuple(metadata["image_shape"]),
+        action_space=metadata["action_space"],
+    ) as writer:
+        for job in jobs:
+            writer.add(
+                run_dagger_episode(DownLearner(), SlipCorridorEnv(slip=0.3), CorridorExpert(), SLIP_ID, job)
+            )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("already", [0, 1, 3])
+def test_a_round_rolls_out_what_is_missing_then_fine_tunes_the_previous_policy(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, already: int
+) -> None:
+    """Round 2 (beta 0.8 decaying by 0.5): the rollouts not yet in OUT/data (all of them, or the
+    rest of an interrupted round, or none) are rolled out from the previous checkpoint with the
+    run's env, expert and settings; then the previous policy is fine-tuned on the aggregate into
+    OUT/round_02; the round's record holds its beta and the statistics of all its episodes."""
+    import train.dagger
+
+    rounds = started_rounds(demos, tmp_path / "run", progress=True, beta=0.8, beta_decay=0.5)
+    aggregate, previous = tmp_path / "run" / "data", tmp_path / "run" / "round_01" / "checkpoint"
+    jobs = round_jobs(rounds.state, rounds.dagger, 2)
+    write_rollouts(aggregate, jobs[:already])
+    rolled: list[tuple] = []
+    tuned: list[tuple] = []
+
+    def roll_out(*args: object) -> None:
+        rolled.append(args)
+        write_rollouts(aggregate, args[4])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train.dagger, "_roll_out", roll_out)
+    monkeypatch.setattr(train.dagger, "_fine_tune", lambda *args: tuned.append(args))
+    round_dir = tmp_path / "run" / "round_02"
+    assert rounds.next(2, previous) == round_dir / "checkpoint"
+    if already == len(jobs):
+        assert rolled == []
+    else:
+        ((where, start, env_id, expert, missing, written, dagger, progress, interrupted),) = rolled
+        assert (where, start, env_id, expert) == (aggregate, previous, SLIP_ID, CorridorExpert)
+        assert (missing, written, dagger, progress) == (jobs[already:], already, rounds.dagger, True)
+        message = str(interrupted("1 of 3 rollouts written", signal.SIGINT))
+        assert message.startswith("DAgger interrupted in round 2's rollouts (rounds finished: 2): 1 of 3")
+    assert tuned == [(rounds.run, aggregate, round_dir, previous, True)]
+    entries = round_entries(aggregate, jobs, 2)
+    assert [entry["seed"] for entry in entries] == [job.seed for job in jobs]
+    (entry,) = rounds.state["rounds"]
+    assert entry == {
+        "round": 2,
+        "checkpoint": str(round_dir / "checkpoint"),
+        "beta": pytest.approx(0.4),
+        **round_statistics(entries),
+        "dataset_episodes": DEMOS + 3,
+        "dataset_steps": sum(e["length"] for e in Dataset(aggregate).episodes),
+    }
+    assert entry["learner_step_fraction"] > 0
+
+
+def test_an_interrupted_fine_tune_says_which_round(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while round 1 fine-tunes: the error names round 1's training, the rounds finished
+    (0) and OUT/round_01/checkpoint; round 1 is not recorded as finished."""
+    import train.dagger
+
+    def stopped(*args: object) -> None:
+        raise TrainingInterrupted("stopped", signal.SIGINT)
+
+    monkeypatch.setattr(
+        train.dagger, "_roll_out", lambda *args: write_rollouts(tmp_path / "run" / "data", args[4])
+    )
+    monkeypatch.setattr(train.dagger, "_fine_tune", stopped)
+    rounds = started_rounds(demos, tmp_path / "run")
+    rounds.state["rounds"] = [{"round": 0}]
+    with pytest.raises(TrainingInterrupted) as error:
+        rounds.next(1, tmp_path / "run" / "round_00" / "checkpoint")
+    message = str(error.value)
+    assert message.startswith("DAgger interrupted in round 1's training (rounds finished: 0): ")
+    assert f"written to {tmp_path / 'run' / 'round_01' / 'checkpoint'}" in message
+    assert rounds.state["rounds"] == [{"round": 0}]
