@@ -15,28 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import store_episode as episode
 
 from envs.data.format import SNAPSHOT, index_entries
 from envs.data.store import Dataset, DatasetError, DatasetWriter, Episode, Problem
 
 SPACE = {"type": "Discrete", "n": 4}
 LENGTHS = (6, 9, 3)
-
-
-def episode(steps: int, *, actions: np.ndarray | None = None, rewards: np.ndarray | None = None) -> Episode:
-    rng = np.random.default_rng(steps)
-    return Episode(
-        images=rng.integers(0, 256, (steps + 1, 8, 8, 3), dtype=np.uint8),
-        actions=rng.integers(0, 4, steps) if actions is None else actions,
-        rewards=np.zeros(steps, np.float32) if rewards is None else rewards,
-        terminated=np.arange(steps) == steps - 1,
-        truncated=np.zeros(steps, bool),
-        instruction="go",
-        task="go",
-        env_id="test-env",
-        seed=steps,
-        success=True,
-    )
 
 
 def write(root: Path, episodes: list[Episode], space: dict | None = None) -> Dataset:

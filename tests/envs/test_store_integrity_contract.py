@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import store_episode
 
 import envs.data.store as store_module
 from envs.data.format import SNAPSHOT
@@ -32,19 +33,7 @@ LENGTHS = (6, 9, 3)
 
 
 def episode(steps: int) -> Episode:
-    rng = np.random.default_rng(steps)
-    return Episode(
-        images=rng.integers(0, 256, (steps + 1, 8, 8, 3), dtype=np.uint8),
-        actions=rng.integers(0, 4, steps),
-        rewards=rng.random(steps).astype(np.float32),
-        terminated=np.arange(steps) == steps - 1,
-        truncated=np.zeros(steps, bool),
-        instruction="go",
-        task="go",
-        env_id="test-env",
-        seed=steps,
-        success=True,
-    )
+    return store_episode(steps, random_rewards=True)
 
 
 def writer(root: Path) -> DatasetWriter:

@@ -2,14 +2,17 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from envs.data.store import Dataset, Episode
 from policies import FusionConfig, PolicyConfig, TextConfig, VisionConfig
 
 
@@ -90,3 +93,43 @@ def interrupt_when(args: list[str], ready: re.Pattern[str], signal_number: int) 
     process.wait(timeout=240)
     reader.join(timeout=30)
     return process.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def store_episode(
+    steps: int,
+    *,
+    actions: np.ndarray | None = None,
+    rewards: np.ndarray | None = None,
+    random_rewards: bool = False,
+) -> Episode:
+    """A small episode for the store's tests: 8x8 frames, 4 actions, seeded by its length (the
+    seed it records); rewards zero, given, or drawn from the same generator."""
+    rng = np.random.default_rng(steps)
+    images = rng.integers(0, 256, (steps + 1, 8, 8, 3), dtype=np.uint8)
+    drawn = rng.integers(0, 4, steps)
+    if rewards is None:
+        rewards = rng.random(steps).astype(np.float32) if random_rewards else np.zeros(steps, np.float32)
+    return Episode(
+        images=images,
+        actions=drawn if actions is None else actions,
+        rewards=rewards,
+        terminated=np.arange(steps) == steps - 1,
+        truncated=np.zeros(steps, bool),
+        instruction="go",
+        task="go",
+        env_id="test-env",
+        seed=steps,
+        success=True,
+    )
+
+
+def assert_interrupted_collect_kept(args: list[str], out: Path, episodes: int) -> None:
+    """Ctrl-C to ``instructcraft collect ARGS --episodes EPISODES --out OUT`` once an episode is
+    written: exit 130, no traceback, the kept episodes named and the dataset valid."""
+    command = [*args, "--episodes", str(episodes), "--out", str(out)]
+    code, stderr = interrupt_when(command, re.compile(rf"\b([1-9]\d*)/{episodes}\b"), signal.SIGINT)
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
+    assert kept, stderr[-3000:]
+    assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []

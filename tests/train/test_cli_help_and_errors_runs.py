@@ -7,15 +7,13 @@ demo's captioned video and the ablation chart. In-process where it can be (tiny 
 from __future__ import annotations
 
 import json
-import re
-import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from helpers import interrupt_when, make_tiny_config
+from helpers import assert_interrupted_collect_kept, make_tiny_config
 from PIL import Image
 
 import envs
@@ -74,14 +72,7 @@ def test_ctrl_c_in_collect_keeps_the_written_episodes_in_one_line(
 @pytest.mark.slow
 def test_ctrl_c_to_collect_and_its_workers_prints_no_traceback(tmp_path: Path) -> None:
     """The terminal's Ctrl-C reaches the whole process group: the parent and its workers."""
-    out = tmp_path / "demos"
-    args = [*COLLECT, "--workers", "2", "--episodes", "200", "--out", str(out)]
-    code, stderr = interrupt_when(args, re.compile(r"\b([1-9]\d*)/200\b"), signal.SIGINT)
-    assert code == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
-    assert kept, stderr[-3000:]
-    assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []
+    assert_interrupted_collect_kept([*COLLECT, "--workers", "2"], tmp_path / "demos", 200)
 
 
 def test_ctrl_c_in_eval_keeps_the_finished_episodes_in_out(
