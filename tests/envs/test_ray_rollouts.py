@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -16,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,8 +175,6 @@ def test_collect_on_a_two_node_cluster_equals_the_pool(tmp_path: Path) -> None:
 
     ray_cli = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     marker = f"INSTRUCTCRAFT_TEST_CLUSTER={temp}"
     env = {**os.environ, "PYTHONPATH": SUPPORT, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -185,22 +183,7 @@ def test_collect_on_a_two_node_cluster_equals_the_pool(tmp_path: Path) -> None:
     # must hold the same one; a user's nodes share ~/.ray/auth_token instead).
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     try:
-        head = [
-            ray_cli,
-            "start",
-            "--head",
-            f"--port={port}",
-            f"--temp-dir={temp}",
-            "--include-dashboard=false",
-        ]
-        subprocess.run([*head, *common], check=True, capture_output=True, env=env, timeout=120)
-        subprocess.run(
-            [ray_cli, "start", f"--address={address}", *common],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
+        address = start_two_nodes(ray_cli, temp, common, env, marker)
         settings = ["--env", CRAFTER, "--episodes", "6", "--seed", "40", "--tasks", *TASKS]
         on_cluster = run_cli(
             "collect", *settings, "--out", str(tmp_path / "ray"), "--ray-address", address, env=env
@@ -211,6 +194,42 @@ def test_collect_on_a_two_node_cluster_equals_the_pool(tmp_path: Path) -> None:
     finally:
         stop_processes_with(marker)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_two_nodes(ray_cli: str, temp: str, common: list[str], env: dict[str, str], marker: str) -> str:
+    """A head and a second node; the head's address. A port taken by another process between
+    choosing it and Ray binding it (other tests start Rays beside this one) is tried once more."""
+    for _ in range(2):
+        address = f"127.0.0.1:{free_port()}"
+        head = ["start", "--head", f"--port={address.rpartition(':')[2]}", f"--temp-dir={temp}"]
+        started = None
+        for args in ([*head, "--include-dashboard=false"], ["start", f"--address={address}"]):
+            started = subprocess.run(
+                [ray_cli, *args, *common], capture_output=True, text=True, env=env, timeout=120
+            )
+            if started.returncode != 0:
+                break
+        assert started is not None
+        if started.returncode == 0:
+            wait_for_cpus(ray_cli, address, env, "2.0")
+            return address
+        stop_processes_with(marker)
+    raise AssertionError(f"could not start a two-node Ray cluster:\n{started.stderr[-3000:]}")
+
+
+def wait_for_cpus(ray_cli: str, address: str, env: dict[str, str], cpus: str) -> None:
+    """Until the cluster counts ``cpus`` CPUs: `ray start --address` returns before its node has
+    joined, and a driver connecting then would see the head's CPU alone."""
+    deadline = time.monotonic() + 90
+    status = ""
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [ray_cli, "status", f"--address={address}"], capture_output=True, text=True, env=env, timeout=60
+        ).stdout
+        if f"/{cpus} CPU" in status:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the second node never joined the cluster at {address}:\n{status[-2000:]}")
 
 
 def free_port() -> int:
@@ -240,19 +259,10 @@ def test_ctrl_c_to_collect_on_ray_keeps_what_was_written(
 ) -> None:
     """Ctrl-C with --ray behaves as with the pool: exit 130, no traceback, the episodes written
     so far kept and named, the dataset valid; the local Ray it started is shut down."""
-    from helpers import interrupt_when
-
-    from envs.data.store import Dataset
+    from helpers import assert_interrupted_collect_kept
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no ~/.ray/auth_token written by a test
-    out = tmp_path / "demos"
-    args = ["collect", "--env", CRAFTER, "--episodes", "200", "--out", str(out), "--ray"]
-    code, stderr = interrupt_when(args, re.compile(r"\b([1-9]\d*)/200\b"), signal.SIGINT)
-    assert code == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
-    assert kept, stderr[-3000:]
-    assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []
+    assert_interrupted_collect_kept(["collect", "--env", CRAFTER, "--ray"], tmp_path / "demos", 200)
 
 
 def test_a_dagger_run_on_ray_advises_a_resume_on_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
