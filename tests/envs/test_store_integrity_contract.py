@@ -508,3 +508,81 @@ def test_a_blank_first_line_is_skipped_and_two_objects_on_one_line_are_refused(t
     assert list(index_entries(tmp_path, b"\n" + one + b"\n" + two + b"\n")) == [plain(0), plain(1)]
     with pytest.raises(DatasetError, match=r"index\.jsonl line 1 is corrupt"):
         list(index_entries(tmp_path, one + b", " + two + b"\n"))
+
+
+@pytest.mark.parametrize("failing", ["truncate", "unlink"])
+def test_a_failed_clean_up_after_a_failed_index_line_still_names_the_full_disk(
+    data: Dataset, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The disk fills up part way through an index line and one step of undoing the episode fails
+    too (cutting the index back, or removing the episode's file): the user still gets the store's
+    one-line error naming the index and the full disk, not the clean-up's own error, and the other
+    step is still done."""
+    import os
+
+    index = data.root / "index.jsonl"
+    new_file = data.root / "episodes/000/000003.npz"
+    real_unlink = Path.unlink
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def no_unlink(path: Path, missing_ok: bool = False) -> None:
+        if path == new_file:
+            raise OSError(errno.EIO, "Input/output error")
+        real_unlink(path, missing_ok=missing_ok)
+
+    with writer(data.root) as open_writer:
+        before = index.read_bytes()
+        real = open_writer._index
+        open_writer._index = _FullAfter(real, 10)  # type: ignore[assignment]
+        with monkeypatch.context() as patch:
+            if failing == "truncate":
+                patch.setattr(os, "ftruncate", no_truncate)
+            else:
+                patch.setattr(Path, "unlink", no_unlink)
+            with pytest.raises(DatasetError) as refused:
+                open_writer.add(episode(4))
+        open_writer._index = real
+    assert str(refused.value).startswith(
+        f"no space left on device while writing {index}; the 3 earlier episodes in {data.root} are intact."
+    )
+    if failing == "truncate":
+        assert not new_file.exists()
+        assert index.read_bytes().startswith(before) and len(index.read_bytes()) == len(before) + 10
+    else:
+        assert new_file.exists() and index.read_bytes() == before
+    assert len(Dataset(data.root)) == 3
+
+
+# -- a dataset written before format version 2 --------------------------------------------------
+
+VERSION_1 = Path(__file__).parent / "fixtures" / "dataset_v1"
+
+
+def test_appending_to_a_version_1_dataset_writes_the_version_1_layout(tmp_path: Path) -> None:
+    """A version-1 dataset (every episode file directly in episodes/) keeps its own layout when
+    appended to, until ``data upgrade``: the new episode's file lies where a version-1 reader
+    looks for it, its index line names it there, and the dataset checks clean."""
+    root = Path(shutil.copytree(VERSION_1, tmp_path / "v1"))
+    rng = np.random.default_rng(0)
+    new = Episode(
+        images=rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8),
+        actions=rng.integers(0, 7, 5),
+        rewards=rng.random(5).astype(np.float32),
+        terminated=np.arange(5) == 4,
+        truncated=np.zeros(5, bool),
+        instruction="go to the red ball",
+        task="GoToRedBall",
+        env_id="instructcraft/BabyAI-GoToRedBall-v0",
+        seed=9,
+    )
+    space = {"type": "Discrete", "n": 7}
+    with DatasetWriter(root, env_id=new.env_id, image_shape=(64, 64, 3), action_space=space) as append:
+        assert append.add(new) == 3
+    assert (root / "episodes" / "000003.npz").is_file()
+    assert sorted(p.name for p in (root / "episodes").iterdir() if p.is_dir()) == []
+    dataset = Dataset(root)
+    assert dataset.metadata["format_version"] == 1
+    assert [entry["file"] for entry in dataset.episodes] == [f"episodes/{n:06d}.npz" for n in range(4)]
+    assert dataset.check() == [] and same_episode(dataset.episode(3), new)
