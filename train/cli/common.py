@@ -92,10 +92,25 @@ def add_tasks_flag(
     parser.add_argument("--tasks", nargs="+", default=None, help=help)
 
 
+class RecordGiven(argparse.Action):
+    """Store the value and note the flag as given on the command line (``args.given``), so that a
+    default can be told from the same number typed by hand."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def add_workers_flag(
     parser: argparse.ArgumentParser, default: int = 2, help: str = "worker processes"
 ) -> None:
-    parser.add_argument("--workers", type=positive_int, default=default, help=help)
+    parser.add_argument("--workers", type=positive_int, default=default, action=RecordGiven, help=help)
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +119,8 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray",
         action="store_true",
-        help="run the episodes as Ray tasks on a local Ray started with this machine's cores "
-        "instead of the process pool (the [ray] extra; same results)",
+        help="run the episodes as Ray tasks on a local Ray with --workers CPUs (not given: this "
+        "machine's cores) instead of the process pool (the [ray] extra; same results)",
     )
     group.add_argument(
         "--ray-address",
@@ -124,11 +139,19 @@ def rollout_backend(args: argparse.Namespace) -> Iterator[None]:
     if not (args.ray or args.ray_address):
         yield
         return
+    from train.errors import SettingError
+
+    workers = args.workers if "workers" in getattr(args, "given", ()) else None
+    if args.ray_address is not None and workers is not None:
+        raise SettingError(
+            f"--workers {workers} sizes the process pool or a local Ray (--ray); on a cluster "
+            "(--ray-address) its CPUs decide how many episodes run at once: leave --workers out"
+        )
     from envs.ray_rollouts import ray_rollouts
     from envs.workers import usable_cores
 
     local = args.ray_address is None
-    with ray_rollouts(args.ray_address, num_cpus=usable_cores() if local else None):
+    with ray_rollouts(args.ray_address, num_cpus=(workers or usable_cores()) if local else None):
         yield
 
 

@@ -186,6 +186,7 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(
             flag,
             type=kind,
+            action=common.RecordGiven,
             default=FromRunConfig("dagger", name),
             help=f"{text} (default: %(default)s), or the run config's dagger.{name}; on --resume, the run's own",
         )
