@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import tiny_run_config
 from safetensors.torch import load_file
 from slip_env import DOWN, INSTRUCTION, RIGHT, SLIP_ID, UP, CorridorExpert, SlipCorridorEnv
@@ -680,3 +681,280 @@ def test_an_interrupted_fine_tune_says_which_round(
     assert message.startswith("DAgger interrupted in round 1's training (rounds finished: 0): ")
     assert f"written to {tmp_path / 'run' / 'round_01' / 'checkpoint'}" in message
     assert rounds.state["rounds"] == [{"round": 0}]
+
+
+# -- the run's set-up and fine-tuning, driven directly -----------------------------------------
+# ``_copy_demonstrations``, ``_start`` and ``_fine_tune`` called on their own, the training
+# replaced by a stand-in that records what it was asked.
+
+
+@pytest.mark.parametrize("checkpoint", ["none", "interrupted", "trainer state only"])
+def test_a_round_fine_tunes_dagger_steps_from_the_previous_policy_or_continues_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint: str
+) -> None:
+    """A round trains ``dagger.steps`` steps (not ``train.steps``) on the whole aggregate into its
+    own folder, from the previous round's weights, with the run's policy and settings. A round
+    whose checkpoint holds the trainer's state and its run config (an interrupted fine-tune)
+    continues from that checkpoint with the architecture it recorded and the run's current
+    training settings; the trainer's state alone (no run config) is no such checkpoint."""
+    import train.dagger
+    from train.checkpoint import CHECKPOINT, RUN_CONFIG, TRAINER_STATE
+
+    calls: list[tuple[tuple, dict]] = []
+    monkeypatch.setattr(train.dagger, "train_bc_policy", lambda *a, **k: calls.append((a, k)))
+    run = dataclasses.replace(
+        load_run_config(None, ["train.steps=7", "train.lr=0.002", "rl.gamma=0.9"], base=TINY),
+        dagger=DaggerConfig(steps=5, rounds=3),
+    )
+    recorded = load_run_config(None, ["policy.text.word_dim=32", "train.steps=2"], base=TINY)
+    assert recorded.policy != run.policy
+    aggregate, round_dir, previous = tmp_path / "data", tmp_path / "round_02", tmp_path / "round_01"
+    if checkpoint != "none":
+        (round_dir / CHECKPOINT).mkdir(parents=True)
+        (round_dir / CHECKPOINT / TRAINER_STATE).write_bytes(b"")
+    if checkpoint == "interrupted":
+        (round_dir / CHECKPOINT / RUN_CONFIG).write_text(json.dumps(recorded.to_dict()))
+    train.dagger._fine_tune(run, aggregate, round_dir, previous, True)
+    ((args, kwargs),) = calls
+    config = args[0]
+    assert args[1:] == (str(aggregate), str(round_dir))
+    assert config.train == dataclasses.replace(run.train, steps=5)
+    assert (config.rl, config.dagger) == (run.rl, run.dagger)
+    if checkpoint == "interrupted":
+        assert config.policy == recorded.policy
+        assert kwargs == {"resume": str(round_dir), "progress": True}
+    else:
+        assert config.policy == run.policy
+        assert kwargs == {"progress": True, "init": str(previous)}
+
+
+def corridor_demos(root: Path, **writer: object) -> Path:
+    """Three small episodes (8x8 frames) in a dataset written with ``writer``'s settings."""
+    from helpers import store_episode
+
+    with DatasetWriter(
+        root, env_id=SLIP_ID, image_shape=(8, 8, 3), action_space={"type": "Discrete", "n": 4}, **writer
+    ) as out:
+        for steps in (3, 5, 2):
+            out.add(store_episode(steps))
+    return root
+
+
+def test_the_copy_of_the_demonstrations_keeps_their_metadata(tmp_path: Path) -> None:
+    """OUT/data is a dataset of the demonstrations' kind: the same env, image shape, action
+    space, frames per block and collection info, and every episode in order."""
+    source = corridor_demos(tmp_path / "demos", frames_per_block=2, info={"expert": "corridor", "seed": 4})
+    from train.dagger import _copy_demonstrations
+
+    assert _copy_demonstrations(str(source), tmp_path / "copy", False) == []
+    original, copy = Dataset(source), Dataset(tmp_path / "copy")
+    for key in ("env_id", "image_shape", "action_space", "frames_per_block", "info"):
+        assert copy.metadata[key] == original.metadata[key], key
+    assert copy.metadata["frames_per_block"] == 2
+    assert [entry["length"] for entry in copy.episodes] == [3, 5, 2]
+    assert copy.check() == []
+
+
+@pytest.mark.parametrize("linked", ["episodes", "episodes/000", "episodes/000/000001.npz"])
+def test_a_symbolic_link_among_the_demonstrations_is_refused_before_anything_is_copied(
+    tmp_path: Path, linked: str
+) -> None:
+    """A link anywhere on an episode's path (episodes/, its sub-folder, the file) could point at
+    a device or a file that has no place in OUT/data: DAgger stops before writing anything,
+    naming the link, the first episode behind it and the dataset, and what to do."""
+    from train.dagger import _copy_demonstrations
+
+    source = corridor_demos(tmp_path / "demos")
+    target = tmp_path / "elsewhere" / Path(linked).name
+    target.parent.mkdir()
+    (source / linked).rename(target)
+    (source / linked).symlink_to(target)
+    first = 1 if linked.endswith(".npz") else 0
+    message = (
+        f"{source / linked} (episode {first} of {source}) is a symbolic link: DAgger copies only "
+        "regular files; replace the link with what it points to"
+    )
+    with pytest.raises(DatasetError) as refused:
+        _copy_demonstrations(str(source), tmp_path / "copy", True)
+    assert str(refused.value) == message
+    assert not (tmp_path / "copy").exists()
+
+
+def test_demonstrations_reached_through_a_link_to_their_folder_are_copied(tmp_path: Path) -> None:
+    """``--data`` may itself be a link to the dataset's folder (only what lies inside it may not
+    be): every episode is copied."""
+    from train.dagger import _copy_demonstrations
+
+    source = corridor_demos(tmp_path / "demos")
+    (tmp_path / "latest").symlink_to(source)
+    assert _copy_demonstrations(str(tmp_path / "latest"), tmp_path / "copy", False) == []
+    assert [entry["length"] for entry in Dataset(tmp_path / "copy").episodes] == [3, 5, 2]
+
+
+def test_a_demonstration_that_is_not_a_regular_file_is_refused_before_anything_is_copied(
+    tmp_path: Path,
+) -> None:
+    """An episode whose file became a folder is refused by name, even with
+    ``train.skip_bad_episodes``, before OUT/data is written."""
+    from train.dagger import _copy_demonstrations
+
+    source = corridor_demos(tmp_path / "demos")
+    path = source / "episodes/000/000002.npz"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DatasetError) as refused:
+        _copy_demonstrations(str(source), tmp_path / "copy", True)
+    assert str(refused.value) == f"{path} (episode 2 of {source}) is not a regular file"
+    assert not (tmp_path / "copy").exists()
+
+
+def start_settings(demos: str) -> dict[str, tuple[str, object]]:
+    return {
+        "--data": ("data", demos),
+        "--env": ("env_id", SLIP_ID),
+        "--tasks": ("tasks", ["corridor"]),
+        "--expert": ("expert", "corridor"),
+        "--init": ("init", None),
+    }
+
+
+def test_a_new_run_starts_from_a_fresh_copy_and_records_what_it_was_started_with(
+    demos: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new run: OUT/data is a fresh copy of the demonstrations (a copy left by a run that
+    stopped before its first state is replaced), the resolved run config is written where
+    ``--config`` reads it back, and ``dagger.json`` holds the settings the run was started with,
+    the first rollout seed (after the demonstrations' seeds) and no rounds."""
+    from train.dagger import _start
+    from train.dagger_settings import RUN_CONFIG_FILE, plain
+
+    root = tmp_path / "run"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "left-over").write_text("from a stopped start")
+    run = dataclasses.replace(
+        load_run_config(None, ["train.device=cpu"], base=TINY), dagger=DaggerConfig(rounds=2, episodes=4)
+    )
+    state = _start(root, run, demos, start_settings(demos))
+    assert state == {
+        "data": demos,
+        "env_id": SLIP_ID,
+        "tasks": ["corridor"],
+        "expert": "corridor",
+        "init": None,
+        "first_seed": DEMOS,
+        "dagger": dataclasses.asdict(run.dagger),
+        "run": plain(run.to_dict()),
+        "rounds": [],
+    }
+    assert load_state(root) == plain(state)
+    assert not (root / "data" / "left-over").exists()
+    assert [entry["seed"] for entry in Dataset(root / "data").episodes] == list(range(DEMOS))
+    assert load_run_config(root / RUN_CONFIG_FILE) == run
+    written = yaml.safe_load((root / RUN_CONFIG_FILE).read_text())  # in the config's own order
+    assert list(written) == ["policy", "train", "rl", "dagger"]
+    assert list(written["dagger"]) == [field.name for field in dataclasses.fields(DaggerConfig)]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_new_run_says_which_unreadable_demonstrations_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``train.skip_bad_episodes=true`` damaged demonstrations are left out of OUT/data and
+    the run says so once on stderr: how many, the dataset, OUT/data and the first 20 of them. The
+    run's folder is made with its parents; the first rollout seed still follows every
+    demonstration's seed."""
+    from helpers import store_episode
+
+    from train.dagger import _start
+
+    source = tmp_path / "demos"
+    with DatasetWriter(
+        source, env_id=SLIP_ID, image_shape=(8, 8, 3), action_space={"type": "Discrete", "n": 4}
+    ) as out:
+        for steps in range(1, 24):  # seeds 1 to 23
+            out.add(store_episode(steps))
+    damaged = list(range(1, 22))
+    for number in damaged:
+        path = source / Dataset(source).episodes[number]["file"]
+        path.write_bytes(path.read_bytes()[:100])
+    run = load_run_config(None, ["train.skip_bad_episodes=true"], base=TINY)
+    root = tmp_path / "runs" / "dagger"
+    state = _start(root, run, str(source), start_settings(str(source)))
+    err = capsys.readouterr().err
+    assert err == f"note: left 21 unreadable episode(s) of {source} out of {root / 'data'}: {damaged[:20]}\n"
+    assert [entry["seed"] for entry in Dataset(root / "data").episodes] == [1, 23]
+    assert state["first_seed"] == 24
+
+
+def test_a_run_checks_its_inputs_then_runs_every_round_from_the_last_and_keeps_the_last_policy(
+    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_dagger``: every input (data, env, expert, tasks, ``--init``) checked before anything
+    runs; round 0 from ``--init``, then rounds 1 to ``dagger.rounds`` in order, each from the
+    checkpoint the round before it gave; the last round's checkpoint copied to OUT/checkpoint and
+    named in the returned and the saved state; TensorBoard logs in OUT/tb; progress shown unless
+    switched off. A second call with ``resume=True`` continues the same run."""
+    import train.dagger
+    from train.dagger_settings import absolute, plain
+
+    checked: list[tuple] = []
+    made: list[tuple] = []
+    asked: list[tuple] = []
+    copies: list[tuple[Path, Path]] = []
+
+    class Rounds:
+        """Stands in for ``_Rounds``: what it was made with and each round it was asked for."""
+
+        def __init__(self, *args: object) -> None:
+            made.append(args)
+
+        def zero(self, init: str | None) -> Path:
+            asked.append((0, init))
+            return tmp_path / "zero"
+
+        def next(self, number: int, checkpoint: Path) -> Path:
+            asked.append((number, checkpoint))
+            return tmp_path / f"after_{number}"
+
+    monkeypatch.setattr(train.dagger, "_check_inputs", lambda *args: checked.append(args))
+    monkeypatch.setattr(train.dagger, "copy_checkpoint", lambda *args: copies.append(args))
+    monkeypatch.setattr(train.dagger, "_Rounds", Rounds)
+    run = dataclasses.replace(
+        load_run_config(None, ["train.device=cpu"], base=TINY),
+        dagger=DaggerConfig(rounds=3, episodes=2, eval_episodes=0, workers=1),
+    )
+    out, init = tmp_path / "run", str(tmp_path / "init")
+    state = run_dagger(run, demos, str(out), SLIP_ID, CorridorExpert, tasks=["corridor"], init=init)
+    assert checked == [(demos, SLIP_ID, CorridorExpert, ["corridor"], init)]
+    ((root, given, rounds_run, env_id, expert, tasks, progress, writer),) = made
+    assert (root, rounds_run, env_id, expert, tasks, progress) == (
+        out,
+        run,
+        SLIP_ID,
+        CorridorExpert,
+        ["corridor"],
+        True,
+    )
+    assert given is state
+    assert writer.log_dir == str(out / "tb") and (out / "tb").is_dir()
+    assert asked == [(0, init), (1, tmp_path / "zero"), (2, tmp_path / "after_1"), (3, tmp_path / "after_2")]
+    assert copies == [(tmp_path / "after_3", out / "checkpoint")]
+    assert state["checkpoint"] == str(out / "checkpoint")
+    assert (state["data"], state["tasks"], state["init"]) == (absolute(demos), ["corridor"], absolute(init))
+    assert load_state(out) == plain(state)
+
+    made.clear()
+    asked.clear()
+    resumed = run_dagger(
+        run,
+        demos,
+        str(out),
+        SLIP_ID,
+        CorridorExpert,
+        tasks=["corridor"],
+        init=init,
+        resume=True,
+        progress=False,
+    )
+    assert made[0][6] is False and asked[0] == (0, init)
+    assert resumed["first_seed"] == state["first_seed"] and resumed["checkpoint"] == str(out / "checkpoint")
