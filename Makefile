@@ -48,7 +48,7 @@ bench: $(STAMP)
 # Mutation testing (slow, not part of `make test`): every module, or one with MODULE=store.
 # Modules and their tests: tools/mutation.py; scores: docs/development.md.
 MODULE ?=
-MUTATION_CHILDREN ?= 1
+MUTATION_CHILDREN ?= 2
 
 mutation: $(STAMP)
 	$(PY) tools/mutation.py --max-children $(MUTATION_CHILDREN) $(MODULE)

@@ -298,3 +298,21 @@ def test_the_plan_as_eval_reports_it() -> None:
         ],
         "rules": [{"when": "drink < 3", "instruction": "drink water", "until": "drink >= 6.5", "budget": 4}],
     }
+
+
+def test_a_plan_file_that_cannot_be_read_is_named_with_the_systems_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Protects: a plan file that exists but cannot be read (permissions, a failing disk) is
+    refused as a PlanError naming the file and the system's reason in words, not Python's
+    errno form, so the command prints one line its author can act on."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("steps: [collect wood]")
+
+    def unreadable(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(PlanError) as caught:
+        Plan.load(path)
+    assert str(caught.value) == f"cannot read plan file {path}: Permission denied"
