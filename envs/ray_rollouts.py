@@ -72,15 +72,19 @@ class RayRollouts:
                 "start its nodes with --num-cpus 1 or more"
             )
         self.cpus = cpus
-        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
-        print(f"episodes run as Ray tasks on {where} ({cpus} CPUs)", file=sys.stderr, flush=True)
+        print(f"episodes run as Ray tasks on {self.where} ({cpus} CPUs)", file=sys.stderr, flush=True)
         return cpus
+
+    @property
+    def where(self) -> str:
+        """The Ray this block uses, as messages name it."""
+        return f"the Ray cluster at {self.address}" if self.address else "a local Ray"
 
     def _init(self, ray: Any) -> None:
         # A worker killed by Ray's memory monitor is retried once, as one that dies otherwise
         # (Ray's default retries those without end); the process that owns the tasks decides.
         os.environ.setdefault("RAY_task_oom_retries", "1")
-        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+        where = self.where
         try:
             ray.init(
                 # "local": a new Ray here, never a cluster `ray start` left running on this machine
