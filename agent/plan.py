@@ -117,6 +117,7 @@ class Rule:
     instruction: str
     until: Condition
     budget: int
+    task: str | None = None  # the task the instruction asks for (an expert labels it)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,26 @@ class Plan:
                     f"encoder's max_tokens={max_tokens}: shorten it"
                 )
 
+    def to_file(self) -> dict[str, Any]:
+        """The plan as a plan file's mapping: ``from_dict`` reads it back to an equal plan."""
+        return {
+            "loop": self.loop,
+            "steps": [
+                {"instruction": step.instruction, "task": step.achievement, "budget": step.budget}
+                for step in self.steps
+            ],
+            "rules": [
+                {
+                    "when": str(rule.when),
+                    "instruction": rule.instruction,
+                    "task": rule.task,
+                    "until": str(rule.until),
+                    "budget": rule.budget,
+                }
+                for rule in self.rules
+            ],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "loop": self.loop,
@@ -218,6 +239,7 @@ class Plan:
                     "instruction": rule.instruction,
                     "until": str(rule.until),
                     "budget": rule.budget,
+                    "task": rule.task,
                 }
                 for rule in self.rules
             ],
@@ -248,6 +270,11 @@ class PlanFollower:
     @property
     def current(self) -> str:
         return self._rule.instruction if self._rule else self.plan.steps[self.step_index].instruction
+
+    @property
+    def current_task(self) -> str | None:
+        """The task the instruction in effect asks for (a plan step's achievement names it)."""
+        return self._rule.task if self._rule else self.plan.steps[self.step_index].achievement
 
     @property
     def source(self) -> str:
@@ -399,4 +426,5 @@ def _rule(entry: Any, budget: int | None, where: str) -> Rule:
         instruction=text,
         until=Condition.parse(entry["until"], f"{where}: until"),
         budget=_budget_for(entry.get("budget", budget), task, f"{where}: budget"),
+        task=task,
     )

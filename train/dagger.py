@@ -32,18 +32,21 @@ import yaml
 
 import envs  # noqa: F401  (registers the env ids in spawned workers)
 from agent.evaluate import evaluate
+from agent.plan import Plan
 from envs.data.collect import next_seed
 from envs.data.store import Dataset, DatasetError, DatasetWriter
 from envs.experts import Expert, make_expert
 from envs.spaces import action_space_spec
 from envs.workers import check_env_id, make_env
 from policies import InstructionPolicy
+from policies.text import make_text_encoder
 from train.bc import train_bc_policy
 from train.checkpoint import CHECKPOINT, RUN_CONFIG, TRAINER_STATE, checkpoint_step, copy_checkpoint
 from train.common import StopRequest
 from train.config import ConfigError, DaggerConfig, RunConfig
 from train.dagger_rollout import RolloutJob, rollout_round, round_entries, round_jobs, round_statistics
 from train.dagger_settings import (
+    PLAN_FILE,
     RUN_CONFIG_FILE,
     STATE,
     absolute,
@@ -108,14 +111,19 @@ def _check_inputs(
     expert: str | Callable[[], Expert],
     tasks: list[str] | None,
     init: str | None,
+    plan: Plan | None = None,
+    run: RunConfig | None = None,
 ) -> None:
     """Everything that can fail is checked here, before any training or rollout."""
     check_env_id(env_id)
-    if isinstance(expert, str):
-        make_expert(expert)
+    if plan is not None and tasks:
+        raise ConfigError("--plan gives each rollout its instructions: drop --tasks")
+    made = make_expert(expert) if isinstance(expert, str) else None
     probe = make_env(env_id, tasks)
     env_spec = action_space_spec(probe.action_space)
     env_shape = list(probe.observation_space["image"].shape)
+    if plan is not None:
+        _check_plan(plan, env_id, probe, made, init, run)
     probe.close()
     metadata = Dataset(data).metadata
     if metadata["action_space"] != env_spec or metadata["image_shape"] != env_shape:
@@ -125,6 +133,32 @@ def _check_inputs(
         )
     if init is not None:
         InstructionPolicy.from_pretrained(init).check_action_space(env_spec)
+
+
+def _check_plan(
+    plan: Plan,
+    env_id: str,
+    probe: Any,
+    expert: Expert | None,
+    init: str | None,
+    run: RunConfig | None,
+) -> None:
+    """A plan's rollouts need the open-ended game (a task env ends at its own task), an expert
+    that can be told each instruction's task, and instructions the policy reads whole."""
+    if not getattr(probe.unwrapped, "open_ended", False):
+        raise ConfigError(
+            f"--plan plays whole games, and {env_id} ends each episode at its own task: "
+            "use --env instructcraft/Crafter-OpenEnded-v0"
+        )
+    if expert is not None:
+        expert.follow(plan.steps[0].achievement)
+    if init is not None:
+        text = InstructionPolicy.from_pretrained(init).config.text
+    elif run is not None:
+        text = run.policy.text  # round 0 trains this encoder
+    else:
+        return
+    plan.check_lengths(make_text_encoder(text).token_count, text.max_tokens)
 
 
 def _roll_out(
@@ -137,9 +171,11 @@ def _roll_out(
     dagger: DaggerConfig,
     progress: bool,
     interrupted: Callable[[str, int], TrainingInterrupted],
+    plan: Plan | None = None,
 ) -> None:
-    """Append the labelled rollouts of ``jobs`` to the aggregate. SIGINT or SIGTERM lets the
-    running episode finish and be written, then raises ``interrupted(what finished, signal)``."""
+    """Append the labelled rollouts of ``jobs`` to the aggregate (with a ``plan``, each game's
+    episodes, one per instruction). SIGINT or SIGTERM lets the running game finish and be
+    written, then raises ``interrupted(what finished, signal)``."""
     from tqdm import tqdm
 
     total = written + len(jobs)
@@ -159,10 +195,11 @@ def _roll_out(
                 action_space=metadata["action_space"],
             ) as out_data,
         ):
-            for episode in rollout_round(str(previous), env_id, expert, jobs, dagger.workers):
-                out_data.add(episode)
+            for episodes in rollout_round(str(previous), env_id, expert, jobs, dagger.workers, plan):
+                for episode in episodes:  # a plan-following game: all its instructions' episodes
+                    out_data.add(episode)
                 written += 1
-                successes += int(episode.success)
+                successes += int(any(episode.success for episode in episodes))
                 bar.update(1)
                 bar.set_postfix(
                     success=f"{successes / max(1, bar.n - (total - len(jobs))):.2f}", beta=f"{beta:.2f}"
@@ -207,6 +244,9 @@ def _start(root: Path, run: RunConfig, data: str, settings: dict[str, Any]) -> d
             file=sys.stderr,
         )
     write_text(root / RUN_CONFIG_FILE, yaml.safe_dump(plain(run.to_dict()), sort_keys=False))
+    plan = settings.get("--plan", ("plan", None))[1]
+    if plan is not None:  # the plan the rollouts follow, as a file `--plan` reads back on --resume
+        write_text(root / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
     state = {
         **{key: value for key, value in settings.values()},
         "first_seed": next_seed(aggregate),
@@ -231,6 +271,7 @@ class _Rounds:
     tasks: list[str] | None
     progress: bool
     writer: Any  # a TensorBoard SummaryWriter
+    plan: Plan | None = None
 
     @property
     def aggregate(self) -> Path:
@@ -273,7 +314,7 @@ class _Rounds:
         if missing:
             _roll_out(
                 self.aggregate, previous, self.env_id, self.expert, missing, len(written), self.dagger,
-                self.progress, self.interrupted(number, "rollouts"),
+                self.progress, self.interrupted(number, "rollouts"), self.plan,
             )  # fmt: skip
         self.train(
             number,
@@ -350,6 +391,7 @@ def _open(
     tasks: list[str] | None,
     init: str | None,
     resume: bool,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """The run's state: a resumed run's, checked against what it was started with, or a new
     run's, started once every input has been checked."""
@@ -366,10 +408,11 @@ def _open(
         "--tasks": ("tasks", tasks),
         "--expert": ("expert", expert if isinstance(expert, str) else None),
         "--init": ("init", absolute(init)),
+        "--plan": ("plan", None if plan is None else plan.to_file()),
     }
     if state:
         check_resume(root, state, run, settings)
-    _check_inputs(data, env_id, expert, tasks, init)
+    _check_inputs(data, env_id, expert, tasks, init, plan, run)
     if not state:
         state = _start(root, run, data, settings)
     state["dagger"]["workers"] = run.dagger.workers  # the one setting a resumed run may change
@@ -387,12 +430,16 @@ def run_dagger(
     init: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Run DAgger with ``run.dagger``'s settings; returns the per-round summary (also written to
     OUT/dagger.json).
 
     ``expert`` is a registered expert name (``make_expert``) or a picklable factory.
     ``init`` starts from a trained checkpoint instead of training round 0 on ``data``.
+    With a ``plan`` each rollout is one whole open-ended game in which the learner follows the
+    plan and the expert labels the task of the instruction in effect (``run_plan_dagger_episode``);
+    the aggregate gets one episode per instruction of each game.
 
     SIGINT or SIGTERM stops the run after the episode or training step under way, keeping what
     finished, and raises ``TrainingInterrupted`` whose message gives the command that resumes.
@@ -400,9 +447,9 @@ def run_dagger(
     from torch.utils.tensorboard import SummaryWriter
 
     root = Path(out)
-    state = _open(root, run, data, env_id, expert, tasks, init, resume)
+    state = _open(root, run, data, env_id, expert, tasks, init, resume, plan)
     writer = SummaryWriter(str(root / "tb"))
-    rounds = _Rounds(root, state, run, env_id, expert, tasks, progress, writer)
+    rounds = _Rounds(root, state, run, env_id, expert, tasks, progress, writer, plan)
     checkpoint = rounds.zero(init)
     for number in range(1, run.dagger.rounds + 1):
         checkpoint = rounds.next(number, checkpoint)

@@ -21,6 +21,8 @@ STATE = "dagger.json"
 
 # The run config the rounds train with, written as a file that ``--config`` reads back.
 RUN_CONFIG_FILE = "config.resolved.yaml"
+# The plan a plan-following run's rollouts follow, as a plan file (``--plan`` reads it back).
+PLAN_FILE = "plan.yaml"
 
 # ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none: it is set in
 # the run config's dagger section or by ``--set dagger.eval_seed=N``).
@@ -131,6 +133,8 @@ def resume_command(root: Path, state: dict[str, Any]) -> str:
         parts += ["--tasks", *state["tasks"]]
     if state.get("init"):
         parts += ["--init", state["init"]]
+    if state.get("plan"):
+        parts += ["--plan", str(root / PLAN_FILE)]
     for name, flag in FLAGS.items():
         parts += [flag, str(state["dagger"][name])]
     session = ray_rollouts.active()  # the rollouts of this run go to Ray: so do the resumed run's

@@ -7,7 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.errors import EnvsError
+from envs.errors import EnvsError, EnvSettingError
 
 
 class ExpertCannotLabel(EnvsError, RuntimeError):
@@ -29,6 +29,15 @@ class Expert(ABC):
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> Any:
         """The action for the current step; raises ``ExpertCannotLabel`` for a state it has no
         action for."""
+
+    def follow(self, task: str | None) -> None:
+        """Label ``task`` from the next ``act`` on instead of the env's own (None: the env's again);
+        a rollout that follows a plan of instructions changes the task mid-episode. Experts that
+        can only solve their env's task refuse."""
+        raise EnvSettingError(
+            f"the {self.name} expert labels only its env's own task and cannot be told another: "
+            "plan-following rollouts need one that can (crafter_planner, crafter_view_planner)"
+        )
 
     def executed(self, action: Any) -> None:  # noqa: B027  (optional hook, no-op by default)
         """Told the action the env actually ran this step when it was not necessarily this

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES, CrafterInstructEnv
+from envs.crafter_tasks import TASKS
 from envs.errors import TaskError, WrongEnvError
 from envs.experts.base import Expert
 from envs.experts.crafter_tech import TECH, TechTreePlanner
@@ -54,12 +55,19 @@ class CrafterExpert(TechTreePlanner, Expert):
     def __init__(self, seed: int = 0) -> None:
         self._rng = np.random.default_rng(seed)
         self._env: CrafterInstructEnv | None = None
+        self._task: str | None = None  # set by follow(): the task to label instead of the env's
 
     def reset(self, env: Any, obs: dict[str, Any], info: dict[str, Any]) -> None:
         base = env.unwrapped
         if not isinstance(base, CrafterInstructEnv):
             raise WrongEnvError(f"CrafterExpert needs a Crafter-Instruct env, got {type(base).__name__}")
         self._env = base
+        self._task = None
+
+    def follow(self, task: str | None) -> None:
+        if task is not None and task not in TASKS:
+            raise TaskError(f"unknown Crafter-Instruct task {task!r}; known tasks: {sorted(TASKS)}")
+        self._task = task
 
     # -- world queries: the only reads of the world; a view-limited expert overrides them ---
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +120,7 @@ class CrafterExpert(TechTreePlanner, Expert):
         if defend is not None:
             return defend
         inventory = player.inventory
-        task = self._env.task
+        task = self._task or self._env.task
         if task == "collect_wood":
             return self._interact_material(("tree",), ACTION["do"])
         if task == "collect_sapling":

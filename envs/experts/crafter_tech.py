@@ -286,7 +286,7 @@ class TechTreePlanner:
     def _bill(self, task: str, inventory: dict[str, int]) -> Counter:
         """Materials the rest of ``task``'s plan uses (what is missing, not what is held)."""
         bill: Counter = Counter()
-        missing = [item for item in TECH[task] if not self._has(item, inventory)]
+        missing = self._missing(task, inventory)
         for item in missing:
             bill.update(PLACE["furnace"]["uses"] if item == "furnace" else MAKE[item]["uses"])
         if any(item in MAKE for item in missing) and not self._known("table"):
@@ -298,13 +298,22 @@ class TechTreePlanner:
     def _has(self, item: str, inventory: dict[str, int]) -> bool:
         return self._known(item) if item == "furnace" else inventory[item] > 0
 
+    def _missing(self, task: str, inventory: dict[str, int]) -> list[str]:
+        """What ``task`` still needs made or placed, in recipe order. A make or place task's own
+        item (its last) is always on the list: told mid-plan to make a pickaxe it already holds,
+        or to place a furnace when one stands elsewhere, the planner makes another, which is
+        what unlocks the achievement again."""
+        items = TECH[task]
+        own = items[-1] if items and task.startswith(("make_", "place_")) else None
+        return [item for item in items if item == own or not self._has(item, inventory)]
+
     def _advance(self, task: str, inventory: dict[str, int]) -> int | None:
         """The next action toward the first item ``task`` still needs (None: it has them all)."""
         bill = self._bill(task, inventory)
         # Wood first and all of it: trees grow on the surface, the rest is in the mountains.
         if inventory["wood"] < bill["wood"]:
             return self._collect("tree")
-        item = next((item for item in TECH[task] if not self._has(item, inventory)), None)
+        item = next(iter(self._missing(task, inventory)), None)
         if item is None:
             return None
         uses = PLACE["furnace"]["uses"] if item == "furnace" else MAKE[item]["uses"]

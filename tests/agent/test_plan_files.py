@@ -280,7 +280,7 @@ def test_the_size_limit_allows_exactly_the_limit(tmp_path: Path, monkeypatch: py
 
 def test_the_plan_as_eval_reports_it() -> None:
     """Protects: to_dict, the plan in eval's summary: loop, every step with its achievement and
-    budget, every rule with its conditions written back as text."""
+    budget, every rule with its conditions written back as text and its task."""
     plan = Plan.from_dict(
         {
             "loop": True,
@@ -296,7 +296,15 @@ def test_the_plan_as_eval_reports_it() -> None:
             {"instruction": "collect wood", "achievement": "collect_wood", "budget": 30},
             {"instruction": "place a table", "achievement": "place_table", "budget": 150},
         ],
-        "rules": [{"when": "drink < 3", "instruction": "drink water", "until": "drink >= 6.5", "budget": 4}],
+        "rules": [
+            {
+                "when": "drink < 3",
+                "instruction": "drink water",
+                "until": "drink >= 6.5",
+                "budget": 4,
+                "task": "collect_drink",
+            }
+        ],
     }
 
 

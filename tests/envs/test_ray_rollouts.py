@@ -102,9 +102,13 @@ def test_eval_through_ray_gives_the_pools_numbers(local_ray: object, checkpoint:
 
 def test_dagger_rollouts_through_ray_label_the_same_episodes(local_ray: object, checkpoint: str) -> None:
     jobs = [RolloutJob(20 + i, TASKS[i % 2], 1, 0.5) for i in range(4)]
-    pool = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
+    pool = [
+        e for game in rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2) for e in game
+    ]
     with ray_rollouts() as session:
-        on_ray = list(rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2))
+        on_ray = [
+            e for game in rollout_round(checkpoint, CRAFTER, "crafter_planner", jobs, workers=2) for e in game
+        ]
     assert session.cpus == 2
     assert [e.seed for e in on_ray] == [20, 21, 22, 23]
     for ours, theirs in zip(on_ray, pool, strict=True):

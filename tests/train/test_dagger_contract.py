@@ -639,8 +639,8 @@ def test_a_round_rolls_out_what_is_missing_then_fine_tunes_the_previous_policy(
     if already == len(jobs):
         assert rolled == []
     else:
-        ((where, start, env_id, expert, missing, written, dagger, progress, interrupted),) = rolled
-        assert (where, start, env_id, expert) == (aggregate, previous, SLIP_ID, CorridorExpert)
+        ((where, start, env_id, expert, missing, written, dagger, progress, interrupted, plan),) = rolled
+        assert (where, start, env_id, expert, plan) == (aggregate, previous, SLIP_ID, CorridorExpert, None)
         assert (missing, written, dagger, progress) == (jobs[already:], already, rounds.dagger, True)
         message = str(interrupted("1 of 3 rollouts written", signal.SIGINT))
         assert message.startswith("DAgger interrupted in round 2's rollouts (rounds finished: 2): 1 of 3")
@@ -925,15 +925,16 @@ def test_a_run_checks_its_inputs_then_runs_every_round_from_the_last_and_keeps_t
     )
     out, init = tmp_path / "run", str(tmp_path / "init")
     state = run_dagger(run, demos, str(out), SLIP_ID, CorridorExpert, tasks=["corridor"], init=init)
-    assert checked == [(demos, SLIP_ID, CorridorExpert, ["corridor"], init)]
-    ((root, given, rounds_run, env_id, expert, tasks, progress, writer),) = made
-    assert (root, rounds_run, env_id, expert, tasks, progress) == (
+    assert checked == [(demos, SLIP_ID, CorridorExpert, ["corridor"], init, None, run)]
+    ((root, given, rounds_run, env_id, expert, tasks, progress, writer, plan),) = made
+    assert (root, rounds_run, env_id, expert, tasks, progress, plan) == (
         out,
         run,
         SLIP_ID,
         CorridorExpert,
         ["corridor"],
         True,
+        None,
     )
     assert given is state
     assert writer.log_dir == str(out / "tb") and (out / "tb").is_dir()

@@ -182,6 +182,13 @@ def add_dagger_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="round-0 policy: a checkpoint instead of BC on --data (on --resume: the run's own)",
     )
+    p.add_argument(
+        "--plan",
+        default=None,
+        help="roll out whole open-ended games in which the policy follows this plan (a YAML/JSON file "
+        "or 'collect wood; place a table; ...', docs/plans.md) and the expert labels each "
+        "instruction's task; needs --env instructcraft/Crafter-OpenEnded-v0 (on --resume: the run's own)",
+    )
     for name, (flag, kind, text) in DAGGER_FLAGS.items():
         p.add_argument(
             flag,
@@ -227,6 +234,7 @@ def run_dagger(args: argparse.Namespace) -> int:
     )
     if init:  # every round fine-tunes the --init architecture
         refuse_unapplied_policy_settings(init, run.policy, args.set, "--init", INIT_POLICY_FIELDS)
+    plan = _dagger_plan(args.plan, started, Path(args.out))
     with common.rollout_backend(args):
         state = dagger.run_dagger(
             run,
@@ -237,6 +245,7 @@ def run_dagger(args: argparse.Namespace) -> int:
             tasks=tasks,
             init=init,
             resume=args.resume,
+            plan=plan,
         )
     if args.json:
         print_json(state)
@@ -246,6 +255,19 @@ def run_dagger(args: argparse.Namespace) -> int:
             print(f"round {entry['round']}: {shown}, dataset {entry['dataset_episodes']} episodes")
         print(f"checkpoint {state['checkpoint']}")
     return 0
+
+
+def _dagger_plan(value: str | None, started: dict[str, Any], out: Path) -> Any:
+    """``--plan`` read and checked before anything runs; a resumed run without it follows the
+    plan it was started with (kept in its state)."""
+    from agent.plan import Plan
+    from train.dagger_settings import STATE
+
+    if value is not None:
+        return Plan.from_arg(value)
+    if started.get("plan"):
+        return Plan.from_dict(started["plan"], source=str(out / STATE))
+    return None
 
 
 def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
