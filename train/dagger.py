@@ -182,7 +182,7 @@ def _roll_out(
     number, beta = jobs[0].round, jobs[0].beta
     bar = tqdm(total=total, initial=written, unit="ep", desc=f"dagger round {number}")
     bar.disable = not progress
-    successes = 0
+    successes = tried = 0  # episodes (a plan game's: instructions) that succeeded, and all of them
     metadata = Dataset(aggregate).metadata
     stop = StopRequest()
     try:
@@ -199,11 +199,10 @@ def _roll_out(
                 for episode in episodes:  # a plan-following game: all its instructions' episodes
                     out_data.add(episode)
                 written += 1
-                successes += int(any(episode.success for episode in episodes))
+                successes += sum(int(episode.success) for episode in episodes)
+                tried += len(episodes)
                 bar.update(1)
-                bar.set_postfix(
-                    success=f"{successes / max(1, bar.n - (total - len(jobs))):.2f}", beta=f"{beta:.2f}"
-                )
+                bar.set_postfix(success=f"{successes / max(1, tried):.2f}", beta=f"{beta:.2f}")
                 if stop:
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: the episode under way is dropped
