@@ -123,7 +123,7 @@ def _check_inputs(
     env_spec = action_space_spec(probe.action_space)
     env_shape = list(probe.observation_space["image"].shape)
     if plan is not None:
-        _check_plan(plan, env_id, probe, made, init, run)
+        _check_plan(plan, env_id, probe, made if made is not None else expert(), init, run)
     probe.close()
     metadata = Dataset(data).metadata
     if metadata["action_space"] != env_spec or metadata["image_shape"] != env_shape:
@@ -139,7 +139,7 @@ def _check_plan(
     plan: Plan,
     env_id: str,
     probe: Any,
-    expert: Expert | None,
+    expert: Expert,
     init: str | None,
     run: RunConfig | None,
 ) -> None:
@@ -150,8 +150,7 @@ def _check_plan(
             f"--plan plays whole games, and {env_id} ends each episode at its own task: "
             "use --env instructcraft/Crafter-OpenEnded-v0"
         )
-    if expert is not None:
-        expert.follow(plan.steps[0].achievement)
+    expert.follow(plan.steps[0].achievement)
     if init is not None:
         text = InstructionPolicy.from_pretrained(init).config.text
     elif run is not None:

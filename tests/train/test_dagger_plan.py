@@ -307,3 +307,28 @@ def test_dagger_plan_flag_refuses_before_anything_runs(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_resumed_run_without_plan_flag_follows_the_plan_it_started_with(tmp_path: Path) -> None:
+    """``dagger --resume`` without ``--plan`` reads the plan from the run's state; with it, the
+    flag's plan (which the run then checks against the state)."""
+    from train.cli.training import _dagger_plan
+
+    plan = Plan.parse("collect wood; place a table")
+    again = _dagger_plan(None, {"plan": plan.to_file()}, tmp_path)
+    assert again.to_file() == plan.to_file() and again.source == str(tmp_path / "dagger.json")
+    assert _dagger_plan(None, {}, tmp_path) is None
+    assert _dagger_plan("collect wood", {"plan": plan.to_file()}, tmp_path).to_file() != plan.to_file()
+
+
+def test_an_expert_factory_that_cannot_be_told_a_task_is_refused_before_anything_runs(
+    crafter_demos: str, tmp_path: Path
+) -> None:
+    from envs.experts.babyai_expert import BabyAIExpert
+
+    out = tmp_path / "run"
+    with pytest.raises(EnvSettingError, match="cannot be told"):
+        run_dagger(
+            tiny_run(), crafter_demos, str(out), envs.CRAFTER_OPEN_ID, BabyAIExpert, plan=WOOD_THEN_TABLE
+        )
+    assert not out.exists()
