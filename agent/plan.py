@@ -230,20 +230,14 @@ class Plan:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "loop": self.loop,
-            "steps": [vars(step) for step in self.steps],
-            "rules": [
-                {
-                    "when": str(rule.when),
-                    "instruction": rule.instruction,
-                    "until": str(rule.until),
-                    "budget": rule.budget,
-                    "task": rule.task,
-                }
-                for rule in self.rules
-            ],
-        }
+        """The plan as eval's summary reports it: a plan file's mapping whose steps name the
+        achievement that completes them."""
+        data = self.to_file()
+        data["steps"] = [
+            {"instruction": step["instruction"], "achievement": step["task"], "budget": step["budget"]}
+            for step in data["steps"]
+        ]
+        return data
 
 
 @dataclass

@@ -123,7 +123,7 @@ def _check_inputs(
     env_spec = action_space_spec(probe.action_space)
     env_shape = list(probe.observation_space["image"].shape)
     if plan is not None:
-        _check_plan(plan, env_id, probe, made if made is not None else expert(), init, run)
+        _check_plan_rollouts(env_id, probe, made if made is not None else expert(), plan)
     probe.close()
     metadata = Dataset(data).metadata
     if metadata["action_space"] != env_spec or metadata["image_shape"] != env_shape:
@@ -131,33 +131,25 @@ def _check_inputs(
             f"{data} holds {metadata['action_space']} actions and {metadata['image_shape']} images but "
             f"{env_id} has {env_spec} and {env_shape}: use demonstrations collected on {env_id}"
         )
-    if init is not None:
-        InstructionPolicy.from_pretrained(init).check_action_space(env_spec)
+    policy = InstructionPolicy.from_pretrained(init) if init is not None else None
+    if policy is not None:
+        policy.check_action_space(env_spec)
+    if plan is not None and (policy is not None or run is not None):
+        # Instructions the policy reads whole: --init's text encoder, or the one round 0 trains.
+        text = policy.config.text if policy is not None else run.policy.text
+        encoder = policy.text_encoder if policy is not None else make_text_encoder(text)
+        plan.check_lengths(encoder.token_count, text.max_tokens)
 
 
-def _check_plan(
-    plan: Plan,
-    env_id: str,
-    probe: Any,
-    expert: Expert,
-    init: str | None,
-    run: RunConfig | None,
-) -> None:
-    """A plan's rollouts need the open-ended game (a task env ends at its own task), an expert
-    that can be told each instruction's task, and instructions the policy reads whole."""
+def _check_plan_rollouts(env_id: str, probe: Any, expert: Expert, plan: Plan) -> None:
+    """A plan's rollouts need the open-ended game (a task env ends at its own task) and an
+    expert that can be told each instruction's task."""
     if not getattr(probe.unwrapped, "open_ended", False):
         raise ConfigError(
             f"--plan plays whole games, and {env_id} ends each episode at its own task: "
             "use --env instructcraft/Crafter-OpenEnded-v0"
         )
     expert.follow(plan.steps[0].achievement)
-    if init is not None:
-        text = InstructionPolicy.from_pretrained(init).config.text
-    elif run is not None:
-        text = run.policy.text  # round 0 trains this encoder
-    else:
-        return
-    plan.check_lengths(make_text_encoder(text).token_count, text.max_tokens)
 
 
 def _roll_out(

@@ -33,16 +33,13 @@ class RolloutJob:
     beta: float
 
 
-def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, job: RolloutJob) -> Episode:
-    """One mixture episode: the expert labels every step, the executed action is the expert's
-    with probability ``job.beta`` and the learner's sampled action otherwise."""
+def _mixture(
+    agent: Agent, expert: Expert, job: RolloutJob
+) -> Callable[[Any, dict[str, Any], dict[str, Any]], Any]:
+    """``play_episode``'s ``execute``: the expert's label with probability ``job.beta``, else the
+    learner's sampled action (its own draws, the same for the same seed and round)."""
     mixture = np.random.default_rng([job.seed, job.round, 7_919])
     learner = agent.acting()
-
-    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
-        expert.reset(env, observation, info)
-        agent.reset(info["instruction"])
-        agent.generator.manual_seed(job.seed)
 
     def execute(label: Any, observation: dict[str, Any], info: dict[str, Any]) -> Any:
         chosen = learner(observation, info)  # every step: the agent's history stays whole
@@ -50,6 +47,30 @@ def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, 
         expert.executed(action)  # an expert that keeps a plan learns what really ran
         return action
 
+    return execute
+
+
+def _mixture_extra(job: RolloutJob, executed: list[Any], labels: np.ndarray) -> dict[str, Any]:
+    """What a rollout episode's ``extra`` records of its mixture: round, beta, the actions that
+    ran and how many of them were not the expert's label."""
+    return {
+        "dagger_round": job.round,
+        "beta": job.beta,
+        "executed_actions": np.asarray(executed).tolist(),
+        "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
+    }
+
+
+def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, job: RolloutJob) -> Episode:
+    """One mixture episode: the expert labels every step, the executed action is the expert's
+    with probability ``job.beta`` and the learner's sampled action otherwise."""
+
+    def start(observation: dict[str, Any], info: dict[str, Any]) -> None:
+        expert.reset(env, observation, info)
+        agent.reset(info["instruction"])
+        agent.generator.manual_seed(job.seed)
+
+    execute = _mixture(agent, expert, job)
     episode, executed = record_episode(
         env,
         expert.act,
@@ -60,13 +81,7 @@ def run_dagger_episode(agent: Agent, env: gym.Env, expert: Expert, env_id: str, 
         on_reset=start,
         execute=execute,
     )
-    labels = episode.actions
-    episode.extra = {
-        "dagger_round": job.round,
-        "beta": job.beta,
-        "executed_actions": np.asarray(executed).tolist(),
-        "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
-    }
+    episode.extra = _mixture_extra(job, executed, episode.actions)
     return episode
 
 
@@ -106,8 +121,6 @@ def run_plan_dagger_episode(
     stretch cut by the next instruction ends truncated; the game's last one ends as the game
     did. A stretch's reward is 1 on the steps its task's achievement unlocks, and it succeeded
     if that happened. ``extra`` says where in the game each stretch began (``game_step``)."""
-    mixture = np.random.default_rng([job.seed, job.round, 7_919])
-    learner = agent.acting()
     pieces: list[_Piece] = []
     counts: dict[str, int] = {}
 
@@ -124,11 +137,7 @@ def run_plan_dagger_episode(
         counts.update(info.get("achievements") or {})
         begin(observation["image"], 0)
 
-    def execute(label: Any, observation: dict[str, Any], info: dict[str, Any]) -> Any:
-        chosen = learner(observation, info)
-        action = label if mixture.random() < job.beta else chosen
-        expert.executed(action)
-        return action
+    execute = _mixture(agent, expert, job)
 
     def keep(step: Step) -> None:
         piece = pieces[-1]
@@ -169,7 +178,6 @@ def _plan_piece_episode(
     piece: _Piece, number: int, env_id: str, expert: str, job: RolloutJob, plan: Plan
 ) -> Episode:
     labels = np.asarray(piece.labels, np.int64)
-    executed = np.asarray(piece.executed)
     return Episode(
         images=np.stack(piece.images),
         actions=labels,
@@ -183,10 +191,7 @@ def _plan_piece_episode(
         seed=job.seed,
         success=bool(any(piece.rewards)),
         extra={
-            "dagger_round": job.round,
-            "beta": job.beta,
-            "executed_actions": executed.tolist(),
-            "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
+            **_mixture_extra(job, piece.executed, labels),
             "plan": plan.source,
             "plan_piece": number,
             "game_step": piece.start,
