@@ -332,3 +332,21 @@ def test_an_expert_factory_that_cannot_be_told_a_task_is_refused_before_anything
             tiny_run(), crafter_demos, str(out), envs.CRAFTER_OPEN_ID, BabyAIExpert, plan=WOOD_THEN_TABLE
         )
     assert not out.exists()
+
+
+def test_init_takes_a_shipped_agent_as_eval_does(crafter_demos: str, tmp_path: Path) -> None:
+    """``--init pretrained:<name>`` (bc, dagger, rl) is the shipped agent's folder; an unknown
+    name exits 2 listing the shipped ones, before anything is written."""
+    from train.cli.common import resolve_init
+
+    folder = resolve_init("pretrained:crafter-all")
+    assert Path(folder, "model.safetensors").is_file() and resolve_init(str(tmp_path)) == str(tmp_path)
+    out = tmp_path / "run"
+    result = run_cli(
+        "dagger", "--data", crafter_demos, "--env", envs.CRAFTER_ID, "--out", str(out),
+        "--init", "pretrained:nope", check=False,
+    )  # fmt: skip
+    assert (
+        result.returncode == 2 and "no shipped agent 'nope'; shipped: pretrained:crafter-all" in result.stderr
+    )
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,6 +48,16 @@ def print_json(data: Any) -> None:
     from train.report import print_json as print_strict
 
     print_strict(data)
+
+
+def resolve_init(value: str | None) -> str | None:
+    """``--init``'s checkpoint as a folder: a shipped agent (``pretrained:<name>``) or a hub id
+    becomes the folder it names, as ``eval --checkpoint`` reads them; a path stays as given."""
+    if value is None:
+        return None
+    from agent.pretrained import resolve_checkpoint
+
+    return os.fspath(resolve_checkpoint(value))
 
 
 def positive_int(text: str) -> int:

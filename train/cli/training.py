@@ -91,6 +91,7 @@ def run_bc(args: argparse.Namespace) -> int:
     from train.periodic_eval import periodic_evaluator
 
     refuse_unused_settings(args.set, ("policy", "train"), "bc")
+    args.init = common.resolve_init(args.init)  # pretrained:<name> is a folder too
     skip = ["train.skip_bad_episodes=true"] if args.skip_bad_episodes else []
     # A resumed run continues with the settings it recorded, unless --config or --set say otherwise.
     base = recorded_run_config(args.resume) if args.resume and not args.init else None
@@ -217,6 +218,7 @@ def run_dagger(args: argparse.Namespace) -> int:
     from train.dagger_settings import load_state
 
     refuse_unused_settings(args.set, ("policy", "train", "dagger"), "dagger")
+    args.init = common.resolve_init(args.init)  # pretrained:<name> is a folder too
     # A resumed run continues with what it was started with: its run config and DAgger settings
     # (--config, --set and the flags given again override them).
     started = load_state(Path(args.out)) if args.resume else {}
@@ -302,6 +304,7 @@ def run_rl(args: argparse.Namespace) -> int:
     from train.rl.run import finished_rl_run
 
     refuse_unused_settings(args.set, ("policy", "rl"), "rl")
+    args.init = common.resolve_init(args.init)  # pretrained:<name> is a folder too
     checkpoint = Path(args.out) / CHECKPOINT
     # A resumed run continues with the settings it recorded, unless --config or --set say otherwise.
     run = load_run_config(
