@@ -353,10 +353,15 @@ class _Rounds:
                 tasks=self.tasks,
                 workers=dagger.workers,
                 seed=dagger.eval_seed,
+                plan=self.plan,
             )
-            result["success"] = evaluation["mean_task_success"]
-            result["eval"] = {task: row["success_rate"] for task, row in evaluation["tasks"].items()}
-            writer.add_scalar("dagger/success", result["success"], number)
+            if "crafter_score" in evaluation:  # the open-ended game: no task to succeed at, crafter scores it
+                result["crafter_score"] = evaluation["crafter_score"]
+                writer.add_scalar("dagger/crafter_score", result["crafter_score"], number)
+            else:
+                result["success"] = evaluation["mean_task_success"]
+                result["eval"] = {task: row["success_rate"] for task, row in evaluation["tasks"].items()}
+                writer.add_scalar("dagger/success", result["success"], number)
         writer.add_scalar("dagger/dataset_episodes", result["dataset_episodes"], number)
         writer.add_scalar("dagger/dataset_steps", result["dataset_steps"], number)
         for key in ("beta", "rollout_success", "learner_step_fraction"):
@@ -366,10 +371,24 @@ class _Rounds:
         self.state["rounds"].append(result)
         save_state(self.root, self.state)
         if self.progress:
-            shown = f"success {result['success']:.2f}, " if "success" in result else ""
+            said = evaluated(result, digits=2)
+            shown = f"{said}, " if said != NOT_EVALUATED else ""
             print(
                 f"round {number}: {shown}dataset {result['dataset_episodes']} episodes / {result['dataset_steps']} steps"
             )
+
+
+NOT_EVALUATED = "not evaluated"
+
+
+def evaluated(result: dict[str, Any], digits: int = 3) -> str:
+    """A round's evaluation as the command line says it: its success, its crafter score (the
+    open-ended game), or that it was not evaluated."""
+    if "success" in result:
+        return f"success {result['success']:.{digits}f}"
+    if "crafter_score" in result:
+        return f"crafter score {result['crafter_score']:.{digits}f}"
+    return NOT_EVALUATED
 
 
 def _open(

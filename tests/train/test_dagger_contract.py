@@ -494,7 +494,10 @@ def test_an_evaluated_round_records_its_success_per_task(
     checkpoint = tmp_path / "round_01" / "checkpoint"
     rounds.finish(1, checkpoint, {"beta": 0.5})
     assert calls == [
-        ((SLIP_ID, 4), {"checkpoint": str(checkpoint), "tasks": ["corridor"], "workers": 3, "seed": 123})
+        (
+            (SLIP_ID, 4),
+            {"checkpoint": str(checkpoint), "tasks": ["corridor"], "workers": 3, "seed": 123, "plan": None},
+        )
     ]
     entry = rounds.state["rounds"][0]
     assert entry["success"] == 0.75 and entry["eval"] == {"corridor": 0.75, "other": 0.5}

@@ -350,3 +350,20 @@ def test_init_takes_a_shipped_agent_as_eval_does(crafter_demos: str, tmp_path: P
         result.returncode == 2 and "no shipped agent 'nope'; shipped: pretrained:crafter-all" in result.stderr
     )
     assert not out.exists()
+
+
+def test_a_plan_run_evaluates_each_round_by_crafter_s_score(
+    crafter_demos: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asked to evaluate, a plan run plays the open-ended game with its plan and records the
+    crafter score (no task succeeds there: a success rate would always read 0)."""
+    state = run_dagger(
+        tiny_run(eval_episodes=1), crafter_demos, str(tmp_path / "run"), envs.CRAFTER_OPEN_ID,
+        "crafter_planner", plan=WOOD_THEN_TABLE,
+    )  # fmt: skip
+    for entry in state["rounds"]:
+        assert "success" not in entry and entry["crafter_score"] >= 0.0
+    assert (
+        f"round 1: crafter score {state['rounds'][1]['crafter_score']:.2f}, dataset"
+        in capsys.readouterr().out
+    )

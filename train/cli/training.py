@@ -253,8 +253,9 @@ def run_dagger(args: argparse.Namespace) -> int:
         print_json(state)
     else:
         for entry in state["rounds"]:
-            shown = f"success {entry['success']:.3f}" if "success" in entry else "not evaluated"
-            print(f"round {entry['round']}: {shown}, dataset {entry['dataset_episodes']} episodes")
+            print(
+                f"round {entry['round']}: {dagger.evaluated(entry)}, dataset {entry['dataset_episodes']} episodes"
+            )
         print(f"checkpoint {state['checkpoint']}")
     return 0
 
