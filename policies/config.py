@@ -210,6 +210,8 @@ class FusionConfig:
 
     num_blocks, num_heads, mlp_ratio, gated: attention fusions (cross_attention, self_attention).
     max_history: frames of history a step sees (a sliding window bounding memory).
+    history_stride: of that window, a step reads only the frames a multiple of this many steps
+        back (1: every frame; 8 with max_history 256: 32 frames spanning 256 steps).
     late_combine: how the late fusion combines per-modality logits ("weighted" or "mean").
     """
 
@@ -221,6 +223,7 @@ class FusionConfig:
     dropout: float = 0.0
     gated: bool = False
     max_history: int = 512
+    history_stride: int = 1
     late_combine: str = "weighted"
 
     def __post_init__(self) -> None:
@@ -242,6 +245,11 @@ class FusionConfig:
             f"fusion_kwargs.projection_dim={self.projection_dim} must be divisible by num_heads={self.num_heads}",
         )
         _require(self.max_history >= 1, f"fusion_kwargs.max_history must be >= 1, got {self.max_history}")
+        _require(
+            1 <= self.history_stride <= self.max_history,
+            f"fusion_kwargs.history_stride must be between 1 and max_history={self.max_history},"
+            f" got {self.history_stride}",
+        )
         _require(0.0 <= self.dropout < 1.0, f"fusion_kwargs.dropout must be in [0, 1), got {self.dropout}")
         _require(self.mlp_ratio > 0, f"fusion_kwargs.mlp_ratio must be > 0, got {self.mlp_ratio}")
         _require(

@@ -59,7 +59,10 @@ def with_legacy_defaults(policy: Any) -> Any:
     """Checkpoints written before a config field existed were built without it: a missing
     ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
     and a missing ``vision.token_pooling`` means averaging (today's defaults may differ). The
-    cell encoder's own fields came with ``vision.encoder``: without it they are unused."""
+    cell encoder's own fields came with ``vision.encoder``: without it they are unused. A missing
+    ``fusion_kwargs.history_stride`` means every frame of the window (stride 1)."""
+    if isinstance(policy, dict) and isinstance(policy.get("fusion_kwargs"), dict):
+        policy = {**policy, "fusion_kwargs": {"history_stride": 1, **policy["fusion_kwargs"]}}
     if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
         legacy: dict[str, Any] = {
             "position_embedding": False,

@@ -4,8 +4,10 @@ holds the history for incremental steps, and the module interface.
 Shape legend: B batch, T frames (steps), P tokens per frame, D projection_dim, H heads,
 W max_history (frames), S cache slots (= W * P).
 
-Visibility: the output at step i sees frame j iff frame j is real, j <= i, and
-times[i] - times[j] < W. Cached keys carry their absolute time, so they never change as the
+Visibility: the output at step i sees frame j iff frame j is real, j <= i,
+times[i] - times[j] < W, and times[i] - times[j] is a multiple of the history stride (1 by
+default: every frame; 8: the frames 8, 16, ... steps back, a W-step memory read from W / 8
+frames). Cached keys carry their absolute time, so they never change as the
 history grows; the parallel and incremental paths apply the same rule.
 """
 
@@ -20,7 +22,7 @@ from torch import nn
 from policies.config import FusionConfig
 
 
-def visibility(times: torch.Tensor, frame_mask: torch.Tensor, window: int) -> torch.Tensor:
+def visibility(times: torch.Tensor, frame_mask: torch.Tensor, window: int, stride: int = 1) -> torch.Tensor:
     """times long (B, T), frame_mask bool (B, T) True = real frame -> bool (B, T_query, T_key).
 
     A padded query row that would see nothing sees its own frame (its output is ignored), so
@@ -28,7 +30,10 @@ def visibility(times: torch.Tensor, frame_mask: torch.Tensor, window: int) -> to
     """
     steps = times.shape[1]
     causal = torch.ones(steps, steps, dtype=torch.bool, device=times.device).tril()
-    recent = (times[:, :, None] - times[:, None, :]) < window
+    age = times[:, :, None] - times[:, None, :]
+    recent = age < window
+    if stride > 1:
+        recent = recent & (age % stride == 0)
     allowed = causal & recent & frame_mask[:, None, :]
     empty = ~allowed.any(-1)
     eye = torch.eye(steps, dtype=torch.bool, device=times.device)
@@ -60,9 +65,15 @@ class HistoryRing:
     """
 
     def __init__(
-        self, batch: int, window: int, tokens: int, device: torch.device, initial_frames: int = 16
+        self,
+        batch: int,
+        window: int,
+        tokens: int,
+        device: torch.device,
+        initial_frames: int = 16,
+        stride: int = 1,
     ) -> None:
-        self.window, self.tokens = window, tokens
+        self.window, self.tokens, self.stride = window, tokens, stride
         self.capacity = min(window, initial_frames)  # frames
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
         self.slot_time = torch.zeros(batch, self.capacity * tokens, dtype=torch.long, device=device)
@@ -151,7 +162,10 @@ class HistoryRing:
     def visible(self, time: torch.Tensor) -> torch.Tensor:
         """bool (B, filled): slots a query at ``time`` (B,) sees."""
         filled = self.filled
-        recent = (time[:, None] - self.slot_time[:, :filled]) < self.window
+        age = time[:, None] - self.slot_time[:, :filled]
+        recent = age < self.window
+        if self.stride > 1:
+            recent = recent & (age % self.stride == 0)
         return self.slot_valid[:, :filled] & recent
 
     def get(self, name: str) -> torch.Tensor:
@@ -180,7 +194,16 @@ class Fusion(nn.Module):
         self.config = config
         self.dim = config.projection_dim
         self.window = config.max_history
+        self.stride = config.history_stride
         self.tokens_per_frame = tokens_per_frame
+
+    def visibility(self, times: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The visibility rule under this fusion's window and stride (see the module docstring)."""
+        return visibility(times, frame_mask, self.window, self.stride)
+
+    def ring(self, batch: int, tokens: int, device: torch.device) -> HistoryRing:
+        """An empty history cache for ``batch`` rows under this fusion's window and stride."""
+        return HistoryRing(batch, self.window, tokens, device, stride=self.stride)
 
     def forward(
         self,

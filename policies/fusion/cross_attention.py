@@ -17,7 +17,7 @@ from torch import nn
 
 from policies.config import FusionConfig, register_fusion
 from policies.fusion.attention import MLP, MultiHeadAttention
-from policies.fusion.base import Fusion, FusionOutput, HistoryRing, gather_steps, visibility
+from policies.fusion.base import Fusion, FusionOutput, HistoryRing, gather_steps
 
 
 class CrossAttentionBlock(nn.Module):
@@ -61,7 +61,7 @@ class CrossAttentionFusion(Fusion):
         per_frame = tokens.shape[2]  # tokens (B, T, P, D)
         q = text[:, None, :] + query_time  # (B, T, D)
         kv = rearrange(tokens, "b t p d -> b (t p) d")
-        mask = repeat(visibility(times, frame_mask, self.window), "b q t -> b q (t p)", p=per_frame)
+        mask = repeat(self.visibility(times, frame_mask), "b q t -> b q (t p)", p=per_frame)
         weights = []
         for block in self.blocks:
             k, v = block.keys_values(kv)
@@ -81,7 +81,7 @@ class CrossAttentionFusion(Fusion):
         per_frame = tokens.shape[2]
         q = text[:, None, :] + gather_steps(query_time, index)  # (B, Q, D)
         kv = rearrange(tokens, "b t p d -> b (t p) d")
-        visible = gather_steps(visibility(times, frame_mask, self.window), index)  # (B, Q, T)
+        visible = gather_steps(self.visibility(times, frame_mask), index)  # (B, Q, T)
         mask = repeat(visible, "b q t -> b q (t p)", p=per_frame)
         for block in self.blocks:
             k, v = block.keys_values(kv)
@@ -89,9 +89,7 @@ class CrossAttentionFusion(Fusion):
         return FusionOutput(self.norm_out(q))
 
     def initial_state(self, text: torch.Tensor) -> list[HistoryRing]:
-        return [
-            HistoryRing(text.shape[0], self.window, self.tokens_per_frame, text.device) for _ in self.blocks
-        ]
+        return [self.ring(text.shape[0], self.tokens_per_frame, text.device) for _ in self.blocks]
 
     def prefill(self, state, text, tokens, query_time, times, valid) -> None:
         """The cache holds each block's keys and values of the frame tokens, which do not depend

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from policies.config import FusionConfig
-from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
+from policies.fusion.base import Fusion, FusionOutput, HistoryRing
 
 
 class HistoryMeanFusion(Fusion):
@@ -43,7 +43,7 @@ class HistoryMeanFusion(Fusion):
 
     def forward(self, text, tokens, query_time, times, frame_mask, return_attention=False) -> FusionOutput:
         frames = self.frame_vector(text, tokens)  # (B, T, D)
-        weights = visibility(times, frame_mask, self.window).to(frames.dtype)  # (B, T, T)
+        weights = self.visibility(times, frame_mask).to(frames.dtype)  # (B, T, T)
         history = (weights @ frames) / weights.sum(-1, keepdim=True)
         output = self._finish(text, frames, history, return_attention)
         if return_attention:
@@ -51,7 +51,7 @@ class HistoryMeanFusion(Fusion):
         return output
 
     def initial_state(self, text: torch.Tensor) -> HistoryRing:
-        return HistoryRing(text.shape[0], self.window, 1, text.device)
+        return self.ring(text.shape[0], 1, text.device)
 
     def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:
         frame = self.frame_vector(text, tokens[:, None])  # (B, 1, D)

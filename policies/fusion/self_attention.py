@@ -16,7 +16,7 @@ from torch import nn
 
 from policies.config import FusionConfig, register_fusion
 from policies.fusion.attention import MLP, MultiHeadAttention
-from policies.fusion.base import Fusion, FusionOutput, HistoryRing, visibility
+from policies.fusion.base import Fusion, FusionOutput
 
 
 class SelfAttentionLayer(nn.Module):
@@ -55,7 +55,7 @@ class SelfAttentionFusion(Fusion):
         """bool (B, 1 + T*P, 1 + T*P)."""
         per_frame = self.tokens_per_frame
         frames = repeat(
-            visibility(times, frame_mask, self.window), "b i j -> b (i p) (j q)", p=per_frame, q=per_frame
+            self.visibility(times, frame_mask), "b i j -> b (i p) (j q)", p=per_frame, q=per_frame
         )
         batch, n = frames.shape[0], frames.shape[1]
         mask = torch.zeros(batch, n + 1, n + 1, dtype=torch.bool, device=frames.device)
@@ -96,9 +96,7 @@ class SelfAttentionFusion(Fusion):
             attended, _ = layer.attn.attend(q, k, v, mask, False)
             x = layer.finish(x, attended)
             text_kv.append((k, v))
-        rings = [
-            HistoryRing(text.shape[0], self.window, self.tokens_per_frame, text.device) for _ in self.layers
-        ]
+        rings = [self.ring(text.shape[0], self.tokens_per_frame, text.device) for _ in self.layers]
         return {"text_kv": text_kv, "rings": rings}
 
     def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:

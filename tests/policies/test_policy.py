@@ -73,6 +73,53 @@ def test_parallel_equals_incremental(fusion_type: str, padding: str) -> None:
 
 
 @pytest.mark.parametrize("fusion_type", ALL)
+def test_parallel_equals_incremental_with_a_history_stride(fusion_type: str) -> None:
+    """A strided window (6 steps, every 3rd frame) reads the same frames while training and
+    acting, past the window's edge and with a padded row."""
+    model = build(fusion_type, max_history=6, history_stride=3)
+    batch, steps = 3, 11
+    frames = random_frames(batch, steps, seed=4)
+    mask = torch.ones(batch, steps, dtype=torch.bool)
+    mask[1, :4] = False
+    times = (mask.long().cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        parallel = model(frames, INSTRUCTIONS, times=times, frame_mask=mask)
+        state = model.initial_state(INSTRUCTIONS)
+        for t in range(steps):
+            step = model.step(state, frames[:, t], valid=mask[:, t])
+            for b in range(batch):
+                if mask[b, t]:
+                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
+def test_a_stride_hides_the_frames_between(fusion_type: str) -> None:
+    """With ``history_stride=2`` the action at step 5 does not depend on frames 4 and 2, and
+    does on frame 3; without a stride it depends on frame 4."""
+    strided = build(fusion_type, max_history=8, history_stride=2)
+    frames = random_frames(1, 6, seed=5)
+    with torch.no_grad():
+        base = strided(frames, INSTRUCTIONS[:1]).logits[0, 5]
+        for step, moves in ((4, False), (2, False), (3, True)):
+            changed = frames.clone()
+            changed[:, step] = 255 - changed[:, step]
+            after = strided(changed, INSTRUCTIONS[:1]).logits[0, 5]
+            assert (not torch.allclose(base, after, atol=1e-6)) == moves, step
+        dense = build(fusion_type, max_history=8)
+        changed = frames.clone()
+        changed[:, 4] = 255 - changed[:, 4]
+        assert not torch.allclose(
+            dense(frames, INSTRUCTIONS[:1]).logits[0, 5], dense(changed, INSTRUCTIONS[:1]).logits[0, 5]
+        )
+
+
+def test_a_history_stride_outside_the_window_is_refused() -> None:
+    for stride in (0, 9):
+        with pytest.raises(ConfigError, match="history_stride must be between 1 and max_history=8"):
+            make_tiny_config("cross_attention", max_history=8, history_stride=stride)
+
+
+@pytest.mark.parametrize("fusion_type", ALL)
 def test_padded_frames_change_nothing(fusion_type: str) -> None:
     model = build(fusion_type)
     frames = random_frames(2, 6, seed=2)

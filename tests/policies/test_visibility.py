@@ -10,12 +10,16 @@ import torch
 from policies.fusion.base import HistoryRing, gather_steps, visibility
 
 
-def _reference(times: list[int], real: list[bool], window: int) -> list[list[bool]]:
-    """The rule as the docs state it: step i sees frame j iff j is real, j <= i and
-    times[i] - times[j] < window; a query that would see nothing sees itself."""
+def _reference(times: list[int], real: list[bool], window: int, stride: int = 1) -> list[list[bool]]:
+    """The rule as the docs state it: step i sees frame j iff j is real, j <= i,
+    times[i] - times[j] < window and a multiple of the stride; a query that would see nothing
+    sees itself."""
     rows = []
     for i in range(len(times)):
-        row = [real[j] and j <= i and times[i] - times[j] < window for j in range(len(times))]
+        row = [
+            real[j] and j <= i and times[i] - times[j] < window and (times[i] - times[j]) % stride == 0
+            for j in range(len(times))
+        ]
         if not any(row):
             row[i] = True
         rows.append(row)
@@ -50,6 +54,33 @@ def test_a_window_of_one_sees_only_the_current_frame() -> None:
     times = torch.arange(4)[None]
     allowed = visibility(times, torch.ones(1, 4, dtype=torch.bool), 1)
     assert torch.equal(allowed[0], torch.eye(4, dtype=torch.bool))
+
+
+def test_a_stride_sees_only_frames_a_multiple_of_it_back() -> None:
+    """``history_stride=3`` with a 7-step window: step 6 sees frames 6, 3 and 0; step 7 sees 7, 4,
+    1; packed episodes (time gaps) and padding follow the same rule as without a stride."""
+    times = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 10, 11, 12, 13]])
+    real = torch.tensor([[True] * 8, [True, True, False, True, True, True, True, True]])
+    allowed = visibility(times, real, 7, stride=3)
+    for row in range(2):
+        assert allowed[row].tolist() == _reference(times[row].tolist(), real[row].tolist(), 7, 3), row
+    assert allowed[0, 6].nonzero().flatten().tolist() == [0, 3, 6]
+    assert allowed[0, 7].nonzero().flatten().tolist() == [1, 4, 7]  # frame 0 is 7 steps old: forgotten
+    assert allowed[1, 7].nonzero().flatten().tolist() == [4, 7]  # times 10 and 13; time 3 is 10 back
+    assert torch.equal(visibility(times, real, 7, stride=1), visibility(times, real, 7))
+
+
+def test_the_ring_applies_the_stride_as_the_parallel_rule_does() -> None:
+    """While acting, a strided ring shows a query the same frames the parallel rule shows it."""
+    window, stride = 9, 4
+    ring = HistoryRing(1, window, 1, torch.device("cpu"), stride=stride)
+    times = list(range(20))
+    parallel = visibility(torch.tensor([times]), torch.ones(1, 20, dtype=torch.bool), window, stride)[0]
+    for time in times:
+        _append(ring, [time], [True])
+        seen = [t for t, _ in _visible_history(ring, torch.tensor([time]))[0]]
+        assert seen == parallel[time].nonzero().flatten().tolist(), time
+    assert seen == [11, 15, 19]
 
 
 def test_gather_steps_picks_each_rows_steps_with_their_trailing_axes() -> None:

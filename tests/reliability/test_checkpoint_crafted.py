@@ -267,6 +267,16 @@ def test_a_checkpoint_from_before_the_cell_encoder_still_loads(checkpoint: Path,
     assert loaded.config.vision.encoder == "impala" and loaded.config.vision.token_pooling == "average"
 
 
+def test_a_checkpoint_from_before_the_history_stride_reads_every_frame(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written before ``fusion_kwargs.history_stride`` existed read every frame of
+    its window: it loads with a stride of 1 (the shipped agents are such checkpoints)."""
+    edit_config(checkpoint, "fusion_kwargs", "history_stride", None)
+    assert "history_stride" not in (checkpoint / "config.json").read_text()
+    assert InstructionPolicy.from_pretrained(checkpoint).config.fusion_kwargs.history_stride == 1
+
+
 def test_user_configs_may_still_leave_fields_to_their_defaults() -> None:
     assert PolicyConfig.from_dict({"fusion_kwargs": {"projection_dim": 16}}).fusion_kwargs.num_heads == 4
 
