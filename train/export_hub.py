@@ -66,6 +66,12 @@ def _is_hub_like(value: str) -> bool:
     return is_hub_id(value) and not os.path.exists(value)
 
 
+def _stride_note(fusion: dict) -> str:
+    """How a strided window is read (nothing for the default stride of 1)."""
+    stride = fusion.get("history_stride", 1)
+    return f", read every {_cell(stride)} steps" if stride != 1 else ""
+
+
 def _cell(value: Any) -> str:
     """One markdown table cell: no line breaks, no '|' that would end it early, no HTML tag."""
     text = value if isinstance(value, str) else json.dumps(value)
@@ -182,7 +188,7 @@ def model_card(config: dict[str, Any], run: dict[str, Any] | None, card: dict[st
         "action. The instruction's tokens attend to the frames' tokens "
         f"(fusion `{_cell(fusion.get('fusion_type', '?'))}`, {_cell(fusion.get('num_blocks', '?'))} block(s), "
         f"{_cell(fusion.get('num_heads', '?'))} heads, width {_cell(fusion.get('projection_dim', '?'))}, "
-        f"history up to {_cell(fusion.get('max_history', '?'))} frames).",
+        f"history up to {_cell(fusion.get('max_history', '?'))} frames{_stride_note(fusion)}).",
         "",
         f"- text encoder: `{_cell(text.get('encoder', '?'))}`",
         f"- vision encoder: `{_cell(vision.get('encoder', '?'))}`, frames {_cell(vision.get('image_size', '?'))}",

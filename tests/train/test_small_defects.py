@@ -121,3 +121,17 @@ def test_nothing_outside_the_agent_reads_its_private_state() -> None:
                 ):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not found, found
+
+
+def test_the_model_card_says_how_a_strided_history_is_read() -> None:
+    """A card describes the window the agent reads: every frame by default, every Nth when its
+    config has a history stride."""
+    from train.export_hub import model_card
+
+    fusion = {"fusion_type": "cross_attention", "num_blocks": 2, "num_heads": 4, "projection_dim": 128}
+    dense = model_card({"policy": {"fusion_kwargs": {**fusion, "max_history": 32}}}, None, None)
+    strided = model_card(
+        {"policy": {"fusion_kwargs": {**fusion, "max_history": 256, "history_stride": 8}}}, None, None
+    )
+    assert "history up to 32 frames)" in dense
+    assert "history up to 256 frames, read every 8 steps)" in strided
