@@ -31,6 +31,7 @@ import crafter
 import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES
+from envs.crafter_tasks import TASKS
 from envs.errors import TaskError
 from envs.experts.crafter_routes import BLOCKED, DIRECTIONS, FREE, MINABLE, route
 
@@ -91,8 +92,10 @@ TWILIGHT, DRINK_TWILIGHT, FOOD_TWILIGHT = 0.85, 6, 6
 # have mostly gone by then).
 DAWN = 0.6
 # Health at or below HEALTH_LOW sends the planner into a shelter, where it rests until
-# HEALTH_OK (a zombie hits for 2; health regrows 1 in about 26 steps awake, 13 asleep).
+# HEALTH_OK (a zombie hits for 2; health regrows 1 in about 26 steps awake, 13 asleep), in tasks
+# whose step limit affords such a rest (at least REST_AFFORDED steps).
 HEALTH_LOW, HEALTH_OK = 5, 7
+REST_AFFORDED = 500
 # Zombies spawn on grass and roam grass, sand and paths: in the dark the plan goes on only along
 # routes that keep off the open ground (any cell of it costs OPEN_COST, which rules a route out).
 OPEN_GROUND = ("grass", "sand")
@@ -177,7 +180,7 @@ class TechTreePlanner:
             return self._drink_and_eat(inventory, DRINK_LOW, FOOD_LOW)
         daylight = self._daylight()
         tired = inventory["energy"] <= ENERGY_LOW
-        hurt = inventory["health"] <= HEALTH_LOW
+        hurt = inventory["health"] <= HEALTH_LOW and TASKS[task].step_limit >= REST_AFFORDED
         sealed = self._sealed_here()
         # A task whose last steps are close is finished in the dark while no zombie is near.
         finishing = (
