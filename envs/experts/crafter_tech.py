@@ -4,10 +4,8 @@ and sleep, each from a fresh world, surviving on the way.
 A task is the list of things it needs made or placed (``TECH``), in the order crafter's recipes
 allow, then its own last step. Every step the planner recomputes from the state alone:
 
-1. survive: drink when thirsty, eat a cow when hungry (topping both up at twilight), and rest in
-   a sealed two-cell shelter through the night and the zombie-crowded dawn, when hurt (until
-   healed) and when exhausted; in the dark the plan goes on only where its routes keep off the
-   grass and sand, where zombies spawn. An adjacent zombie or skeleton is fought first;
+1. survive: drink when thirsty, eat a cow when hungry, sleep when exhausted (after clearing the
+   zombies nearby); an adjacent zombie or skeleton is fought before anything else;
 2. gather: all the wood the rest of the plan needs first (trees grow on the surface), then the
    stone, coal and iron the next item needs, topped up to what the whole plan needs;
 3. craft where the recipe's stations (table, furnace) are within reach, walking back to them
@@ -18,7 +16,7 @@ Routes come from ``crafter_routes.route``: they dig through rock the inventory's
 skeletons unless hunting one. A plan whose target the world lacks (no reachable diamond) falls
 back to exploring moves until the step limit ends the episode as a failure.
 
-Length (about 650 lines): the whole tech tree's plans in one file, in the order crafter's
+Length (about 530 lines): the whole tech tree's plans in one file, in the order crafter's
 recipes allow; split per tool, following one task would cross files at every prerequisite.
 """
 
@@ -31,7 +29,6 @@ import crafter
 import numpy as np
 
 from envs.crafter_instruct import ACTION_NAMES
-from envs.crafter_tasks import TASKS
 from envs.errors import TaskError
 from envs.experts.crafter_routes import BLOCKED, DIRECTIONS, FREE, MINABLE, route
 
@@ -78,39 +75,11 @@ SITE_NEAR = 12
 # standing in one attacks the skeleton when it is that close by route, else steps out.
 FIRE_RANGE, FIRE_COST = 6, 10
 ARROW_FLIES = ("grass", "sand", "path", "water", "lava")
-# Crafter keeps up to int(3.5 - 3 * daylight) zombies in each chunk of grass: 2 or 3 below a
-# daylight of 0.5 (steps 148-272 of every 300), 1 up to 0.83, none in full day.
-# Night (daylight below this): the planner rests it out in a shelter when it has a pickaxe (and
-# a stone, or a stone wall to dig into, to build one); only DRINK_NIGHT water or FOOD_NIGHT food
-# sends it out, then or while resting.
-NIGHT = 0.5
-DRINK_NIGHT, FOOD_NIGHT = 1, 1
-# Twilight (daylight between NIGHT and this, evening or morning): water and food are topped up,
-# so that thirst or hunger does not drive the planner onto the grass in the dark.
-TWILIGHT, DRINK_TWILIGHT, FOOD_TWILIGHT = 0.85, 6, 6
-# A sheltered planner stays in until the morning's daylight passes this (the night's zombies
-# have mostly gone by then).
-DAWN = 0.6
-# Health at or below HEALTH_LOW sends the planner into a shelter, where it rests until
-# HEALTH_OK (a zombie hits for 2; health regrows 1 in about 26 steps awake, 13 asleep), in tasks
-# whose step limit affords such a rest (at least REST_AFFORDED steps).
-HEALTH_LOW, HEALTH_OK = 5, 7
-REST_AFFORDED = 500
-# Zombies spawn on grass and roam grass, sand and paths: in the dark the plan goes on only along
-# routes that keep off the open ground (any cell of it costs OPEN_COST, which rules a route out).
-OPEN_GROUND = ("grass", "sand")
-OPEN_COST = 1000
-# Route cost within which a collect task's target counts as close enough to finish in the dark.
-FINISH_COST = 20
-# A plant grows only while the player is within 18 cells (Manhattan) of it: its shelter's mouth
-# stays this close (the player rests up to 2 cells further in).
-PLANT_REACH = 12
+# Night (crafter's daylight below this): zombies crowd the grass; the planner sleeps it out in
+# a shelter when it has a pickaxe and a stone to build one.
+NIGHT = 0.35
 # Extra route cost through a growing plant's walls (stone the routes could otherwise mine).
 WALL_COST = 50
-
-
-class _NoSafeRoute(Exception):
-    """Raised inside a dark-time plan when its next step would explore or cross open ground."""
 
 
 class TechTreePlanner:
@@ -119,9 +88,6 @@ class TechTreePlanner:
     ``_explore``), so the view-limited expert runs them on its memory."""
 
     _env: Any
-    # Extra route cost per cell of open ground while working in the dark (0: by day); a route
-    # that pays it counts as no route.
-    _open_cost: int = 0
 
     # -- entry ------------------------------------------------------------------------------
     def _act_tech(self, task: str) -> int:
@@ -146,10 +112,6 @@ class TechTreePlanner:
             return self._sleep() if inventory["energy"] < MAX_ITEM else ACTION["noop"]
         if task == "eat_plant":
             return self._eat_plant(inventory)
-        return self._work(task, inventory)
-
-    def _work(self, task: str, inventory: dict[str, int]) -> int:
-        """The next action of the plan itself (survival aside)."""
         action = self._advance(task, inventory)
         if action is not None:
             return action
@@ -161,102 +123,32 @@ class TechTreePlanner:
             return self._attack("Skeleton")
         raise TaskError(f"CrafterExpert has no plan for task {task!r}")
 
-    def _work_underground(self, task: str, inventory: dict[str, int]) -> int | None:
-        """The plan's next action when its route keeps off the grass and sand (where zombies
-        spawn and roam at night); None when it would cross them or explore."""
-        if task in ("eat_plant", "wake_up", "defeat_zombie"):
-            return None
-        self._open_cost = OPEN_COST
-        try:
-            return self._work(task, inventory)
-        except _NoSafeRoute:
-            return None
-        finally:
-            self._open_cost = 0
-
     # -- survival ---------------------------------------------------------------------------
     def _survive(self, task: str, inventory: dict[str, int]) -> int | None:
+        water = self._material_goal(("water",))
+        # Once at the water, drink up to full rather than walking back at the threshold.
+        if inventory["drink"] <= DRINK_LOW or (inventory["drink"] < MAX_ITEM and self._facing(water)):
+            action = self._go(water, ACTION["do"])
+            if action is not None:
+                return action
+        if inventory["food"] <= FOOD_LOW:
+            action = self._go(self._object_goal("Cow"), ACTION["do"])
+            if action is not None:
+                return action
         if task == "wake_up":
-            return self._drink_and_eat(inventory, DRINK_LOW, FOOD_LOW)
-        daylight = self._daylight()
+            return None
         tired = inventory["energy"] <= ENERGY_LOW
-        hurt = inventory["health"] <= HEALTH_LOW and TASKS[task].step_limit >= REST_AFFORDED
-        sealed = self._sealed_here()
-        # A task whose last steps are close is finished in the dark while no zombie is near.
-        finishing = (
-            daylight < DAWN
-            and not self._zombies_within(ZOMBIE_CLEAR).any()
-            and self._finishing(task, inventory)
-        )
-        # Dark: the night, and for a sheltered planner the zombie-crowded dawn too. In the dark
-        # the plan goes on only where its routes keep off the open ground.
-        dark = daylight < (DAWN if sealed else NIGHT) and not finishing
-        underground = self._work_underground(task, inventory) if dark and not (tired or hurt) else None
-        # Stay in a shelter through the dark (unless there is work off the open ground), and
-        # until healed or rested; only thirst or hunger at the night's thresholds sends it out.
-        stay = inventory["health"] < HEALTH_OK or tired or (dark and underground is None)
-        if sealed and stay and inventory["drink"] > DRINK_NIGHT and inventory["food"] > FOOD_NIGHT:
-            return self._rest(inventory)
-        action = self._drink_and_eat(inventory, DRINK_NIGHT, FOOD_NIGHT)
-        if action is not None:
-            return action
-        if underground is not None:
-            return underground
-        if (tired or hurt or dark) and inventory["wood_pickaxe"]:
+        night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM
+        if (tired or night) and inventory["wood_pickaxe"]:
             action = self._shelter()
             if action is not None:
                 return action
-        if daylight < TWILIGHT:
-            action = self._drink_and_eat(inventory, DRINK_TWILIGHT, FOOD_TWILIGHT)
-        else:
-            action = self._drink_and_eat(inventory, DRINK_LOW, FOOD_LOW)
-        if action is not None:
-            return action
         if tired:
             return self._sleep()
         return None
 
-    def _finishing(self, task: str, inventory: dict[str, int]) -> bool:
-        """Only the task's last steps are left: everything it makes is paid for and the stations
-        are close, or its target (a ripe plant, the material to collect) is close and the tools
-        are in hand."""
-        if task == "eat_plant":
-            return bool(self._object_goal("RipePlant").any())
-        bill = self._bill(task, inventory)
-        if any(inventory[material] < amount for material, amount in bill.items()):
-            return False
-        if task.startswith("make_"):
-            # The table and furnace stand close (a walk in the dark to far ones costs lives).
-            stations = tuple(MAKE[TECH[task][-1]]["nearby"])
-            site = self._go(self._site_goal(stations), ACTION["noop"], stand=True, max_cost=FINISH_COST)
-            return self._stations_nearby(stations) or site is not None
-        if task.startswith("collect_") and not self._missing(task, inventory):
-            goal = self._material_goal((task.removeprefix("collect_"),))
-            return self._go(goal, ACTION["do"], max_cost=FINISH_COST) is not None
-        return False
-
-    def _drink_and_eat(self, inventory: dict[str, int], drink_at: int, food_at: int) -> int | None:
-        """Walk to water (or a cow) when the drink (food) is at or below the threshold."""
-        water = self._material_goal(("water",))
-        # Once at the water, drink up to full rather than walking back at the threshold.
-        if inventory["drink"] <= drink_at or (inventory["drink"] < MAX_ITEM and self._facing(water)):
-            action = self._go(water, ACTION["do"])
-            if action is not None:
-                return action
-        if inventory["food"] <= food_at:
-            action = self._go(self._object_goal("Cow"), ACTION["do"])
-            if action is not None:
-                return action
-        return None
-
-    @staticmethod
-    def _rest(inventory: dict[str, int]) -> int:
-        """In a sealed shelter: sleep (health regrows twice as fast) or, fully rested, wait."""
-        return ACTION["sleep"] if inventory["energy"] < MAX_ITEM else ACTION["noop"]
-
-    def _shelter(self, within: np.ndarray | None = None) -> int | None:
-        """Dig (or walk) into a dead end two cells deep, seal its mouth with a stone, rest there
-        (``within``: bool (x, y), the cells its mouth may be on; None: anywhere).
+    def _shelter(self) -> int | None:
+        """Dig (or walk) into a dead end two cells deep, seal its mouth with a stone, sleep.
 
         The pocket is a line E (mouth), B, A in one direction d whose other neighbours are all
         solid (nothing walks there). Walk to E, enter B (mining it if needed), mine A, step into
@@ -266,14 +158,10 @@ class TechTreePlanner:
         cells = self._cells()
         x, y = (int(v) for v in self._env.player.pos)
         cells[x, y] = FREE  # the player's own cell
-        if self._sealed(cells, (x, y)) and (
-            within is None or self._near(within, radius=2, diagonal=False)[x, y]
-        ):
-            return self._rest(self._env.player.inventory)
+        if self._sealed(cells, (x, y)):
+            return ACTION["sleep"]
         facing = tuple(int(v) for v in self._env.player.facing)
         pockets = self._pockets(cells)
-        if within is not None:
-            pockets = {d: (mouths & within, extra) for d, (mouths, extra) in pockets.items()}
         for d, (mouths, _) in pockets.items():
             bx, by = x - d[0], y - d[1]  # the player at B? then E is behind it
             if self._in(bx, by) and mouths[bx, by] and cells[x + d[0], y + d[1]] in (FREE, MINABLE):
@@ -460,7 +348,7 @@ class TechTreePlanner:
             return action
         if not self._known("table"):
             return self._collect("tree")
-        return self._or_explore(None)
+        return self._explore()
 
     def _place_furnace(self, task: str) -> int:
         goal = self._placeable("furnace")
@@ -509,12 +397,7 @@ class TechTreePlanner:
                 nx, ny = x + direction[0], y + direction[1]
                 if 0 <= nx < cells.shape[0] and 0 <= ny < cells.shape[1] and cells[nx, ny] == FREE:
                     return MOVE[direction]
-        # Wait within reach (crafter grows only the plants near the player) in a shelter: zombies
-        # find whoever waits in the open, by day too.
-        if inventory["wood_pickaxe"]:
-            action = self._shelter(within=self._near(growing, radius=PLANT_REACH, diagonal=False))
-            if action is not None:
-                return action
+        # Wait within reach: crafter grows only the plants near the player.
         return self._or_noop(self._go(self._near(growing, radius=3), ACTION["noop"], stand=True))
 
     # -- goals ------------------------------------------------------------------------------
@@ -594,8 +477,6 @@ class TechTreePlanner:
         plants = self._object_goal("Plant")
         if plants.any():
             extra += WALL_COST * self._near(plants, diagonal=False)
-        if self._open_cost:
-            extra += self._open_cost * self._material_goal(OPEN_GROUND)
         return extra if extra.any() else None
 
     def _go(
@@ -623,9 +504,9 @@ class TechTreePlanner:
             facing,
             stand=stand,
             extra_cost=self._danger(avoid_fire),
-            max_cost=max_cost if not self._open_cost else min(max_cost or self._open_cost, self._open_cost),
+            max_cost=max_cost,
         )
-        if found is None or (self._open_cost and found.cost >= self._open_cost):
+        if found is None:
             return None
         if found.direction is None:
             return action
@@ -637,8 +518,6 @@ class TechTreePlanner:
         return MOVE[found.direction]
 
     def _or_explore(self, action: int | None) -> int:
-        if action is None and self._open_cost:
-            raise _NoSafeRoute
         return self._explore() if action is None else action
 
     @staticmethod

@@ -109,16 +109,6 @@ def test_planner_solves_the_original_tasks(task: str) -> None:
     solved(task)
 
 
-@pytest.mark.parametrize("seed", (14, 48))
-def test_planner_outlives_the_night_that_used_to_kill_it(seed: int) -> None:
-    """On these worlds the planner died among the night's zombies (it walked to water in the
-    dark, or left its shelter at first light or fully rested); resting sealed through the dark
-    and topping up water and food at twilight, it now makes the iron pickaxe."""
-    env = gym.make(envs.CRAFTER_ID, task="make_iron_pickaxe")
-    episode = run_episode(env, make_expert("crafter_planner"), seed, None, envs.CRAFTER_ID)
-    assert episode.success and episode.length <= TASKS["make_iron_pickaxe"].step_limit
-
-
 def test_success_needs_the_instructed_achievement_not_any() -> None:
     """The wake_up actions unlock wake_up, never another task's success."""
     seed, actions = solved("wake_up")
