@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_tiny_config, random_frames
+from helpers import assert_parity, make_tiny_config, random_frames
 
 from policies import FUSIONS, InstructionPolicy, PolicyConfig
 
@@ -27,23 +27,6 @@ def holed_mask(batch: int, steps: int) -> torch.Tensor:
 
 def config(fusion_type: str, blocks: int, **fusion: object):
     return make_tiny_config(fusion_type, **fusion).replace(**{"fusion_kwargs.num_blocks": blocks})
-
-
-def assert_parity(
-    model: InstructionPolicy, frames: torch.Tensor, mask: torch.Tensor, texts: list[str]
-) -> None:
-    batch, steps = mask.shape
-    times = (mask.long().cumsum(1) - 1).clamp_min(0)
-    with torch.no_grad():
-        parallel = model(frames, texts, times=times, frame_mask=mask)
-        state = model.initial_state(texts)
-        for t in range(steps):
-            step = model.step(state, frames[:, t], valid=mask[:, t])
-            for b in range(batch):
-                if mask[b, t]:
-                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
-                    torch.testing.assert_close(step.value[b], parallel.value[b, t], atol=1e-5, rtol=0)
-    assert state.time.tolist() == mask.sum(1).tolist()
 
 
 @pytest.mark.parametrize("fusion_type", ALL)

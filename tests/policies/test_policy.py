@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_tiny_config, random_frames
+from helpers import assert_parity, make_tiny_config, random_frames
 
 from policies import (
     FUSIONS,
@@ -59,17 +59,7 @@ def test_parallel_equals_incremental(fusion_type: str, padding: str) -> None:
     elif padding == "right":
         mask[0, 8:] = False
         mask[2, 5:] = False
-    times = (mask.long().cumsum(1) - 1).clamp_min(0)
-    with torch.no_grad():
-        parallel = model(frames, INSTRUCTIONS, times=times, frame_mask=mask)
-        state = model.initial_state(INSTRUCTIONS)
-        for t in range(steps):
-            step = model.step(state, frames[:, t], valid=mask[:, t])
-            for b in range(batch):
-                if mask[b, t]:
-                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
-                    torch.testing.assert_close(step.value[b], parallel.value[b, t], atol=1e-5, rtol=0)
-    assert state.time.tolist() == mask.sum(1).tolist()
+    assert_parity(model, frames, mask, INSTRUCTIONS)
 
 
 @pytest.mark.parametrize("fusion_type", ALL)
@@ -81,15 +71,7 @@ def test_parallel_equals_incremental_with_a_history_stride(fusion_type: str) -> 
     frames = random_frames(batch, steps, seed=4)
     mask = torch.ones(batch, steps, dtype=torch.bool)
     mask[1, :4] = False
-    times = (mask.long().cumsum(1) - 1).clamp_min(0)
-    with torch.no_grad():
-        parallel = model(frames, INSTRUCTIONS, times=times, frame_mask=mask)
-        state = model.initial_state(INSTRUCTIONS)
-        for t in range(steps):
-            step = model.step(state, frames[:, t], valid=mask[:, t])
-            for b in range(batch):
-                if mask[b, t]:
-                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
+    assert_parity(model, frames, mask, INSTRUCTIONS)
 
 
 @pytest.mark.parametrize("fusion_type", ALL)

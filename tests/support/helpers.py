@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from envs.data.store import Dataset, Episode
-from policies import FusionConfig, PolicyConfig, TextConfig, VisionConfig
+from policies import FusionConfig, InstructionPolicy, PolicyConfig, TextConfig, VisionConfig
 
 
 def make_tiny_config(fusion_type: str = "cross_attention", **fusion: object) -> PolicyConfig:
@@ -133,3 +133,22 @@ def assert_interrupted_collect_kept(args: list[str], out: Path, episodes: int) -
     kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
     assert kept, stderr[-3000:]
     assert len(Dataset(out)) == int(kept.group(1)) >= 1 and Dataset(out).check() == []
+
+
+def assert_parity(
+    model: InstructionPolicy, frames: torch.Tensor, mask: torch.Tensor, texts: list[str]
+) -> None:
+    """Per-step outputs of ``step`` equal ``forward``'s at every real step (logits and value),
+    and each row's time counts its real frames."""
+    batch, steps = mask.shape
+    times = (mask.long().cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        parallel = model(frames, texts, times=times, frame_mask=mask)
+        state = model.initial_state(texts)
+        for t in range(steps):
+            step = model.step(state, frames[:, t], valid=mask[:, t])
+            for b in range(batch):
+                if mask[b, t]:
+                    torch.testing.assert_close(step.logits[b], parallel.logits[b, t], atol=1e-5, rtol=0)
+                    torch.testing.assert_close(step.value[b], parallel.value[b, t], atol=1e-5, rtol=0)
+    assert state.time.tolist() == mask.sum(1).tolist()
