@@ -187,8 +187,9 @@ def _roll_out(
             ) as out_data,
         ):
             for episodes in rollout_round(str(previous), env_id, expert, jobs, dagger.workers, plan):
-                for episode in episodes:  # a plan-following game: all its instructions' episodes
-                    out_data.add(episode)
+                # A plan-following game's episodes (one per instruction) commit as one, so a
+                # resumed round never finds half a game and counts its seed as written.
+                out_data.add_all(episodes)
                 written += 1
                 successes += sum(int(episode.success) for episode in episodes)
                 tried += len(episodes)

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +140,63 @@ class DatasetWriter:
 
     def add(self, episode: Episode) -> int:
         """Commit one episode; returns its index."""
-        shape = list(episode.images.shape[1:])
-        if shape != self.metadata["image_shape"]:
-            raise DatasetError(f"expected images {self.metadata['image_shape']}, got {shape}")
-        number = len(self._index_state)
-        relative = episode_file(number, self.version)
+        return self.add_all([episode])[0]
+
+    def add_all(self, episodes: Sequence[Episode]) -> list[int]:
+        """Commit several episodes as one: their files are written first and their index lines
+        land in a single write, so a reader (or a resumed run) finds all of them or none, even
+        after a hard kill (the pieces of one plan-following game). Returns their indices."""
+        for episode in episodes:  # nothing is written when any of them is refused
+            shape = list(episode.images.shape[1:])
+            if shape != self.metadata["image_shape"]:
+                raise DatasetError(f"expected images {self.metadata['image_shape']}, got {shape}")
+        first = len(self._index_state)
+        numbers = list(range(first, first + len(episodes)))
+        payloads = [self._payload(episode) for episode in episodes]
+        intact = f"the {first} earlier episodes in {self.root} are intact"
+        written: list[Path] = []
+        with hold_interrupts():  # a Ctrl-C lands after the commit, never inside it
+            try:
+                for number, data in zip(numbers, payloads, strict=True):
+                    path = self.root / episode_file(number, self.version)
+                    if not path.parent.is_dir():  # a new sub-folder: its own entry made durable too
+                        path.parent.mkdir()
+                        fsync_dir(path.parent.parent)
+                    atomic_write_bytes(path, data)
+                    written.append(path)
+            except OSError as error:
+                for path in written:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise disk_full_error(
+                    self.root / episode_file(numbers[len(written)], self.version), error, intact
+                ) from None
+            entries = [
+                self._entry(number, episode, data)
+                for number, episode, data in zip(numbers, episodes, payloads, strict=True)
+            ]
+            lines = [(json.dumps(entry) + "\n").encode() for entry in entries]
+            fd = self._index.fileno()
+            committed = os.fstat(fd).st_size
+            try:
+                pending = memoryview(b"".join(lines))
+                while pending:
+                    pending = pending[self._index.write(pending) :]
+                os.fsync(fd)
+            except OSError as error:
+                # Undo these episodes: the index keeps its committed prefix, their files go.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, committed)
+                for path in written:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                raise disk_full_error(self.root / "index.jsonl", error, intact) from None
+            for entry, line in zip(entries, lines, strict=True):
+                self._index_state.append(entry, line)
+        return numbers
+
+    def _payload(self, episode: Episode) -> bytes:
+        """The episode's file: its arrays, frames in blocks of ``frames_per_block``, deflated."""
         arrays: dict[str, np.ndarray] = {
             "actions": np.asarray(episode.actions, np.int64),
             "rewards": np.asarray(episode.rewards, np.float32),
@@ -156,49 +208,24 @@ class DatasetWriter:
             arrays[f"images_{b:04d}"] = np.ascontiguousarray(episode.images[start : start + block])
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        data = buffer.getvalue()
-        intact = f"the {number} earlier episodes in {self.root} are intact"
-        with hold_interrupts():  # a Ctrl-C lands after the commit, never inside it
-            try:
-                folder = (self.root / relative).parent
-                if not folder.is_dir():  # a new sub-folder: its own entry made durable too
-                    folder.mkdir()
-                    fsync_dir(folder.parent)
-                atomic_write_bytes(self.root / relative, data)
-            except OSError as error:
-                raise disk_full_error(self.root / relative, error, intact) from None
-            entry = {
-                "episode": number,
-                "file": relative,
-                "length": episode.length,
-                "instruction": episode.instruction,
-                "task": episode.task,
-                "env_id": episode.env_id,
-                "expert": episode.expert,
-                "seed": episode.seed,
-                "success": None if episode.success is None else bool(episode.success),
-                "return": float(np.sum(episode.rewards)),
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                **({"extra": episode.extra} if episode.extra else {}),
-            }
-            fd = self._index.fileno()
-            committed = os.fstat(fd).st_size
-            encoded = (json.dumps(entry) + "\n").encode()
-            try:
-                line = memoryview(encoded)
-                while line:
-                    line = line[self._index.write(line) :]
-                os.fsync(fd)
-            except OSError as error:
-                # Undo this episode: the index keeps its committed prefix, the file goes.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, committed)
-                with contextlib.suppress(OSError):
-                    (self.root / relative).unlink()
-                raise disk_full_error(self.root / "index.jsonl", error, intact) from None
-            self._index_state.append(entry, encoded)
-        return number
+        return buffer.getvalue()
+
+    def _entry(self, number: int, episode: Episode, data: bytes) -> dict[str, Any]:
+        return {
+            "episode": number,
+            "file": episode_file(number, self.version),
+            "length": episode.length,
+            "instruction": episode.instruction,
+            "task": episode.task,
+            "env_id": episode.env_id,
+            "expert": episode.expert,
+            "seed": episode.seed,
+            "success": None if episode.success is None else bool(episode.success),
+            "return": float(np.sum(episode.rewards)),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **({"extra": episode.extra} if episode.extra else {}),
+        }
 
     def close(self) -> None:
         if getattr(self, "_index", None) is not None and not self._index.closed:

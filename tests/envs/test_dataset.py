@@ -145,6 +145,82 @@ def test_killed_writer_leaves_earlier_episodes_readable(tmp_path: Path) -> None:
     assert len(Dataset(root)) == len(dataset) + 1 and Dataset(root).check() == []
 
 
+GROUP_WRITER = """
+import dataclasses, sys, numpy as np
+sys.path.insert(0, {tests!r})
+from test_dataset import fake_episode
+from envs.data.store import DatasetWriter
+rng = np.random.default_rng(0)
+with DatasetWriter({root!r}, env_id="test-env", image_shape=(8, 8, 3),
+                   action_space={{"type": "Discrete", "n": 17}}, frames_per_block=4) as writer:
+    for game in range(10**6):
+        seed = {offset} + game
+        pieces = [dataclasses.replace(fake_episode(rng, int(rng.integers(50, 400))), seed=seed) for _ in range(3)]
+        writer.add_all(pieces)
+"""
+
+
+def test_killed_group_writer_leaves_whole_groups_only(tmp_path: Path) -> None:
+    # A plan-following game is written as one episode per instruction; killed between two of
+    # them, the dataset must not hold half a game (a resumed DAgger round would count its seed).
+    root = tmp_path / "d"
+    seen: set[int] = set()
+    for attempt in range(3):  # kill at three different moments, each run writing its own seeds
+        code = GROUP_WRITER.format(tests=str(Path(__file__).parent), root=str(root), offset=attempt * 10**6)
+        process = subprocess.Popen([sys.executable, "-c", code])
+        index = root / "index.jsonl"
+        target = (attempt + 1) * 7
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if index.exists() and index.read_bytes().count(b"\n") >= target:
+                break
+            time.sleep(0.001)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        dataset = Dataset(root)
+        assert dataset.check() == []
+        counts: dict[int, int] = {}
+        for entry in dataset.episodes:
+            counts[entry["seed"]] = counts.get(entry["seed"], 0) + 1
+        assert len(dataset) % 3 == 0 and set(counts.values()) == {3}, counts
+        seen |= set(counts)
+    assert seen
+
+
+def test_add_all_refuses_or_undoes_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    root = tmp_path / "d"
+    write(root, [fake_episode(rng, 3)])
+    odd = fake_episode(rng, 2)
+    odd = Episode(**{**odd.__dict__, "images": np.zeros((3, 4, 4, 3), np.uint8)})
+    with (
+        DatasetWriter(root, env_id="test-env", image_shape=(8, 8, 3), action_space=SPACE) as writer,
+        pytest.raises(DatasetError, match=r"expected images \[8, 8, 3\], got \[4, 4, 3\]"),
+    ):
+        writer.add_all([fake_episode(rng, 2), odd])
+    assert len(Dataset(root)) == 1 and Dataset(root).orphans() == []
+    # The index write fails (a full disk): neither episode is committed, their files are removed.
+    real_fsync = os.fsync
+    with DatasetWriter(root, env_id="test-env", image_shape=(8, 8, 3), action_space=SPACE) as writer:
+        index_fd = writer._index.fileno()
+
+        def failing_fsync(fd: int) -> None:
+            if fd == index_fd:
+                raise OSError(28, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(
+            DatasetError, match=r"no space left on device while writing .*index\.jsonl; the 1 earlier"
+        ):
+            writer.add_all([fake_episode(rng, 2), fake_episode(rng, 3)])
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert writer.add_all([fake_episode(rng, 4), fake_episode(rng, 5)]) == [1, 2]
+    dataset = Dataset(root)
+    assert [entry["length"] for entry in dataset.episodes] == [3, 4, 5]
+    assert dataset.check() == [] and dataset.orphans() == []
+
+
 def test_torn_index_line_is_ignored_then_cut(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     write(tmp_path / "d", [fake_episode(rng, 3), fake_episode(rng, 3)])
