@@ -8,6 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs
@@ -122,6 +123,7 @@ def test_embedding_passes_gymnasium_and_sb3_env_checkers(minilm) -> None:
 def test_sb3_ppo_learns_on_the_embedding(minilm) -> None:
     vec = DummyVecEnv([lambda: wrap_for_sb3(gym.make(LEVEL), instruction="embedding", encoder=minilm)])
     model = PPO("MultiInputPolicy", vec, n_steps=32, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    model.set_logger(Logger(None, []))  # no SB3-<time> folder in the temporary directory
     extractors = model.policy.features_extractor.extractors
     assert set(extractors) == {"frames", "frame_mask", "instruction_embedding"}
     # The CNN's 256 features, the 4-frame mask and the whole 384-d vector reach the heads.

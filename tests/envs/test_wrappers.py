@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import envs
@@ -152,6 +153,7 @@ def test_sb3_vec_envs_deliver_the_right_instruction(vec_cls) -> None:
 
 def assert_ppo_trains(model: PPO) -> None:
     """256 steps of stock PPO: its updates ran (every parameter group moved) with finite losses."""
+    model.set_logger(Logger(None, []))  # no SB3-<time> folder in the temporary directory
     before = {name: p.detach().clone() for name, p in model.policy.named_parameters()}
     losses: list[float] = []
     update = model.train

@@ -55,6 +55,22 @@ def test_ppo_learns_an_instruction_dependent_task() -> None:
     assert set(algo.task_success()) == {f"signal-{i}" for i in range(4)}
 
 
+def test_learning_without_tensorboard_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SB3 gives a model without a logger of its own a new SB3-<time> folder under the
+    temporary directory on every learn(); built by build_ppo it writes none."""
+    import tempfile
+
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    algo, env = signal_ppo(tiny_run(n_envs=2, n_steps=4, batch_size=8, n_epochs=1))
+    algo.learn(8)
+    env.close()
+    assert algo.num_timesteps == 8
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("SB3-")] == []
+
+
 def test_rollout_log_probs_equal_the_update_forward() -> None:
     """Episodes (7 steps) span rollouts (4 steps) and the window (4 frames): the update's
     parallel forward over segments + context must reproduce the rollout's log-probabilities,

@@ -56,6 +56,7 @@ def bench_rl(quick: bool = False) -> dict[str, Any]:
     from policies import PolicyConfig
     from train.config import RLConfig, RunConfig
     from train.rl import build_ppo, make_env
+    from train.rl.run import silent_logger
 
     n_envs, n_steps, rounds = (4, 32, 1) if quick else (8, 64, 3)
     rl = RLConfig(n_envs=n_envs, vec_env="dummy", n_steps=n_steps, batch_size=128, n_epochs=4, seed=0)
@@ -68,6 +69,7 @@ def bench_rl(quick: bool = False) -> dict[str, Any]:
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"  # both on the same device
     cnn = PPO("CnnPolicy", cnn_env, n_steps=n_steps, batch_size=128, n_epochs=4, seed=0, device=device)
+    cnn.set_logger(silent_logger())  # as build_ppo's: no SB3-<time> folder per learn()
     per_rollout = n_envs * n_steps
     for algo in (fusion, cnn):  # warm-up: text encoder cache, allocator, env processes
         algo.learn(per_rollout)

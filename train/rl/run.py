@@ -80,7 +80,7 @@ def build_ppo(
     """``init``: weights to start from (else ``run.policy`` from scratch); ``reference``: the
     KL target (default ``init``)."""
     cfg = run.rl
-    return SequencePPO(
+    algo = SequencePPO(
         env,
         policy_config=run.policy.to_dict(),
         init=init,
@@ -106,6 +106,16 @@ def build_ppo(
         device=resolve_device(cfg.device),
         verbose=verbose,
     )
+    if tensorboard is None:
+        # Without a logger of its own, every learn() makes SB3 create an empty folder under the
+        # system's temporary directory (SB3-<time>); `rl` attaches its own, benchmarks need none.
+        algo.set_logger(silent_logger(verbose))
+    return algo
+
+
+def silent_logger(verbose: int = 0) -> Logger:
+    """An SB3 logger that writes no files (stdout only with ``verbose``)."""
+    return Logger(None, [HumanOutputFormat(sys.stdout)] if verbose else [])
 
 
 def save_checkpoint(
