@@ -88,6 +88,10 @@ class Agent:
     def step_count(self) -> int:
         return 0 if self._state is None else int(self._state.time[0])
 
+    def seed_episode(self, seed: int) -> None:
+        """Seed the sampled actions of the episode about to start (reproducible per episode)."""
+        self.generator.manual_seed(seed)
+
     def check_env(self, env: Any) -> None:
         """Raise a clear error if ``env``'s action space is not the policy's."""
         from envs.spaces import action_space_spec

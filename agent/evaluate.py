@@ -27,6 +27,7 @@ import numpy as np
 import envs
 from agent.agent import Agent
 from agent.errors import AgentError, AgentSettingError
+from agent.expert_actor import ExpertActor, check_expert_follows
 from agent.plan import Plan
 from agent.pretrained import resolve_checkpoint
 from envs import ray_rollouts
@@ -102,7 +103,7 @@ class EpisodeJob:
     plan: Plan | None = None  # instructions followed in turn instead of the env's one
 
 
-def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
+def run_episode(agent: Agent | ExpertActor, env: gym.Env, env_id: str, job: EpisodeJob) -> dict[str, Any]:
     told: list[str] = []  # the instruction the agent is given
     frames: list[np.ndarray] = []
 
@@ -121,7 +122,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         if job.plan is None:
             # A blank instruction means the learned null instruction (no text in the observation).
             agent.reset(instruction or None)
-        agent.generator.manual_seed(job.seed)  # sampled actions are reproducible per episode
+        agent.seed_episode(job.seed)  # sampled actions are reproducible per episode
         if job.video:
             frames.append(env.render())
 
@@ -154,6 +155,8 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
         counts = {name: int(count) for name, count in outcome.info["achievements"].items()}
         row["achievements"] = sorted(name for name, count in counts.items() if count > 0)
         row["achievement_counts"] = counts
+    if isinstance(agent, ExpertActor):
+        row["stuck_steps"] = agent.stuck_steps  # steps the expert had no action for
     if agent.plan is not None:
         row["plan"] = {
             "completed": agent.plan.completed,
@@ -165,7 +168,7 @@ def run_episode(agent: Agent, env: gym.Env, env_id: str, job: EpisodeJob) -> dic
 
 @dataclass(frozen=True)
 class _Worker:
-    agent: Agent
+    agent: Agent | ExpertActor
     env: gym.Env
     env_id: str
 
@@ -178,6 +181,11 @@ def _load_worker(checkpoint: str, env_id: str, env_kwargs: dict[str, Any]) -> _W
     if in_worker_process():
         torch.set_num_threads(1)
     return _Worker(Agent.from_pretrained(checkpoint), gym.make(env_id, **env_kwargs), env_id)
+
+
+def _load_expert_worker(expert: str, env_id: str, env_kwargs: dict[str, Any]) -> _Worker:
+    env = gym.make(env_id, **env_kwargs)
+    return _Worker(ExpertActor(expert, env), env, env_id)
 
 
 def _episode_row(worker: _Worker, job: EpisodeJob) -> dict[str, Any]:
@@ -252,6 +260,7 @@ def per_episode(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "return",
         "achievement_counts",
         "plan",
+        "stuck_steps",
     )
     return [{key: row[key] for key in keys if key in row} for row in results]
 
@@ -273,12 +282,15 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     plan: Plan | None = None,
+    expert: str | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seed + i, task cycling through ``tasks``) and summarise.
 
-    Give a ``checkpoint`` directory (episodes run in ``workers`` processes) or an in-memory
-    ``agent`` (episodes run here). The first ``videos`` episodes are recorded to ``video_dir``.
-    With a ``plan`` the agent follows its instructions in turn instead of the env's one.
+    Give a ``checkpoint`` directory (episodes run in ``workers`` processes), an in-memory
+    ``agent`` (episodes run here) or an ``expert`` name (``envs.experts.EXPERTS``; it acts in
+    the agent's place, in ``workers`` processes: ``agent.expert_actor``). The first ``videos``
+    episodes are recorded to ``video_dir``. With a ``plan`` the agent follows its instructions
+    in turn instead of the env's one.
     """
     if mode not in MODES:
         raise AgentSettingError(f"instruction mode must be one of {MODES}, got {mode!r}")
@@ -286,8 +298,10 @@ def evaluate(
         raise AgentSettingError(
             f"a plan gives the agent its instructions: drop --instruction-mode {mode} (and --sensitivity)"
         )
-    if (checkpoint is None) == (agent is None):
-        raise ValueError("pass exactly one of checkpoint= or agent=")
+    if sum(x is not None for x in (checkpoint, agent, expert)) != 1:
+        raise ValueError("pass exactly one of checkpoint=, agent= or expert=")
+    if expert is not None:
+        _check_expert_run(expert, mode, plan, cfg_scale, deterministic)
     if episodes < 1:
         raise AgentSettingError(f"episodes must be >= 1, got {episodes}")
     if workers < 1:
@@ -296,7 +310,9 @@ def evaluate(
     # Checked here, once: unknown ids and task names, a checkpoint that cannot be loaded, and an
     # action space the checkpoint was not trained for all fail before any episode or worker.
     probe = make_env(env_id, tasks, **env_kwargs)
-    if agent is None:
+    if expert is not None:
+        agent = local = ExpertActor(expert, probe)
+    elif agent is None:
         agent = local = Agent.from_pretrained(checkpoint)
     else:
         local = None
@@ -341,9 +357,23 @@ def evaluate(
         return summary
 
     try:
-        results = _run_jobs(
-            jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
-        )
+        if expert is not None:
+            results = _collect_rows(
+                map_jobs(
+                    _episode_row,
+                    jobs,
+                    setup=_load_expert_worker,
+                    setup_args=(expert, env_id, env_kwargs),
+                    workers=workers,
+                    what="eval",
+                ),
+                len(jobs),
+                progress,
+            )
+        else:
+            results = _run_jobs(
+                jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
+            )
     except EvaluationInterrupted as stopped:
         partial = [summary_of(stopped.rows)] if stopped.rows else []
         raise EvaluationInterrupted(stopped.finished, stopped.planned, partial, stopped.rows) from None
@@ -381,6 +411,14 @@ def _run_jobs(
             workers=workers,
             what="eval",
         )
+    return _collect_rows(rows, len(jobs), progress)
+
+
+def _collect_rows(
+    rows: Iterator[dict[str, Any]], planned: int, progress: Callable[[dict[str, Any]], None] | None
+) -> list[dict[str, Any]]:
+    """The rows as they come, each reported to ``progress``; Ctrl-C stops the workers and raises
+    ``EvaluationInterrupted`` with the rows finished so far."""
     results: list[dict[str, Any]] = []
     try:
         for row in rows:
@@ -389,8 +427,27 @@ def _run_jobs(
                 progress(row)
     except KeyboardInterrupt:
         rows.close()  # the workers stop now: their unfinished episodes would be thrown away
-        raise EvaluationInterrupted(len(results), len(jobs), [], results) from None
+        raise EvaluationInterrupted(len(results), planned, [], results) from None
     return results
+
+
+def _check_expert_run(
+    expert: str, mode: str, plan: Plan | None, cfg_scale: float, deterministic: bool
+) -> None:
+    """What an expert cannot be asked, refused before any episode."""
+    if mode == "blank":
+        raise AgentSettingError(
+            "an expert has no behaviour without an instruction: evaluate it with the correct or a "
+            "swapped instruction, or a plan (--sensitivity runs correct and swapped)"
+        )
+    if cfg_scale or deterministic:
+        raise AgentSettingError(
+            "--cfg-scale and --greedy steer a policy's action distribution, and an expert has none: drop them"
+        )
+    if mode == "swapped":
+        check_expert_follows(expert, "a swapped instruction asks the expert for another task than its env's")
+    if plan is not None:
+        check_expert_follows(expert, "a plan tells the expert one task after another")
 
 
 def read_phrasings(path: str, env_id: str) -> dict[str, list[str]]:
@@ -504,10 +561,18 @@ def _phrasings_result(
     }
 
 
+def sensitivity_modes(expert: str | None = None) -> tuple[str, ...]:
+    """The modes ``sensitivity`` runs: all three, or correct and swapped for an expert (which
+    has no behaviour without an instruction)."""
+    return MODES if expert is None else ("correct", "swapped")
+
+
 def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:
-    """Correct, swapped and blank instructions on the same seeds; per-task and mean gaps."""
+    """Correct, swapped and blank instructions on the same seeds (an ``expert=``: correct and
+    swapped); per-task and mean gaps."""
+    modes = sensitivity_modes(kwargs.get("expert"))
     runs: dict[str, dict[str, Any]] = {}
-    for mode in MODES:
+    for mode in modes:
         try:
             runs[mode] = evaluate(env_id, episodes, mode=mode, **kwargs)
         except (EvaluationInterrupted, KeyboardInterrupt) as error:
@@ -515,10 +580,10 @@ def sensitivity(env_id: str, episodes: int, **kwargs: Any) -> dict[str, Any]:
             stopped = error if isinstance(error, EvaluationInterrupted) else EvaluationInterrupted(0, 0, [])
             finished = sum(run["episodes"] for run in runs.values()) + stopped.finished
             results = [*runs.values(), *stopped.results]
-            raise EvaluationInterrupted(finished, episodes * len(MODES), results, stopped.rows) from None
+            raise EvaluationInterrupted(finished, episodes * len(modes), results, stopped.rows) from None
     tasks = sorted(runs["correct"]["tasks"])
     table = {
-        task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in MODES}
+        task: {mode: runs[mode]["tasks"].get(task, {}).get("success_rate", 0.0) for mode in modes}
         for task in tasks
     }
     for row in table.values():

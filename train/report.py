@@ -78,8 +78,9 @@ def print_eval(result: dict[str, Any]) -> None:
 def print_sensitivity(result: dict[str, Any]) -> None:
     print(f"{'task':22s} {'correct':>8s} {'swapped':>8s} {'blank':>8s} {'gap':>8s}")
     for task, row in result["tasks"].items():
+        blank = f"{row['blank']:8.3f}" if "blank" in row else f"{'-':>8s}"  # an expert has no blank run
         print(
-            f"{task:22s} {row['correct']:8.3f} {row['swapped']:8.3f} {row['blank']:8.3f} "
+            f"{task:22s} {row['correct']:8.3f} {row['swapped']:8.3f} {blank} "
             f"{row['correct_minus_swapped']:8.3f}"
         )
     print(f"mean success(correct) - success(swapped): {result['mean_correct_minus_swapped']:.3f}")

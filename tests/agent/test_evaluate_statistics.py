@@ -193,6 +193,9 @@ class _ScriptedAgent:
         self.told.append(instruction)
         self.instruction = instruction
 
+    def seed_episode(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
     def observe(self, info: dict[str, Any]) -> None:
         self.observed.append(info)
         if self.plan is not None:

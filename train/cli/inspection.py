@@ -23,8 +23,14 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         "sampled from the policy (seeded per episode) unless --greedy; rollout and attention take the "
         "most likely action by default.",
     )
-    p.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (config.json + model.safetensors)"
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", help="checkpoint directory (config.json + model.safetensors)")
+    who.add_argument(
+        "--expert",
+        default=None,
+        help="expert name (crafter_planner, crafter_view_planner, babyai_bot): let it act instead of a checkpoint, on the same episodes: the expert's success, its "
+        "correct - swapped gap (--sensitivity runs correct and swapped) or a plan's score with a perfect "
+        "follower (docs/training.md#evaluation)",
     )
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--episodes", type=common.positive_int, default=50, help="episodes per instruction mode")
@@ -77,9 +83,9 @@ def run_eval(args: argparse.Namespace) -> int:
     (``EvaluationInterrupted``); the workers ignore it and are stopped by this process."""
     from tqdm import tqdm
 
-    from agent.evaluate import MODES, EvaluationInterrupted
+    from agent.evaluate import EvaluationInterrupted, sensitivity_modes
 
-    modes = list(MODES) if args.sensitivity else [args.instruction_mode]
+    modes = list(sensitivity_modes(args.expert)) if args.sensitivity else [args.instruction_mode]
     plan = _read_plan(args)
     bars: list[Any] = []  # the bar starts with the first episode, after every check passed
 
@@ -118,7 +124,7 @@ def _run_modes(args: argparse.Namespace, modes: list[str], plan: Any, progress: 
     if args.phrasings:
         return _evaluate_phrasings(args, modes, progress)
     shared = common.same_named(
-        args, "checkpoint", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
+        args, "checkpoint", "expert", "tasks", "cfg_scale", "seed", "workers", "video_dir", "videos"
     )
     shared.update(deterministic=args.greedy, progress=progress)
     if args.sensitivity:
@@ -211,6 +217,10 @@ def _evaluate_phrasings(
     """``eval --phrasings``: new instructions against the trained ones, task by task."""
     from agent.evaluate import evaluate_phrasings, read_phrasings
 
+    if args.expert:
+        raise SettingError(
+            "--phrasings measures how a policy reads new wordings; an expert reads no text: drop --expert or --phrasings"
+        )
     phrasings = read_phrasings(args.phrasings, args.env)
     if args.sensitivity or args.tasks or args.video_dir:
         raise SettingError(
