@@ -357,23 +357,8 @@ def evaluate(
         return summary
 
     try:
-        if expert is not None:
-            results = _collect_rows(
-                map_jobs(
-                    _episode_row,
-                    jobs,
-                    setup=_load_expert_worker,
-                    setup_args=(expert, env_id, env_kwargs),
-                    workers=workers,
-                    what="eval",
-                ),
-                len(jobs),
-                progress,
-            )
-        else:
-            results = _run_jobs(
-                jobs, env_id, agent, checkpoint if local is not None else None, workers, env_kwargs, progress
-            )
+        checkpoint = checkpoint if local is not None else None
+        results = _run_jobs(jobs, env_id, agent, checkpoint, workers, env_kwargs, progress, expert)
     except EvaluationInterrupted as stopped:
         partial = [summary_of(stopped.rows)] if stopped.rows else []
         raise EvaluationInterrupted(stopped.finished, stopped.planned, partial, stopped.rows) from None
@@ -383,34 +368,30 @@ def evaluate(
 def _run_jobs(
     jobs: list[EpisodeJob],
     env_id: str,
-    agent: Agent,
+    agent: Agent | ExpertActor,
     checkpoint: str | None,
     workers: int,
     env_kwargs: dict[str, Any],
     progress: Callable[[dict[str, Any]], None] | None,
+    expert: str | None = None,
 ) -> list[dict[str, Any]]:
     """Episode rows in job order: here with ``agent``, or in ``workers`` processes (at most one per
-    job and CPU core) that each load ``checkpoint`` (when given and more than one worker is left).
-    Ctrl-C raises ``EvaluationInterrupted`` with the rows finished so far."""
+    job and CPU core) that each load ``checkpoint`` (when given and more than one worker is left)
+    or make ``expert``. Ctrl-C raises ``EvaluationInterrupted`` with the rows finished so far."""
     on_ray = ray_rollouts.active() is not None  # Ray tasks load the checkpoint, whatever ``workers`` is
     if checkpoint is not None and not on_ray:
         workers = usable_workers(workers, jobs, "eval")
     rows: Iterator[dict[str, Any]]
-    if checkpoint is None or (workers <= 1 and not on_ray):
+    if expert is not None:  # each process makes the expert (and its env): here when one worker is left
+        setup, setup_args = _load_expert_worker, (expert, env_id, env_kwargs)
+    elif checkpoint is None or (workers <= 1 and not on_ray):
         # The agent already loaded here acts: a worker's setup would also set this process's threads.
         here = _Worker(agent, gym.make(env_id, **env_kwargs), env_id)
-        rows = (_episode_row(here, job) for job in jobs)
+        return _collect_rows((_episode_row(here, job) for job in jobs), len(jobs), progress)
     else:
         # Resolved once here (a shipped name or a hub id -> its local folder): workers load a path.
-        folder = os.fspath(resolve_checkpoint(checkpoint))
-        rows = map_jobs(
-            _episode_row,
-            jobs,
-            setup=_load_worker,
-            setup_args=(folder, env_id, env_kwargs),
-            workers=workers,
-            what="eval",
-        )
+        setup, setup_args = _load_worker, (os.fspath(resolve_checkpoint(checkpoint)), env_id, env_kwargs)
+    rows = map_jobs(_episode_row, jobs, setup=setup, setup_args=setup_args, workers=workers, what="eval")
     return _collect_rows(rows, len(jobs), progress)
 
 
