@@ -56,7 +56,6 @@ class ExpertActor:
         self.instruction: str | None = None
         self.stuck_steps = 0  # steps waited out in this episode
         self._started = False  # the expert has seen this episode's first observation
-        self._own: str | None = None  # the env's instruction for this episode
 
     def reset(
         self,
