@@ -22,20 +22,23 @@ from agent.errors import AgentSettingError
 from agent.plan import Plan, PlanFollower
 from envs.crafter_tasks import task_of_phrasing
 from envs.errors import EnvsError, EnvSettingError
-from envs.experts import EXPERTS, Expert, make_expert
+from envs.experts import Expert, make_expert
 from envs.experts.base import ExpertCannotLabel
 
 
-def check_expert_name(name: str) -> None:
-    if name not in EXPERTS:
-        raise AgentSettingError(f"unknown expert {name!r}; known experts: {sorted(EXPERTS)}")
+def _make(name: str, seed: int = 0) -> Expert:
+    """``envs.experts.make_expert``, its refusal of an unknown name raised as this package's."""
+    try:
+        return make_expert(name, seed=seed)
+    except EnvSettingError as error:
+        raise AgentSettingError(str(error)) from None
 
 
 def check_expert_follows(name: str, why: str) -> None:
     """Refuse (before any episode) an expert that cannot be told another task than its env's."""
-    check_expert_name(name)
+    expert = _make(name)
     try:
-        make_expert(name).follow(None)
+        expert.follow(None)
     except EnvSettingError as error:
         raise AgentSettingError(f"{why}: {error}") from None
 
@@ -48,10 +51,9 @@ class ExpertActor:
     the env's first action (crafter's noop) until the world or the instruction changes."""
 
     def __init__(self, expert: str, env: gym.Env) -> None:
-        check_expert_name(expert)
+        self.expert: Expert = _make(expert)
         self.name = expert
         self.env = env
-        self.expert: Expert = make_expert(expert)
         self.plan: PlanFollower | None = None
         self.instruction: str | None = None
         self.stuck_steps = 0  # steps waited out in this episode
@@ -86,12 +88,12 @@ class ExpertActor:
         BabyAI level): the expert is reset on ``env``'s first observation."""
         observation, info = env.reset(seed=0)
         try:
-            make_expert(self.name).reset(env, observation, info)
+            _make(self.name).reset(env, observation, info)
         except EnvsError as error:
             raise AgentSettingError(f"the {self.name} expert cannot act in this env: {error}") from None
 
     def seed_episode(self, seed: int) -> None:
-        self.expert = make_expert(self.name, seed=seed)
+        self.expert = _make(self.name, seed)
 
     def check_plan(self, plan: Plan) -> None:
         """Nothing to check: a plan names a task for every step and rule when it is read, and an

@@ -28,9 +28,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     who.add_argument(
         "--expert",
         default=None,
-        help="expert name (crafter_planner, crafter_view_planner, babyai_bot): let it act instead of a checkpoint, on the same episodes: the expert's success, its "
-        "correct - swapped gap (--sensitivity runs correct and swapped) or a plan's score with a perfect "
-        "follower (docs/training.md#evaluation)",
+        help="expert name (crafter_planner, crafter_view_planner, babyai_bot) to act instead of a checkpoint "
+        "on the same episodes: its success, its correct - swapped gap (--sensitivity runs correct and "
+        "swapped) or a plan's score with a perfect follower (docs/training.md#evaluation)",
     )
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--episodes", type=common.positive_int, default=50, help="episodes per instruction mode")
