@@ -324,3 +324,31 @@ def test_a_plan_file_that_cannot_be_read_is_named_with_the_systems_reason(
     with pytest.raises(PlanError) as caught:
         Plan.load(path)
     assert str(caught.value) == f"cannot read plan file {path}: Permission denied"
+
+
+# -- the shipped plans ---------------------------------------------------------------------------
+SHIPPED_PLANS = sorted((Path(__file__).resolve().parents[2] / "configs" / "plans").glob("*.yaml"))
+
+
+def test_the_shipped_plans_load_and_aim_at_every_achievement_crafter_scores() -> None:
+    """Protects: a plan in configs/plans that no longer loads, or that leaves one of crafter's 22
+    achievements to chance (neither a step nor a rule asks for it), fails here, not in a game."""
+    from envs.crafter_score import ACHIEVEMENTS
+
+    assert SHIPPED_PLANS, "configs/plans holds no plan"
+    for path in SHIPPED_PLANS:
+        plan = Plan.load(path)
+        asked = {step.achievement for step in plan.steps} | {rule.task for rule in plan.rules}
+        assert set(ACHIEVEMENTS) <= asked, f"{path.name} never asks for {sorted(set(ACHIEVEMENTS) - asked)}"
+
+
+def test_the_wood_first_plan_is_the_shipped_plan_in_its_earlier_order() -> None:
+    """Protects: the results measured with the wood-first order reproduce only if that file keeps
+    the shipped plan's steps, budgets and rules; only the order of the steps differs."""
+    plans = {path.stem: Plan.load(path) for path in SHIPPED_PLANS}
+    shipped, earlier = plans["tech_tree"], plans["tech_tree_wood_first"]
+    assert shipped.rules == earlier.rules and shipped.loop == earlier.loop
+    assert sorted(map(repr, shipped.steps)) == sorted(map(repr, earlier.steps))
+    assert shipped.steps != earlier.steps
+    assert earlier.steps[0].achievement == "collect_wood"
+    assert [step.achievement for step in shipped.steps[:2]] == ["collect_sapling", "place_plant"]
