@@ -113,3 +113,17 @@ def test_eval_cli_expert_sensitivity_and_its_refusals(tmp_path) -> None:
         [*base, "--expert", "crafter_planner", "--phrasings", str(phrasings)], capture_output=True, text=True
     )
     assert wording.returncode == 2 and "an expert reads no text" in wording.stderr
+
+
+def test_an_expert_episode_does_not_depend_on_the_episodes_its_worker_ran_before() -> None:
+    """Protects: the per-episode reseed (``ExpertActor.seed_episode``). Worlds 36 and 37 hold no
+    diamond, so the planner told to mine one ends up exploring at random (until it dies); episode 37
+    run after 36 in the same worker must be the episode 37 run alone."""
+    after = evaluate(envs.CRAFTER_ID, 2, expert="crafter_planner", tasks=["collect_diamond"], seed=36)
+    alone = evaluate(envs.CRAFTER_ID, 1, expert="crafter_planner", tasks=["collect_diamond"], seed=37)
+    first, second = after["per_episode"]
+    (row,) = alone["per_episode"]
+    assert not first["success"] and not row["success"]
+    assert {k: second[k] for k in ("seed", "length", "return", "achievement_counts")} == {
+        k: row[k] for k in ("seed", "length", "return", "achievement_counts")
+    }
