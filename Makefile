@@ -75,7 +75,9 @@ results-crafter: $(STAMP)
 
 # All 22 tasks, wood to diamond (docs/results.md, "Crafter-Instruct, 22 tasks", E22): 600 demonstration
 # attempts a task (DART noise, successful ones kept), BC for 18,000 steps, then 20 evaluation episodes
-# a task and instruction mode. About 2 h 15 min on 2 CPU cores (collect ~55 min, BC ~68, evaluation ~8).
+# a task and instruction mode. End to end on 2 CPU cores: 48 min with bf16 BC on a fast machine (collect 19 min,
+# BC 27, evaluation 3; docs/results.md, E26); the config's fp32 BC took 32 min there (E27); on a slower
+# machine the stages summed to about 2 h 15 min.
 # DAgger rounds on top did not add at this data size (E20, E23), so the recipe has none.
 # TIME="/usr/bin/time -f '%e s wall, %U s user, %S s sys'" prints each stage's cost.
 CRAFTER_ALL_TASKS := $(CRAFTER_TASKS) collect_coal collect_iron collect_diamond place_furnace make_stone_pickaxe \
