@@ -173,7 +173,7 @@ class BCTrainer:
         dataset = Dataset(data)
         skipped = check_dataset(dataset, cfg.skip_bad_episodes)
         self.run, self.policy = fit_to_dataset(run, dataset, data, init, resume, self.device)
-        self.autocast = autocast_device(self.device, cfg.amp)
+        self.autocast = autocast_device(self.device, cfg.amp, cfg.amp_cpu)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

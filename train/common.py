@@ -106,14 +106,16 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def autocast_device(device: str, amp: bool) -> str | None:
-    """The device type bf16 autocast runs on for ``train.amp`` on ``device``: "cuda" on a GPU,
-    "cpu" on a CPU with native bf16, None (full fp32) otherwise or when ``amp`` is off."""
+def autocast_device(device: str, amp: bool, amp_cpu: bool = False) -> str | None:
+    """The device type bf16 autocast runs on for ``train.amp`` / ``train.amp_cpu`` on ``device``:
+    "cuda" on a GPU with ``amp``, "cpu" on a CPU with native bf16 when ``amp_cpu`` is on too, None
+    (full fp32) otherwise. A CPU defaults to fp32: bf16 autocast fit long BC runs worse there
+    (docs/results.md, E26-E28)."""
     if not amp:
         return None
     if device.startswith("cuda"):
         return "cuda"
-    return "cpu" if device == "cpu" and cpu_has_native_bf16() else None
+    return "cpu" if device == "cpu" and amp_cpu and cpu_has_native_bf16() else None
 
 
 @dataclass

@@ -65,8 +65,10 @@ class TrainConfig:
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda"""
     amp: bool = True
-    """bf16 autocast on CUDA, and on a CPU with native bf16 (AVX512-BF16 or AMX); other CPUs
-    train in fp32 (bf16 is emulated there, and slower)"""
+    """bf16 autocast on CUDA (a CPU trains in fp32 unless amp_cpu is on too)"""
+    amp_cpu: bool = False
+    """bf16 autocast also on a CPU with native bf16 (AVX512-BF16 or AMX): 1.38x faster per step,
+    but long runs fit worse under it (docs/results.md, E26-E28); ignored where bf16 is emulated"""
     skip_bad_episodes: bool = False
     """train on the readable episodes when some are missing or corrupt (default: refuse to start)"""
     pack: bool = True

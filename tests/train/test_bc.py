@@ -255,26 +255,42 @@ def test_bc_learns_a_batch(three_demos: str, tmp_path: Path) -> None:
     assert result["loss_swapped"] > result["loss"] + 1.0, result
 
 
-def test_autocast_device_follows_amp_the_device_and_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_device_follows_amp_amp_cpu_the_device_and_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     import train.common as common
 
     for native in (True, False):
         monkeypatch.setattr(common, "cpu_has_native_bf16", lambda native=native: native)
         assert common.autocast_device("cuda:0", True) == "cuda"
-        assert common.autocast_device("cpu", True) == ("cpu" if native else None)
+        assert common.autocast_device("cuda:0", True, amp_cpu=False) == "cuda"
+        # A CPU trains in fp32 by default, native bf16 or not; amp_cpu opts a native one in.
+        assert common.autocast_device("cpu", True) is None
+        assert common.autocast_device("cpu", True, amp_cpu=True) == ("cpu" if native else None)
+        assert common.autocast_device("cpu", False, amp_cpu=True) is None
         assert (
             common.autocast_device("cpu", False) is None and common.autocast_device("cuda:1", False) is None
         )
 
 
 @pytest.mark.parametrize(
-    ("native", "amp", "expected"), [(True, True, True), (False, True, False), (True, False, False)]
+    ("native", "settings", "expected"),
+    [
+        (True, [], False),  # the default on every CPU: fp32
+        (True, ["train.amp_cpu=true"], True),
+        (False, ["train.amp_cpu=true"], False),  # emulated bf16 would be slower
+        (True, ["train.amp=false", "train.amp_cpu=true"], False),
+    ],
 )
-def test_bc_on_cpu_trains_under_bf16_autocast_only_where_the_cpu_has_native_bf16(
-    demos: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool, amp: bool, expected: bool
+def test_bc_on_cpu_trains_in_fp32_unless_amp_cpu_opts_a_native_bf16_cpu_in(
+    demos: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    native: bool,
+    settings: list[str],
+    expected: bool,
 ) -> None:
-    """``train.amp`` on CPU: the training forward runs under bf16 autocast on a CPU with native bf16
-    (faster there; "Learning results" measures it), in fp32 elsewhere or with amp off."""
+    """On CPU the training forward runs in fp32 by default (bf16 autocast fit long runs worse:
+    "Learning results", E26-E28); ``train.amp_cpu`` runs it under bf16 autocast on a CPU with
+    native bf16, and ``train.amp=false`` turns autocast off everywhere."""
     import train.common as common
 
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
@@ -287,7 +303,7 @@ def test_bc_on_cpu_trains_under_bf16_autocast_only_where_the_cpu_has_native_bf16
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(InstructionPolicy, "forward", recording)
-    run = load_run_config(TINY, ["train.steps=2", f"train.amp={str(amp).lower()}", "train.device=cpu"])
+    run = load_run_config(TINY, ["train.steps=2", "train.device=cpu", *settings])
     summary = train_bc(run, demos, str(tmp_path / "o"), progress=False)
     assert summary["steps"] == 2 and len(seen) == 2
     assert all(enabled == expected for enabled, _ in seen), seen

@@ -81,7 +81,7 @@ def bench_bc(quick: bool = False, workers: int = 0) -> dict[str, Any]:
         # After one pass over the data (every episode in the loader's cache): a long run's steady state.
         "loader_over_inmemory_step_time_warm": warm["loader"] / warm["memory"],
         "loader_over_inmemory_step_time_1_worker": process["loader"] / process["memory"],
-        # What `train.amp` does on a CPU with native bf16: the same steps under bf16 autocast.
+        # What `train.amp_cpu` does on a CPU with native bf16: the same steps under bf16 autocast.
         "fp32_over_bf16_autocast_step_time": precision["fp32"] / precision["bf16"],
         "cpu_native_bf16": cpu_has_native_bf16(),
         "previous_default_real_steps_per_s": real_sps["previous"],
