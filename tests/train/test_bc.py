@@ -255,7 +255,9 @@ def test_bc_learns_a_batch(three_demos: str, tmp_path: Path) -> None:
     assert result["loss_swapped"] > result["loss"] + 1.0, result
 
 
-def test_autocast_device_follows_amp_amp_cpu_the_device_and_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_device_follows_amp_amp_cpu_the_device_and_native_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import train.common as common
 
     for native in (True, False):
