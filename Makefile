@@ -79,6 +79,7 @@ results-crafter: $(STAMP)
 # BC 27, evaluation 3; docs/results.md, E26); the config's fp32 BC took 32 min there (E27); on a slower
 # machine the stages summed to about 2 h 15 min.
 # DAgger rounds on top did not add at this data size (E20, E23), so the recipe has none.
+# Twice these demonstrations (26,400 attempts, BC for 36,000 steps) did not add either (E29: 0.657).
 # TIME="/usr/bin/time -f '%e s wall, %U s user, %S s sys'" prints each stage's cost.
 CRAFTER_ALL_TASKS := $(CRAFTER_TASKS) collect_coal collect_iron collect_diamond place_furnace make_stone_pickaxe \
 	make_stone_sword make_iron_pickaxe make_iron_sword defeat_zombie defeat_skeleton eat_plant wake_up
