@@ -129,17 +129,17 @@ RAY_INTERNAL_ABORT = "You have likely discovered a bug in Ray"
 def assert_interrupted_collect_kept(args: list[str], out: Path, episodes: int) -> None:
     """Ctrl-C to ``instructcraft collect ARGS --episodes EPISODES --out OUT`` once an episode is
     written: exit 130, no traceback, the kept episodes named and the dataset valid."""
-    pattern = re.compile(rf"\b([1-9]\d*)/{episodes}\b")
-    code, stderr = interrupt_when(
-        [*args, "--episodes", str(episodes), "--out", str(out)], pattern, signal.SIGINT
-    )
+
+    def interrupted(out: Path) -> tuple[int, str]:
+        command = [*args, "--episodes", str(episodes), "--out", str(out)]
+        return interrupt_when(command, re.compile(rf"\b([1-9]\d*)/{episodes}\b"), signal.SIGINT)
+
+    code, stderr = interrupted(out)
     if code != 130 and RAY_INTERNAL_ABORT in stderr:
         # Ray's core process can abort on its own internal check when SIGINT lands while a task
         # completes: outside this project, so the interrupt is tried once more on a fresh folder.
         out = out.with_name(f"{out.name}-again")
-        code, stderr = interrupt_when(
-            [*args, "--episodes", str(episodes), "--out", str(out)], pattern, signal.SIGINT
-        )
+        code, stderr = interrupted(out)
     assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     kept = re.search(r"interrupted: kept the (\d+) episode\(s\) written before Ctrl-C", stderr)
