@@ -8,7 +8,9 @@ The follower moves to the next step when the current step's achievement unlocks 
 ``info["achievements"]`` grows: the same event that crafter rewards with +1) or when the step
 has used its budget of env steps. Rules interrupt the plan when a number the agent sees drawn
 in the frame calls for it: crafter draws health, food, drink and energy and the inventory's
-items as counters in its status bar, and ``info["inventory"]`` holds exactly those numbers.
+items as counters in its status bar, and ``info["inventory"]`` holds exactly those numbers;
+``daylight`` (0 at midnight, 1 at noon; ``info["daylight"]``) is how dark crafter draws the
+whole frame.
 While a rule is in effect its instruction replaces the plan's; it ends when its ``until``
 condition holds or its budget runs out, and the plan resumes the step it left (that step's
 budget keeps counting only while it is in effect). A rule that ran out of budget rests for as
@@ -60,6 +62,7 @@ VISIBLE_NUMBERS: tuple[str, ...] = (
     "wood_sword",
     "stone_sword",
     "iron_sword",
+    "daylight",  # not a counter: crafter darkens the whole frame by it at night
 )
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -118,6 +121,7 @@ class Rule:
     until: Condition
     budget: int
     task: str | None = None  # the task the instruction asks for (an expert labels it)
+    interrupts: bool = False  # may replace another rule in effect (else it waits its turn)
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ class Plan:
                     "task": rule.task,
                     "until": str(rule.until),
                     "budget": rule.budget,
+                    **({"interrupts": True} if rule.interrupts else {}),
                 }
                 for rule in self.rules
             ],
@@ -296,7 +301,7 @@ class PlanFollower:
         if self._rule is not None:
             self._rule_spent += 1
             rule = self._rule
-            if rule.until.holds(info.get("inventory") or {}):
+            if rule.until.holds(_numbers(info)):
                 self._rule, why = None, f"rule done ({rule.until})"
             elif self._rule_spent >= rule.budget:
                 # It gave up (no water in reach...): the plan gets as many steps before the rule
@@ -313,7 +318,7 @@ class PlanFollower:
             elif self._spent >= step.budget:
                 why = f"budget ({step.budget} steps)"
                 self._advance()
-        if self._rule is None and self._check_rules(info):
+        if self._check_rules(info):
             why = f"{why}; {self.source}" if why else self.source
         if self.current != before or why:
             self.events.append((self._time, self.current, why))
@@ -329,14 +334,24 @@ class PlanFollower:
             self.finished = True  # hold the last instruction for the rest of the episode
 
     def _check_rules(self, info: Mapping[str, Any]) -> bool:
-        numbers = info.get("inventory") or {}
+        """Put the first rule that fires in effect: any rule when none is, else only one marked
+        ``interrupts`` (the rule it replaces ends; it fires again when its numbers call for it)."""
+        numbers = _numbers(info)
         for rule in self.plan.rules:
             if self._resting.get(rule, 0) > self._time:
+                continue
+            if self._rule is not None and (rule is self._rule or not rule.interrupts):
                 continue
             if rule.when.holds(numbers) and not rule.until.holds(numbers):
                 self._rule, self._rule_spent = rule, 0
                 return True
         return False
+
+
+def _numbers(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What the rules read: the status bar's numbers and the frame's daylight (1 when the env
+    reports none: a rule on the night never fires in a world without one)."""
+    return {**(info.get("inventory") or {}), "daylight": info.get("daylight", 1.0)}
 
 
 # -- parsing helpers -------------------------------------------------------------------------
@@ -403,11 +418,15 @@ def _step(entry: Any, budget: int | None, where: str) -> PlanStep:
 def _rule(entry: Any, budget: int | None, where: str) -> Rule:
     if not isinstance(entry, dict):
         raise PlanError(f"{where}: expected a mapping with when, instruction, until; got {_kind(entry)}")
-    unknown = sorted(set(entry) - {"when", "instruction", "task", "until", "budget"})
+    unknown = sorted(set(entry) - {"when", "instruction", "task", "until", "budget", "interrupts"})
     if unknown:
         raise PlanError(
-            f"{where}: unknown key(s) {unknown}; a rule has when, instruction, task, until, budget"
+            f"{where}: unknown key(s) {unknown}; a rule has when, instruction, task, until, budget, "
+            "interrupts"
         )
+    interrupts = entry.get("interrupts", False)
+    if not isinstance(interrupts, bool):
+        raise PlanError(f"{where}: interrupts must be true or false, got {_short(interrupts)}")
     missing = [key for key in ("when", "until") if key not in entry]
     if missing:
         raise PlanError(f"{where}: missing {', '.join(missing)}")
@@ -421,4 +440,5 @@ def _rule(entry: Any, budget: int | None, where: str) -> Rule:
         until=Condition.parse(entry["until"], f"{where}: until"),
         budget=_budget_for(entry.get("budget", budget), task, f"{where}: budget"),
         task=task,
+        interrupts=interrupts,
     )

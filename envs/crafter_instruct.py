@@ -119,6 +119,11 @@ class CrafterInstructEnv(gym.Env):
         """crafter's ``objects.Player`` (pos, facing, inventory, achievements)."""
         return self._env._player
 
+    @property
+    def daylight(self) -> float:
+        """crafter's daylight, 0 (midnight) to 1 (noon): how dark it draws the whole frame."""
+        return round(float(self._env._world.daylight), 3)
+
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -166,6 +171,7 @@ class CrafterInstructEnv(gym.Env):
             "success": False,
             "achievements": dict(self._env._player.achievements),
             "inventory": dict(self._env._player.inventory),
+            "daylight": self.daylight,
             "dead": False,
             "world_seed": self.world_seed,
         }  # the same keys as step's: recorders such as Minari's DataCollector require it
@@ -191,6 +197,7 @@ class CrafterInstructEnv(gym.Env):
             "success": success,
             "achievements": achievements,
             "inventory": crafter_info["inventory"],
+            "daylight": self.daylight,
             "dead": bool(dead),
             "world_seed": self.world_seed,
         }

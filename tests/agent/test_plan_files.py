@@ -156,7 +156,11 @@ def test_a_rule_may_name_its_task_instead_of_an_instruction(tmp_path: Path) -> N
         ("drink water", "rule 1: expected a mapping with when, instruction, until; got str 'drink water'"),
         (
             "{when: 'drink < 3', instruction: drink water, until: 'drink > 5', every: 3}",
-            "rule 1: unknown key(s) ['every']; a rule has when, instruction, task, until, budget",
+            "rule 1: unknown key(s) ['every']; a rule has when, instruction, task, until, budget, interrupts",
+        ),
+        (
+            "{when: 'daylight < 0.3', instruction: wake up, until: 'daylight > 0.5', interrupts: 1}",
+            "rule 1: interrupts must be true or false, got 1",
         ),
         ("{instruction: drink water}", "rule 1: missing when, until"),
         ("{when: 'drink < 3', until: 'drink > 5'}", "rule 1: give an instruction, a task, or both"),

@@ -110,3 +110,59 @@ def test_a_resting_rule_lets_the_next_rule_fire() -> None:
         current = follower.observe(info(drink=1, food=1))
     assert current == "eat a cow"  # drink water gave up after 4 steps and rests
     assert [event[2] for event in follower.events[-1:]] == ["rule budget (4 steps); rule: food < 3"]
+
+
+NIGHT = {
+    "when": "daylight < 0.3",
+    "instruction": "wake up",
+    "until": "daylight > 0.5",
+    "budget": 10,
+    "interrupts": True,
+}
+
+
+def night(daylight: float, achievements: dict[str, int] | None = None, **inventory: int) -> dict:
+    return {**info(achievements, **inventory), "daylight": daylight}
+
+
+def test_a_night_rule_reads_the_frames_daylight_and_ends_at_dawn() -> None:
+    """Protects: 'daylight' is read from info['daylight'], not from the status bar's numbers;
+    the rule fires on the step the night falls and hands back at dawn."""
+    follower = PlanFollower(Plan.from_dict({"steps": ["collect wood"], "rules": [NIGHT]}))
+    assert follower.start(night(0.8)) == "collect wood"
+    assert follower.observe(night(0.31)) == "collect wood"
+    assert follower.observe(night(0.29)) == "wake up"
+    assert follower.observe(night(0.5)) == "wake up"
+    assert follower.observe(night(0.51)) == "collect wood"
+    assert follower.events[-1] == (4, "collect wood", "rule done (daylight > 0.5)")
+
+
+def test_without_a_reported_daylight_a_night_rule_never_fires() -> None:
+    """Protects: an env that reports no daylight reads as full day, never as midnight (0)."""
+    follower = PlanFollower(Plan.from_dict({"steps": ["collect wood"], "rules": [NIGHT]}))
+    follower.start(info())
+    assert follower.observe(info()) == "collect wood"
+
+
+def test_only_a_rule_marked_interrupts_replaces_a_rule_in_effect() -> None:
+    """Protects: a rule in effect keeps the instruction against rules that merely come first
+    (the drink rule waits for the eat rule); one marked interrupts takes over at once, the rule
+    it replaced ends, and fires again afterwards when its numbers still call for it."""
+    plan = Plan.from_dict({"steps": ["collect wood"], "rules": [NIGHT, DRINK, EAT]})
+    follower = PlanFollower(plan)
+    follower.start(night(0.9))
+    assert follower.observe(night(0.9, food=1)) == "eat a cow"
+    assert follower.observe(night(0.9, food=1, drink=1)) == "eat a cow"
+    assert follower.observe(night(0.2, food=1, drink=1)) == "wake up"
+    assert follower.events[-1] == (3, "wake up", "rule: daylight < 0.3")
+    assert follower.observe(night(0.2, food=1, drink=1)) == "wake up"  # not replaced by itself
+    assert follower.observe(night(0.6, food=1, drink=1)) == "drink water"  # first in order again
+    assert follower.events[-1] == (5, "drink water", "rule done (daylight > 0.5); rule: drink < 3")
+
+
+def test_interrupts_travels_through_the_plan_file_and_back() -> None:
+    """Protects: to_file writes interrupts only where it is set, and from_dict reads it back."""
+    plan = Plan.from_dict({"steps": ["collect wood"], "rules": [NIGHT, DRINK]})
+    data = plan.to_file()
+    assert data["rules"][0]["interrupts"] is True and "interrupts" not in data["rules"][1]
+    assert Plan.from_dict(data).rules == plan.rules

@@ -95,6 +95,23 @@ def test_crafter_reward_mode_and_info() -> None:
     assert set(info) >= {"instruction", "task", "success", "achievements"}
 
 
+def test_info_reports_the_daylight_crafter_darkens_the_frame_by() -> None:
+    """Protects: info['daylight'] is crafter's own (a plan's night rule reads it): full day
+    frames are bright, it falls below 0.3 in the first night (crafter's 300-step day), and
+    the frame is darker then."""
+    env = make(task="wake_up", step_limit=400)
+    obs, info = env.reset(seed=11)  # a world where standing still lives into the first night
+    assert info["daylight"] == pytest.approx(float(env.unwrapped.world.daylight), abs=1e-3)
+    assert info["daylight"] > 0.7
+    bright, lows = float(obs["image"].mean()), []
+    for _ in range(210):
+        obs, _, terminated, _, info = env.step(0)
+        assert not terminated
+        lows.append(info["daylight"])
+    assert min(lows) < 0.3 and info["daylight"] < 0.1
+    assert float(obs["image"].mean()) < 0.9 * bright
+
+
 def test_death_terminates() -> None:
     env = make(task="place_stone", step_limit=10_000)
     env.reset(seed=0)
