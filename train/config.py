@@ -181,11 +181,20 @@ class DaggerConfig:
     """evaluation episode i uses seed eval_seed + i"""
     workers: int = 2
     """rollout and evaluation processes (changes no result)"""
+    takeover: tuple[int, int] | None = None
+    """[first, last]: in each rollout the expert alone acts from a step drawn uniformly in
+    first..last (before it, beta's mixture), so the aggregate holds the learner's states at that
+    point of an episode and the expert's own way on from them (null: the mixture throughout)"""
 
     def __post_init__(self) -> None:
         check_numbers(self, "dagger")
         at_least(self, "dagger", 1, "rounds", "episodes", "steps", "workers")
         at_least(self, "dagger", 0, "eval_episodes", "eval_seed")
+        if self.takeover is not None and not 1 <= self.takeover[0] <= self.takeover[1]:
+            raise ConfigError(
+                f"dagger.takeover must be [first, last] env steps with 1 <= first <= last, "
+                f"got {list(self.takeover)}"
+            )
         if not 0.0 <= self.beta <= 1.0 or not 0.0 <= self.beta_decay <= 1.0:
             raise ConfigError(
                 f"dagger.beta and dagger.beta_decay must be in [0, 1], got {self.beta} and {self.beta_decay}"

@@ -31,19 +31,27 @@ class RolloutJob:
     task: str | None
     round: int
     beta: float
+    takeover: int | None = None  # from this env step on the expert alone acts (None: never)
 
 
 def _mixture(
     agent: Agent, expert: Expert, job: RolloutJob
 ) -> Callable[[Any, dict[str, Any], dict[str, Any]], Any]:
     """``play_episode``'s ``execute``: the expert's label with probability ``job.beta``, else the
-    learner's sampled action (its own draws, the same for the same seed and round)."""
+    learner's sampled action (its own draws, the same for the same seed and round); from step
+    ``job.takeover`` on (counted from 0), always the expert's."""
     mixture = np.random.default_rng([job.seed, job.round, 7_919])
     learner = agent.acting()
+    steps = 0
 
     def execute(label: Any, observation: dict[str, Any], info: dict[str, Any]) -> Any:
+        nonlocal steps
         chosen = learner(observation, info)  # every step: the agent's history stays whole
-        action = label if mixture.random() < job.beta else chosen
+        expert_turn = mixture.random() < job.beta  # drawn every step: the same draws either way
+        if job.takeover is not None and steps >= job.takeover:
+            expert_turn = True
+        steps += 1
+        action = label if expert_turn else chosen
         expert.executed(action)  # an expert that keeps a plan learns what really ran
         return action
 
@@ -56,6 +64,7 @@ def _mixture_extra(job: RolloutJob, executed: list[Any], labels: np.ndarray) -> 
     return {
         "dagger_round": job.round,
         "beta": job.beta,
+        **({"takeover": job.takeover} if job.takeover is not None else {}),
         "executed_actions": np.asarray(executed).tolist(),
         "learner_steps": int(sum(int(np.any(e != lab)) for e, lab in zip(executed, labels, strict=True))),
     }
@@ -246,14 +255,29 @@ def rollout_round(
 
 
 def round_jobs(state: dict[str, Any], dagger: DaggerConfig, number: int) -> list[RolloutJob]:
-    """Every rollout of round ``number``, in order (seeds, tasks, beta)."""
+    """Every rollout of round ``number``, in order (seeds, tasks, beta, takeover step)."""
     first = state["first_seed"] + (number - 1) * dagger.episodes
     tasks = state.get("tasks")
     beta = dagger.beta_for(number)
     return [
-        RolloutJob(first + i, tasks[i % len(tasks)] if tasks else None, number, beta)
+        RolloutJob(
+            first + i,
+            tasks[i % len(tasks)] if tasks else None,
+            number,
+            beta,
+            _takeover_step(dagger.takeover, first + i, number),
+        )
         for i in range(dagger.episodes)
     ]
+
+
+def _takeover_step(takeover: tuple[int, int] | None, seed: int, number: int) -> int | None:
+    """The step from which the expert takes over this rollout: uniform in ``takeover``, drawn
+    from the rollout's seed and round (a resumed round draws the same)."""
+    if takeover is None:
+        return None
+    first, last = takeover
+    return int(np.random.default_rng([seed, number, 104_729]).integers(first, last + 1))
 
 
 def round_entries(aggregate: Path, jobs: list[RolloutJob], number: int) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from slip_env import DOWN, INSTRUCTION, RIGHT, SLIP_ID, UP, CorridorExpert, Slip
 
 from envs.data.collect import run_episode
 from envs.data.store import Dataset, DatasetError, DatasetWriter
-from train.config import DaggerConfig, load_run_config
+from train.config import ConfigError, DaggerConfig, load_run_config
 from train.dagger import _Rounds, run_dagger
 from train.dagger_rollout import RolloutJob, round_entries, round_jobs, round_statistics, run_dagger_episode
 from train.dagger_settings import load_state
@@ -369,6 +369,38 @@ def test_the_mixture_is_drawn_again_the_same_for_the_same_seed_and_round() -> No
     assert DOWN in executed and any(action != DOWN for action in executed)
     assert again.extra["executed_actions"] == executed
     assert later.extra["executed_actions"] != executed
+
+
+def test_from_its_takeover_step_on_the_expert_alone_acts() -> None:
+    """Protects ``dagger.takeover``: beta 0 lets the learner act on steps 0 and 1, and from step
+    2 every executed action is the expert's label; the episode records the step."""
+    episode, _, _, _ = mixture_episode(RolloutJob(seed=3, task=None, round=1, beta=0.0, takeover=2))
+    labels = [expert_label(image) for image in episode.images[:-1]]
+    executed = episode.extra["executed_actions"]
+    assert episode.length > 3
+    assert executed[:2] == [DOWN, DOWN] and executed[2:] == labels[2:]
+    assert episode.extra["takeover"] == 2 and episode.extra["learner_steps"] == 2
+    assert "takeover" not in mixture_episode(RolloutJob(3, None, 1, 0.0))[0].extra
+
+
+def test_round_jobs_draw_each_rollouts_takeover_step_in_range_and_again_the_same() -> None:
+    """Protects: every job's takeover step lies in [first, last], they vary between rollouts,
+    and the same round draws the same steps again (a resumed round rolls out what it would
+    have); without the setting no job has one."""
+    dagger = DaggerConfig(rounds=2, episodes=40, takeover=(130, 200))
+    state = {"first_seed": 10, "tasks": ["a", "b"]}
+    steps = [job.takeover for job in round_jobs(state, dagger, 1)]
+    assert all(step is not None and 130 <= step <= 200 for step in steps) and len(set(steps)) > 10
+    assert [job.takeover for job in round_jobs(state, dagger, 1)] == steps
+    assert [job.takeover for job in round_jobs(state, dagger, 2)] != steps
+    assert {job.takeover for job in round_jobs(state, DaggerConfig(episodes=4), 1)} == {None}
+
+
+@pytest.mark.parametrize("value", [[0, 10], [20, 10], [5]])
+def test_a_takeover_that_is_not_a_first_and_last_step_is_refused(value: list[int]) -> None:
+    """Protects: a takeover range must be two steps, 1 <= first <= last; the message names it."""
+    with pytest.raises(ConfigError, match="dagger.takeover"):
+        load_run_config(None, [f"dagger.takeover={value}"], base=TINY)
 
 
 # -- the rounds' bookkeeping, driven directly --------------------------------------------------
