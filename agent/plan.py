@@ -24,7 +24,8 @@ Plan file::
       - collect wood                             # a phrasing of a task, or a task name
       - {task: place_table, budget: 200}         # the task's first phrasing
       - {instruction: "craft a wooden pickaxe", task: make_wood_pickaxe}
-    rules:              # checked in order before every step; the first that fires wins
+    rules:              # checked in order before every step; the first that fires wins (a rule
+                        # in effect gives way only to one marked interrupts: true)
       - {when: "drink < 4", instruction: "drink water", until: "drink >= 8"}
 """
 
