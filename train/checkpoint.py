@@ -281,6 +281,16 @@ def _saved_policy(path: Path) -> dict[str, Any]:
     return policy
 
 
+class _NotRecorded:
+    """The old value of a setting the resumed run's record predates (shown as such in notes)."""
+
+    def __repr__(self) -> str:
+        return "(not recorded)"
+
+
+NOT_RECORDED = _NotRecorded()
+
+
 def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tuple[Any, Any]]:
     """``{field: (checkpoint's value, value now)}``; raises for a change of architecture."""
     for name in (RUN_CONFIG, CONFIG_NAME):
@@ -297,6 +307,10 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
     before["policy"] = with_legacy_defaults(before.get("policy", {}))
     old, new = flatten({key: before.get(key, {}) for key in ("policy", "train")}), flatten(run.to_dict())
     changed = {key: (old[key], new[key]) for key in old if key in new and old[key] != new[key]}
+    if before.get("train"):
+        # A training setting added since the run was recorded: the run trained without it, and
+        # its value now may change what it does (train.amp_cpu: bf16 on a CPU was train.amp's).
+        changed.update({key: (NOT_RECORDED, new[key]) for key in new if key.startswith("train.") and key not in old})
     architecture = [
         key for key in changed if key.startswith("policy.") and key not in RESUMABLE_POLICY_FIELDS
     ]

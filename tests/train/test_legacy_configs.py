@@ -12,7 +12,7 @@ import pytest
 from gymnasium import spaces
 
 from policies import PolicyConfig
-from train.checkpoint import settings_changed_on_resume
+from train.checkpoint import NOT_RECORDED, settings_changed_on_resume
 from train.config import RunConfig
 from train.rl.run import check_init_matches_env
 
@@ -58,3 +58,21 @@ def test_bc_resume_names_the_pooling_a_legacy_run_was_built_with(tmp_path: Path)
         )
     )
     assert not any(key.startswith("policy.vision") for key in settings_changed_on_resume(checkpoint, same))
+
+
+def test_a_training_setting_the_record_predates_is_named_on_resume(tmp_path: Path) -> None:
+    """Protects: a run recorded before ``train.amp_cpu`` existed trained with bf16 autocast on a
+    native-bf16 CPU (``train.amp`` alone); resumed today it trains in fp32, and the resume note
+    names the setting as not recorded rather than staying silent. A full record lists nothing."""
+    today = RunConfig()
+    recorded = today.to_dict()
+    old_train = {key: value for key, value in recorded["train"].items() if key != "amp_cpu"}
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"policy": recorded["policy"]}))
+    (root / "run.json").write_text(json.dumps({**recorded, "train": old_train}, default=list))
+    changed = settings_changed_on_resume(root, today)
+    assert changed == {"train.amp_cpu": (NOT_RECORDED, False)}
+    assert repr(NOT_RECORDED) == "(not recorded)"
+    (root / "run.json").write_text(json.dumps(recorded, default=list))
+    assert settings_changed_on_resume(root, today) == {}
