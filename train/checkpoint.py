@@ -310,7 +310,9 @@ def settings_changed_on_resume(resume_dir: Path, run: RunConfig) -> dict[str, tu
     if before.get("train"):
         # A training setting added since the run was recorded: the run trained without it, and
         # its value now may change what it does (train.amp_cpu: bf16 on a CPU was train.amp's).
-        changed.update({key: (NOT_RECORDED, new[key]) for key in new if key.startswith("train.") and key not in old})
+        changed.update(
+            {key: (NOT_RECORDED, new[key]) for key in new if key.startswith("train.") and key not in old}
+        )
     architecture = [
         key for key in changed if key.startswith("policy.") and key not in RESUMABLE_POLICY_FIELDS
     ]

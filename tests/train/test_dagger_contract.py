@@ -399,7 +399,7 @@ def test_round_jobs_draw_each_rollouts_takeover_step_in_range_and_again_the_same
 @pytest.mark.parametrize("value", [[0, 10], [20, 10], [5]])
 def test_a_takeover_that_is_not_a_first_and_last_step_is_refused(value: list[int]) -> None:
     """Protects: a takeover range must be two steps, 1 <= first <= last; the message names it."""
-    with pytest.raises(ConfigError, match="dagger.takeover"):
+    with pytest.raises(ConfigError, match=r"dagger\.takeover"):
         load_run_config(None, [f"dagger.takeover={value}"], base=TINY)
 
 
