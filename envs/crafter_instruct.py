@@ -28,6 +28,9 @@ OPEN_ENDED_INSTRUCTION = "survive and unlock as many achievements as you can"
 OPEN_ENDED_STEPS = 10_000
 
 
+REWARD_MODES = ("task", "crafter", "task_health")
+
+
 class CrafterInstructEnv(gym.Env):
     """Crafter with a text instruction naming the achievement to unlock.
 
@@ -35,8 +38,10 @@ class CrafterInstructEnv(gym.Env):
         task: a task name, a list of names to sample from per episode, or None for all tasks.
         instruction: fixed text replacing the sampled phrasing (the task still decides success).
         phrasing: index of the phrasing to use for every episode instead of sampling one.
-        reward_mode: "task" (1.0 on the step the instructed achievement unlocks) or "crafter"
-            (crafter's own reward: +1 per first unlock of any achievement, +-0.1 per health point).
+        reward_mode: "task" (1.0 on the step the instructed achievement unlocks), "crafter"
+            (crafter's own reward: +1 per first unlock of any achievement, +-0.1 per health point)
+            or "task_health" (the task's 1.0 plus crafter's +-0.1 per health point: staying alive
+            pays on the way to the instructed achievement, other achievements do not).
         step_limit: steps before ``truncated``; None uses each task's own limit.
         size: observation size (H, W).
         render_size: size of ``render()`` frames; defaults to ``size``.
@@ -65,8 +70,10 @@ class CrafterInstructEnv(gym.Env):
         render_mode: str | None = "rgb_array",
         open_ended: bool = False,
     ) -> None:
-        if reward_mode not in ("task", "crafter"):
-            raise EnvSettingError(f"reward_mode must be 'task' or 'crafter', got {reward_mode!r}")
+        if reward_mode not in REWARD_MODES:
+            raise EnvSettingError(
+                f"reward_mode must be one of {', '.join(REWARD_MODES)}, got {reward_mode!r}"
+            )
         # bool is an int subclass and a float limit would silently round: both are refused.
         if step_limit is not None and (
             isinstance(step_limit, bool) or not isinstance(step_limit, (int, np.integer)) or step_limit < 1
@@ -105,6 +112,7 @@ class CrafterInstructEnv(gym.Env):
         self.world_seed: int = 0
         self._achievement = TASKS[self.task].achievement
         self._limit = 0
+        self._last_health = 0  # crafter's health at the previous step (task_health reward)
         self._steps = 0
         self._frame: np.ndarray | None = None
 
@@ -165,6 +173,7 @@ class CrafterInstructEnv(gym.Env):
         self._env._episode = 0
         self._frame = self._env.reset()
         self._steps = 0
+        self._last_health = int(self._env._player.health)
         info = {
             "instruction": self.instruction,
             "task": self.task,
@@ -188,7 +197,15 @@ class CrafterInstructEnv(gym.Env):
         self._steps += 1
         achievements = crafter_info["achievements"]
         success = before == 0 and achievements[self._achievement] > 0
-        reward = (1.0 if success else 0.0) if self.reward_mode == "task" else float(crafter_reward)
+        if self.reward_mode == "crafter":
+            reward = float(crafter_reward)
+        else:
+            reward = 1.0 if success else 0.0
+            if self.reward_mode == "task_health":
+                # crafter's own health term, (health now - health before) / 10
+                health = int(self._env._player.health)
+                reward += (health - self._last_health) / 10.0
+                self._last_health = health
         terminated = bool(success or dead)
         truncated = not terminated and self._steps >= self._limit
         info = {

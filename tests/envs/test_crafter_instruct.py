@@ -46,7 +46,7 @@ def test_task_list_and_instruction_override() -> None:
     [
         ({"task": "fly"}, r"unknown Crafter-Instruct task\(s\) \['fly'\]"),
         ({"task": []}, "task list is empty"),
-        ({"reward_mode": "dense"}, "reward_mode must be 'task' or 'crafter'"),
+        ({"reward_mode": "dense"}, "reward_mode must be one of task, crafter, task_health, got 'dense'"),
         ({"step_limit": 0}, "step_limit must be a positive integer, got 0"),
         ({"phrasing": 9, "task": "eat_cow"}, "phrasing 9 out of range"),
         ({"instruction": "x" * 300}, "300 characters, the limit is 256"),
@@ -110,6 +110,33 @@ def test_info_reports_the_daylight_crafter_darkens_the_frame_by() -> None:
         lows.append(info["daylight"])
     assert min(lows) < 0.3 and info["daylight"] < 0.1
     assert float(obs["image"].mean()) < 0.9 * bright
+
+
+def test_task_health_reward_is_the_task_plus_crafters_health_term() -> None:
+    """Protects reward_mode="task_health": each step pays the task's 1.0 on its unlock plus
+    crafter's own health term, which is crafter's reward less its +1 per first unlock of any
+    achievement (collecting wood does not pay under make_wood_pickaxe); over an episode the
+    health terms sum to (final - initial health) / 10."""
+    env = make(task="make_wood_pickaxe", reward_mode="task_health", step_limit=300)
+    crafter_env = make(task="make_wood_pickaxe", reward_mode="crafter", step_limit=300)
+    rng = np.random.default_rng(0)
+    obs, info = env.reset(seed=5)
+    crafter_env.reset(seed=5)
+    start = info["inventory"]["health"]
+    health_terms, before = [], dict(info["achievements"])
+    while True:
+        action = int(rng.integers(17))
+        _, reward, terminated, truncated, info = env.step(action)
+        _, crafter_reward, *_ = crafter_env.step(action)
+        first_unlocks = sum(1 for name, count in info["achievements"].items() if count and not before[name])
+        before = dict(info["achievements"])
+        task = 1.0 if info["success"] else 0.0
+        assert reward - task == pytest.approx(crafter_reward - first_unlocks)
+        health_terms.append(reward - task)
+        if terminated or truncated:
+            break
+    assert any(term != 0 for term in health_terms)
+    assert sum(health_terms) == pytest.approx((info["inventory"]["health"] - start) / 10)
 
 
 def test_death_terminates() -> None:

@@ -298,3 +298,40 @@ def test_every_commands_json_output_is_strict(capsys: pytest.CaptureFixture[str]
 
     print_json({"loss": float("nan"), "rate": float("inf"), "ok": 1.5})
     assert _json.loads(capsys.readouterr().out) == {"loss": None, "rate": None, "ok": 1.5}
+
+
+def test_rl_reward_flag_reaches_the_env_and_is_refused_where_the_env_has_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Protects ``rl --reward``: it becomes Crafter-Instruct's ``reward_mode`` next to --tasks;
+    on another env it exits 2 before any training, naming the flag."""
+    import train.rl
+
+    seen: list[dict] = []
+
+    def fake_train_rl(run, env_id, steps, out, **kwargs):
+        seen.append(kwargs["env_kwargs"])
+        return {"timesteps": steps, "steps_per_s": 1.0, "checkpoint": str(out), "success_rate_per_task": {}}
+
+    monkeypatch.setattr(train.rl, "train_rl", fake_train_rl)
+    out = tmp_path / "ppo"
+    assert main(rl_args(out, 8, "--tasks", "eat_plant", "--reward", "task_health", *RL_SMALL)) == 0
+    assert seen == [{"task": ["eat_plant"], "reward_mode": "task_health"}]
+    assert (
+        main(
+            [
+                "rl",
+                "--env",
+                envs.CRAFTER_OPEN_ID,
+                "--steps",
+                "8",
+                "--out",
+                str(tmp_path / "b"),
+                "--reward",
+                "task",
+            ]
+        )
+        == 2
+    )
+    assert "--reward sets instructcraft/Crafter-Instruct-v0's reward" in capsys.readouterr().err
+    assert len(seen) == 1

@@ -294,6 +294,14 @@ def add_rl_parser(subparsers: argparse._SubParsersAction) -> None:
         "--set override them (a note lists what changed)",
     )
     common.add_tasks_flag(p, "Crafter-Instruct tasks to train on")
+    p.add_argument(
+        "--reward",
+        choices=["task", "task_health", "crafter"],
+        default=None,
+        help="Crafter-Instruct's reward: task (1 on the instructed unlock, the env's default), "
+        "task_health (plus crafter's +-0.1 per health point) or crafter (crafter's own); give it "
+        "again on --resume, as --tasks",
+    )
     common.add_json_flag(p)
     p.set_defaults(func=run_rl)
 
@@ -324,7 +332,14 @@ def run_rl(args: argparse.Namespace) -> int:
             )
     elif args.init:
         refuse_unapplied_policy_settings(args.init, run.policy, args.set, "--init")
-    env_kwargs = {"task": args.tasks} if args.tasks else {}
+    env_kwargs: dict[str, Any] = {"task": args.tasks} if args.tasks else {}
+    if args.reward is not None:
+        from envs import CRAFTER_ID
+        from train.errors import SettingError
+
+        if args.env != CRAFTER_ID:
+            raise SettingError(f"--reward sets {CRAFTER_ID}'s reward; {args.env} has its own: leave it out")
+        env_kwargs["reward_mode"] = args.reward
     summary = train_rl(
         run,
         args.env,

@@ -354,7 +354,7 @@ def _train(
         command = f"instructcraft rl --env {env_id} --steps {steps} --out {out_dir} --resume"
         raise TrainingInterrupted(
             f"interrupted after {algo.num_timesteps} of {steps} env steps: checkpoint written to "
-            f"{checkpoint}; resume with `{command}` (and the same --config/--set/--tasks"
+            f"{checkpoint}; resume with `{command}` (and the same --config/--set/--tasks/--reward"
             f"{f', --init {init}' if init else ''})",
             stop.signal_number,
         )
