@@ -120,7 +120,7 @@ def test_task_health_reward_is_the_task_plus_crafters_health_term() -> None:
     env = make(task="make_wood_pickaxe", reward_mode="task_health", step_limit=300)
     crafter_env = make(task="make_wood_pickaxe", reward_mode="crafter", step_limit=300)
     rng = np.random.default_rng(0)
-    obs, info = env.reset(seed=5)
+    _, info = env.reset(seed=5)
     crafter_env.reset(seed=5)
     start = info["inventory"]["health"]
     health_terms, before = [], dict(info["achievements"])
