@@ -24,8 +24,8 @@ RUN_CONFIG_FILE = "config.resolved.yaml"
 # The plan a plan-following run's rollouts follow, as a plan file (``--plan`` reads it back).
 PLAN_FILE = "plan.yaml"
 
-# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed has none: it is set in
-# the run config's dagger section or by ``--set dagger.eval_seed=N``).
+# ``instructcraft dagger``'s flag for each DaggerConfig field (eval_seed and takeover have none:
+# they are set in the run config's dagger section or by ``--set dagger.eval_seed=N``).
 FLAGS = {
     "rounds": "--rounds",
     "episodes": "--episodes",

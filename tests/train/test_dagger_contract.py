@@ -867,7 +867,8 @@ def test_a_new_run_starts_from_a_fresh_copy_and_records_what_it_was_started_with
     (root / "data").mkdir(parents=True)
     (root / "data" / "left-over").write_text("from a stopped start")
     run = dataclasses.replace(
-        load_run_config(None, ["train.device=cpu"], base=TINY), dagger=DaggerConfig(rounds=2, episodes=4)
+        load_run_config(None, ["train.device=cpu"], base=TINY),
+        dagger=DaggerConfig(rounds=2, episodes=4, takeover=(3, 5)),
     )
     state = _start(root, run, demos, start_settings(demos))
     assert state == {

@@ -24,8 +24,10 @@ BABYAI = "instructcraft/BabyAI-GoToRedBall-v0"
 
 
 def test_the_dagger_flags_are_the_ones_the_resume_command_writes() -> None:
+    """Every DaggerConfig field has a flag except eval_seed and takeover, set in the run config
+    (or by --set), which a resumed run reads back from its config.resolved.yaml."""
     assert {name: flag for name, (flag, *_) in DAGGER_FLAGS.items()} == FLAGS
-    assert {*FLAGS, "eval_seed"} == {field.name for field in dataclasses.fields(DaggerConfig)}
+    assert {*FLAGS, "eval_seed", "takeover"} == {field.name for field in dataclasses.fields(DaggerConfig)}
 
 
 def test_the_run_config_s_dagger_section_is_read_and_the_flags_given_override_it(
