@@ -136,6 +136,12 @@ class TechTreePlanner:
             if action is not None:
                 return action
         if task == "wake_up":
+            # Told to sleep mid-game with a pickaxe (a plan's night rule), it seals itself in
+            # first, as it does at night on the other tasks: a sleeper takes 7 damage a zombie
+            # hit. From a fresh world (the task's own episodes) it holds no pickaxe and sleeps
+            # where it stands.
+            if inventory["wood_pickaxe"] and inventory["energy"] < MAX_ITEM:
+                return self._shelter()
             return None
         tired = inventory["energy"] <= ENERGY_LOW
         night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM

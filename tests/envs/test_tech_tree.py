@@ -212,3 +212,29 @@ def test_lava_is_never_free_or_minable() -> None:
     for tool in ("wood_pickaxe", "stone_pickaxe", "iron_pickaxe"):
         player.inventory[tool] = 1
     assert (expert._cells(tunnel=True) == BLOCKED).all()
+
+
+def test_told_to_sleep_mid_game_with_a_pickaxe_the_planner_seals_itself_in_first() -> None:
+    """Protects the wake_up plan with a pickaxe in hand (a plan's night rule mid-game): the
+    planner digs its shelter and falls asleep sealed in, where a zombie cannot reach it; from
+    a fresh world (the task's own episodes, no pickaxe) it falls asleep where it stands."""
+
+    def fall_asleep(pickaxe: bool) -> tuple[int, bool]:
+        env = gym.make(envs.CRAFTER_ID, task="wake_up", step_limit=300)
+        obs, info = env.reset(seed=1)
+        player = env.unwrapped.player
+        player.inventory["energy"] = 5
+        if pickaxe:
+            player.inventory["wood_pickaxe"], player.inventory["stone"] = 1, 2
+        expert = make_expert("crafter_planner")
+        expert.reset(env, obs, info)
+        steps = 0
+        while not player.sleeping:
+            obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
+            steps += 1
+            assert not (terminated or truncated) and steps < 150
+        return steps, expert._sealed_here()
+
+    steps, sealed = fall_asleep(pickaxe=True)
+    assert sealed and steps > 5
+    assert fall_asleep(pickaxe=False) == (1, False)
