@@ -287,7 +287,7 @@ class PlanFollower:
         self._counts = dict(info.get("achievements") or {})
         self._resting = {}
         self.events = []
-        self._check_rules(info)
+        self._check_rules(_numbers(info))
         self.events.append((0, self.current, "start" if self._rule is None else self.source))
         return self.current
 
@@ -298,11 +298,12 @@ class PlanFollower:
         unlocked = {name for name, count in counts.items() if count > self._counts.get(name, 0)}
         self._counts = counts
         before = self.current
+        numbers = _numbers(info) if self.plan.rules else {}
         why = ""
         if self._rule is not None:
             self._rule_spent += 1
             rule = self._rule
-            if rule.until.holds(_numbers(info)):
+            if rule.until.holds(numbers):
                 self._rule, why = None, f"rule done ({rule.until})"
             elif self._rule_spent >= rule.budget:
                 # It gave up (no water in reach...): the plan gets as many steps before the rule
@@ -319,7 +320,7 @@ class PlanFollower:
             elif self._spent >= step.budget:
                 why = f"budget ({step.budget} steps)"
                 self._advance()
-        if self._check_rules(info):
+        if self._check_rules(numbers):
             why = f"{why}; {self.source}" if why else self.source
         if self.current != before or why:
             self.events.append((self._time, self.current, why))
@@ -334,10 +335,9 @@ class PlanFollower:
         else:
             self.finished = True  # hold the last instruction for the rest of the episode
 
-    def _check_rules(self, info: Mapping[str, Any]) -> bool:
+    def _check_rules(self, numbers: Mapping[str, Any]) -> bool:
         """Put the first rule that fires in effect: any rule when none is, else only one marked
         ``interrupts`` (the rule it replaces ends; it fires again when its numbers call for it)."""
-        numbers = _numbers(info)
         for rule in self.plan.rules:
             if self._resting.get(rule, 0) > self._time:
                 continue

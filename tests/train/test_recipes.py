@@ -146,3 +146,17 @@ def demo_help(capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     return capsys.readouterr().out
+
+
+def test_the_rl_reward_flag_offers_the_envs_reward_modes() -> None:
+    """The CLI names the modes itself (building the parser imports no env); they stay the env's."""
+    import argparse
+
+    from envs.crafter_instruct import REWARD_MODES
+    from train.cli.training import add_rl_parser
+
+    parser = argparse.ArgumentParser()
+    add_rl_parser(parser.add_subparsers())
+    (rl,) = parser._subparsers._group_actions[0].choices.values()
+    (reward,) = [action for action in rl._actions if action.dest == "reward"]
+    assert set(reward.choices) == set(REWARD_MODES)
