@@ -29,6 +29,8 @@ OPEN_ENDED_STEPS = 10_000
 
 
 REWARD_MODES = ("task", "crafter", "task_health")
+# Where noon and midnight fall in crafter's 300-step day, as fractions of it.
+DAY_NOON, DAY_MIDNIGHT = 0.2, 0.7
 
 
 class CrafterInstructEnv(gym.Env):
@@ -131,6 +133,13 @@ class CrafterInstructEnv(gym.Env):
     def daylight(self) -> float:
         """crafter's daylight, 0 (midnight) to 1 (noon): how dark it draws the whole frame."""
         return round(float(self._env._world.daylight), 3)
+
+    @property
+    def dawn(self) -> bool:
+        """Whether crafter's daylight is rising (midnight to noon) rather than falling. Its day
+        is 300 steps: noon at step 60, midnight at 210 (``crafter.Env._update_time``)."""
+        phase = (self._env._step / 300) % 1
+        return phase >= DAY_MIDNIGHT or phase < DAY_NOON
 
     # -- gymnasium API ----------------------------------------------------------------------
     def reset(

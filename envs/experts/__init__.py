@@ -5,11 +5,12 @@ from __future__ import annotations
 from envs.errors import EnvSettingError
 from envs.experts.babyai_expert import BabyAIExpert
 from envs.experts.base import Expert
-from envs.experts.crafter_expert import CrafterExpert
+from envs.experts.crafter_expert import CrafterExpert, CrafterNightExpert
 from envs.experts.crafter_view_expert import CrafterViewExpert
 
 EXPERTS: dict[str, type[Expert]] = {
     CrafterExpert.name: CrafterExpert,
+    CrafterNightExpert.name: CrafterNightExpert,
     CrafterViewExpert.name: CrafterViewExpert,
     BabyAIExpert.name: BabyAIExpert,
 }
@@ -37,6 +38,7 @@ __all__ = [
     "EXPERTS",
     "BabyAIExpert",
     "CrafterExpert",
+    "CrafterNightExpert",
     "CrafterViewExpert",
     "Expert",
     "default_expert_for",

@@ -36,7 +36,7 @@ class Expert(ABC):
         can only solve their env's task refuse."""
         raise EnvSettingError(
             f"the {self.name} expert labels only its env's own task and cannot be told another: "
-            "plan-following rollouts need one that can (crafter_planner, crafter_view_planner)"
+            "plan-following rollouts need one that can (crafter_planner, crafter_night_planner, crafter_view_planner)"
         )
 
     def executed(self, action: Any) -> None:  # noqa: B027  (optional hook, no-op by default)

@@ -78,6 +78,11 @@ ARROW_FLIES = ("grass", "sand", "path", "water", "lava")
 # Night (crafter's daylight below this): zombies crowd the grass; the planner sleeps it out in
 # a shelter when it has a pickaxe and a stone to build one.
 NIGHT = 0.35
+# Keeping night watch (``night_watch``), it stays sealed in with full energy too, until the
+# rising light passes DAWN (crafter keeps a zombie a chunk of grass until 0.83, two until 0.5),
+# and leaves for water or a cow only at NIGHT_LOW.
+DAWN = 0.6
+NIGHT_LOW = 1
 # Extra route cost through a growing plant's walls (stone the routes could otherwise mine).
 WALL_COST = 50
 
@@ -88,6 +93,9 @@ class TechTreePlanner:
     ``_explore``), so the view-limited expert runs them on its memory."""
 
     _env: Any
+    # Off: the planner that collected the shipped demonstrations, which leaves its shelter once
+    # rested; on: ``crafter_night_planner``, which sits the night out (docs/tasks.md).
+    night_watch: bool = False
 
     # -- entry ------------------------------------------------------------------------------
     def _act_tech(self, task: str) -> int:
@@ -126,12 +134,16 @@ class TechTreePlanner:
     # -- survival ---------------------------------------------------------------------------
     def _survive(self, task: str, inventory: dict[str, int]) -> int | None:
         water = self._material_goal(("water",))
+        # Keeping night watch, the planner stays in its shelter until thirst or hunger is about
+        # to hurt (water and cows are out on the grass, where the zombies are).
+        night = self.night_watch and self._night()
+        drink_low, food_low = (NIGHT_LOW, NIGHT_LOW) if night else (DRINK_LOW, FOOD_LOW)
         # Once at the water, drink up to full rather than walking back at the threshold.
-        if inventory["drink"] <= DRINK_LOW or (inventory["drink"] < MAX_ITEM and self._facing(water)):
+        if inventory["drink"] <= drink_low or (inventory["drink"] < MAX_ITEM and self._facing(water)):
             action = self._go(water, ACTION["do"])
             if action is not None:
                 return action
-        if inventory["food"] <= FOOD_LOW:
+        if inventory["food"] <= food_low:
             action = self._go(self._object_goal("Cow"), ACTION["do"])
             if action is not None:
                 return action
@@ -144,7 +156,8 @@ class TechTreePlanner:
                 return self._shelter()
             return None
         tired = inventory["energy"] <= ENERGY_LOW
-        night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM
+        if not self.night_watch:
+            night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM
         if (tired or night) and inventory["wood_pickaxe"]:
             action = self._shelter()
             if action is not None:
@@ -253,6 +266,11 @@ class TechTreePlanner:
     def _daylight(self) -> float:
         return float(self._env.world.daylight)
 
+    def _night(self) -> bool:
+        """Dark enough for zombies to crowd the grass: below NIGHT as the light falls, below
+        DAWN as it rises (they stay until the light is high)."""
+        return self._daylight() < (DAWN if self._env.dawn else NIGHT)
+
     def _dodge_arrows(self) -> int | None:
         """In a skeleton's line of fire: fight it when it is close, else step out of the line."""
         fire = self._fire()
@@ -352,7 +370,20 @@ class TechTreePlanner:
         action = self._go(site, ACTION["noop"], stand=True)
         if action is not None:
             return action
-        if not self._known("table"):
+        # No spot reaches every station (the furnace stands away from the table, or an arrow
+        # broke one): build the missing one beside the other, gathering for it first.
+        if "furnace" in stations and self._known("table"):
+            spare_stone = inventory["stone"] - bill["stone"]
+            if spare_stone >= PLACE["furnace"]["uses"]["stone"]:
+                action = self._go(
+                    self._placeable("furnace") & self._near(self._material_goal(("table",))),
+                    ACTION["place_furnace"],
+                )
+                if action is not None:
+                    return action
+            else:
+                return self._collect("stone")
+        if "table" in stations and spare_wood < PLACE["table"]["uses"]["wood"]:
             return self._collect("tree")
         return self._explore()
 
