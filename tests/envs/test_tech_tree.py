@@ -238,3 +238,89 @@ def test_told_to_sleep_mid_game_with_a_pickaxe_the_planner_seals_itself_in_first
     steps, sealed = fall_asleep(pickaxe=True)
     assert sealed and steps > 5
     assert fall_asleep(pickaxe=False) == (1, False)
+
+
+def test_dawn_says_whether_the_light_is_rising() -> None:
+    """crafter's day is 300 steps: the light falls from noon (step 60) to midnight (210), then
+    rises; ``dawn`` follows it (the two turning points excepted, where it does not move)."""
+    env = gym.make(envs.CRAFTER_ID, task="collect_wood", step_limit=700)
+    env.reset(seed=0)
+    base = env.unwrapped
+    light = base.world.daylight
+    seen = set()
+    for step in range(1, 650):
+        env.step(0)
+        now = base.world.daylight
+        if step % 150 != 60:
+            assert base.dawn == (now > light), step
+            seen.add(base.dawn)
+        light = now
+    assert seen == {True, False}
+
+
+def test_with_the_furnace_away_from_the_table_the_planner_builds_one_beside_it() -> None:
+    """Protects iron tools when no cell reaches both stations (the furnace stands apart, or an
+    arrow broke one) and the wood left is too little for a new table: the planner places a
+    second furnace beside the table and crafts, where it used to wander until the step limit."""
+    env = gym.make(envs.CRAFTER_ID, task="make_iron_pickaxe", step_limit=100)
+    obs, info = env.reset(seed=1)
+    base = env.unwrapped
+    world, player = base.world, base.player
+    for item, count in {
+        "wood": 1,
+        "coal": 1,
+        "iron": 1,
+        "stone": 5,
+        "wood_pickaxe": 1,
+        "stone_pickaxe": 1,
+    }.items():
+        player.inventory[item] = count
+    x, y = (int(v) for v in player.pos)
+    for dx in range(-3, 14):
+        for dy in range(-3, 4):
+            if world[x + dx, y + dy][1] is None or (dx, dy) == (0, 0):
+                world[x + dx, y + dy] = "grass"
+    world[x - 2, y] = "table"
+    world[x + 12, y] = "furnace"
+    expert = make_expert("crafter_planner")
+    expert.reset(env, obs, info)
+    for _ in range(60):
+        obs, _, terminated, _, info = env.step(expert.act(obs, info))
+        if terminated:
+            break
+    assert info["success"]
+    assert (world._mat_map == world._mat_ids["furnace"]).sum() == 2
+
+
+def night_episode(expert_name: str) -> tuple[bool, bool, list[tuple[bool, bool, tuple[int, int], int, int]]]:
+    """make_iron_pickaxe on seed 48, a world whose first night the planner spends by a meadow:
+    success, death, and per step (night, sealed in, position, drink, food)."""
+    env = gym.make(envs.CRAFTER_ID, task="make_iron_pickaxe")
+    obs, info = env.reset(seed=48)
+    player = env.unwrapped.player
+    expert = make_expert(expert_name, seed=48)
+    expert.reset(env, obs, info)
+    trace = []
+    while True:
+        inventory = player.inventory
+        state = (expert._night(), expert._sealed_here(), tuple(int(v) for v in player.pos))
+        trace.append((*state, inventory["drink"], inventory["food"]))
+        obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
+        if terminated or truncated:
+            return bool(info["success"]), player.health <= 0, trace
+
+
+@pytest.mark.slow
+def test_the_night_planner_sits_the_night_out_where_the_day_planner_dies() -> None:
+    """The day planner leaves its shelter once rested, in the dark, and zombies kill it; the
+    night planner stays sealed in from the first night step it is sealed until the light has
+    risen past DAWN (water and food stay above NIGHT_LOW here), then goes on and crafts."""
+    success, dead, _ = night_episode("crafter_planner")
+    assert dead and not success
+    success, dead, trace = night_episode("crafter_night_planner")
+    assert success and not dead
+    first = next(i for i, (night, sealed, *_) in enumerate(trace) if night and sealed)
+    end = next(i for i in range(first, len(trace)) if not trace[i][0])
+    assert end - first > 30
+    assert all(sealed and pos == trace[first][2] for _, sealed, pos, *_ in trace[first:end])
+    assert min(min(drink, food) for *_, drink, food in trace[first:end]) > 1
