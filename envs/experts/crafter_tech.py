@@ -415,6 +415,10 @@ class TechTreePlanner:
             action = self._advance("eat_plant", inventory)
             if action is not None:
                 return action
+            if self.night_watch and inventory["stone"] < PLANT_WALL:
+                # All the wall's stone before planting: fetching it a stone at a time leaves
+                # the sapling open for longer and keeps the player out on the grass.
+                return self._collect("stone")
             if inventory["sapling"] < 1:
                 return self._or_explore(self._go(self._placeable("plant"), ACTION["do"]))
             return self._or_explore(self._go(self._placeable("plant"), ACTION["place_plant"]))
