@@ -324,3 +324,26 @@ def test_the_night_planner_sits_the_night_out_where_the_day_planner_dies() -> No
     assert end - first > 30
     assert all(sealed and pos == trace[first][2] for _, sealed, pos, *_ in trace[first:end])
     assert min(min(drink, food) for *_, drink, food in trace[first:end]) > 1
+
+
+def stone_when_planting(expert_name: str, seed: int) -> int:
+    """The stone the planner holds on the step its sapling goes into the ground (eat_plant)."""
+    env = gym.make(envs.CRAFTER_ID, task="eat_plant")
+    obs, info = env.reset(seed=seed)
+    base = env.unwrapped
+    expert = make_expert(expert_name, seed=seed)
+    expert.reset(env, obs, info)
+    for _ in range(400):
+        stone = base.player.inventory["stone"]
+        obs, _, terminated, truncated, info = env.step(expert.act(obs, info))
+        if any(type(obj).__name__ == "Plant" for obj in base.world.objects):
+            return stone
+        assert not (terminated or truncated)
+    raise AssertionError("no sapling planted in 400 steps")
+
+
+def test_the_night_planner_gathers_the_plant_wall_before_planting() -> None:
+    """The day planner plants first and fetches the wall's stones one at a time, the sapling
+    open meanwhile; the night planner holds all four when it plants."""
+    assert stone_when_planting("crafter_night_planner", 3) >= 4
+    assert stone_when_planting("crafter_planner", 3) < 4
