@@ -252,8 +252,9 @@ class CrafterExpert(TechTreePlanner, Expert):
 class CrafterNightExpert(CrafterExpert):
     """``crafter_planner`` keeping night watch: sealed in its shelter it sits the whole night out,
     rested or not, until the rising light passes ``DAWN``, and leaves it for water or a cow only
-    when thirst or hunger is about to hurt. Longer episodes, fewer deaths on the tasks that run
-    into the first night (docs/tasks.md)."""
+    when thirst or hunger is about to hurt; on eat_plant it gathers the wall's stones before
+    planting. Longer episodes, fewer deaths on the tasks that run into the first night
+    (docs/tasks.md)."""
 
     name = "crafter_night_planner"
     night_watch = True

@@ -16,7 +16,7 @@ Routes come from ``crafter_routes.route``: they dig through rock the inventory's
 skeletons unless hunting one. A plan whose target the world lacks (no reachable diamond) falls
 back to exploring moves until the step limit ends the episode as a failure.
 
-Length (about 530 lines): the whole tech tree's plans in one file, in the order crafter's
+Length (about 570 lines): the whole tech tree's plans in one file, in the order crafter's
 recipes allow; split per tool, following one task would cross files at every prerequisite.
 """
 
@@ -134,10 +134,14 @@ class TechTreePlanner:
     # -- survival ---------------------------------------------------------------------------
     def _survive(self, task: str, inventory: dict[str, int]) -> int | None:
         water = self._material_goal(("water",))
-        # Keeping night watch, the planner stays in its shelter until thirst or hunger is about
-        # to hurt (water and cows are out on the grass, where the zombies are).
-        night = self.night_watch and self._night()
-        drink_low, food_low = (NIGHT_LOW, NIGHT_LOW) if night else (DRINK_LOW, FOOD_LOW)
+        if self.night_watch:
+            # It stays in its shelter until thirst or hunger is about to hurt (water and cows
+            # are out on the grass, where the zombies are).
+            night = self._night()
+            drink_low, food_low = (NIGHT_LOW, NIGHT_LOW) if night else (DRINK_LOW, FOOD_LOW)
+        else:
+            night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM
+            drink_low, food_low = DRINK_LOW, FOOD_LOW
         # Once at the water, drink up to full rather than walking back at the threshold.
         if inventory["drink"] <= drink_low or (inventory["drink"] < MAX_ITEM and self._facing(water)):
             action = self._go(water, ACTION["do"])
@@ -156,8 +160,6 @@ class TechTreePlanner:
                 return self._shelter()
             return None
         tired = inventory["energy"] <= ENERGY_LOW
-        if not self.night_watch:
-            night = self._daylight() < NIGHT and inventory["energy"] < MAX_ITEM
         if (tired or night) and inventory["wood_pickaxe"]:
             action = self._shelter()
             if action is not None:
