@@ -144,7 +144,7 @@ def test_the_planner_follows_a_task_it_is_told_instead_of_the_env_s() -> None:
 
 
 def test_an_expert_that_cannot_be_told_a_task_says_which_can() -> None:
-    with pytest.raises(EnvSettingError, match="crafter_planner, crafter_view_planner"):
+    with pytest.raises(EnvSettingError, match="crafter_planner, crafter_night_planner, crafter_view_planner"):
         make_expert("babyai_bot").follow("collect_wood")
 
 
