@@ -156,7 +156,10 @@ def test_a_mistyped_expert_is_refused_before_the_dataset_is_made(
     code = main([*COLLECT, "--expert", "crafter_planer", "--episodes", "2", "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "error: unknown --expert 'crafter_planer': the experts are babyai_bot, crafter_night_planner, crafter_planner" in err
+    assert (
+        "error: unknown --expert 'crafter_planer': the experts are babyai_bot, crafter_night_planner, crafter_planner"
+        in err
+    )
     assert "Traceback" not in err and not out.exists()
 
 
