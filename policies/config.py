@@ -213,6 +213,9 @@ class FusionConfig:
     history_stride: of that window, a step reads only the frames a multiple of this many steps
         back (1: every frame; 8 with max_history 256: 32 frames spanning 256 steps).
     late_combine: how the late fusion combines per-modality logits ("weighted" or "mean").
+    recency_bias: cross_attention only: each head adds -slope * (age of the frame in steps) to
+        its scores, with a learned slope per block and head (ALiBi), so a fresh model reads the
+        present frame most.
     """
 
     fusion_type: str = "cross_attention"
@@ -225,6 +228,7 @@ class FusionConfig:
     max_history: int = 512
     history_stride: int = 1
     late_combine: str = "weighted"
+    recency_bias: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -255,6 +259,11 @@ class FusionConfig:
         _require(
             self.late_combine in ("weighted", "mean"),
             f"fusion_kwargs.late_combine must be 'weighted' or 'mean', got {self.late_combine!r}",
+        )
+        _require(
+            not self.recency_bias or self.fusion_type == "cross_attention",
+            f"fusion_kwargs.recency_bias is implemented for fusion_type 'cross_attention' only, got "
+            f"{self.fusion_type!r}: drop recency_bias or use cross_attention",
         )
 
 

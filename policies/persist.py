@@ -60,9 +60,11 @@ def with_legacy_defaults(policy: Any) -> Any:
     ``vision.position_embedding`` means none, a missing ``vision.encoder`` means the IMPALA stack
     and a missing ``vision.token_pooling`` means averaging (today's defaults may differ). The
     cell encoder's own fields came with ``vision.encoder``: without it they are unused. A missing
-    ``fusion_kwargs.history_stride`` means every frame of the window (stride 1)."""
+    ``fusion_kwargs.history_stride`` means every frame of the window (stride 1), and a missing
+    ``fusion_kwargs.recency_bias`` no bias on the frames' age."""
     if isinstance(policy, dict) and isinstance(policy.get("fusion_kwargs"), dict):
-        policy = {**policy, "fusion_kwargs": {"history_stride": 1, **policy["fusion_kwargs"]}}
+        legacy_fusion = {"history_stride": 1, "recency_bias": False}
+        policy = {**policy, "fusion_kwargs": {**legacy_fusion, **policy["fusion_kwargs"]}}
     if isinstance(policy, dict) and isinstance(policy.get("vision"), dict):
         legacy: dict[str, Any] = {
             "position_embedding": False,

@@ -7,9 +7,16 @@ tokens in every block (each block has its own LayerNorm and K/V projections, cac
 for incremental steps): q += gate * Attn(LN q, LN kv); q += MLP(LN q). With ``gated`` the
 residual branches pass through tanh gates initialised at 0 (Flamingo), so a fresh block starts
 as the identity.
+
+With ``recency_bias`` each head adds ``-slope * age`` (age: steps between the query and the frame)
+to its attention scores, a learned slope per block and head (ALiBi's linear bias, slopes
+initialised at 1, 1/2, 1/4, ...): a fresh model reads the present frame most, as a 1-frame
+policy does, and learns how far back to look. The age is relative, so cached keys stay valid.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from einops import rearrange, repeat
@@ -33,16 +40,35 @@ class CrossAttentionBlock(nn.Module):
         if config.gated:
             self.attn_gate = nn.Parameter(torch.zeros(1))
             self.mlp_gate = nn.Parameter(torch.zeros(1))
+        if config.recency_bias:
+            # log slopes: head h starts at 2^-h per step of age.
+            self.log_slope = nn.Parameter(
+                -torch.arange(config.num_heads, dtype=torch.float32) * math.log(2.0)
+            )
+
+    def bias(self, age: torch.Tensor | None) -> torch.Tensor | None:
+        """age (B, Q, S) in steps -> the score bias (B, H, Q, S), or None without recency_bias."""
+        if age is None or not hasattr(self, "log_slope"):
+            return None
+        return -self.log_slope.exp()[None, :, None, None] * age[:, None].to(self.log_slope.dtype)
 
     def keys_values(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """kv (B, S, D) -> k, v (B, H, S, d)."""
         return self.attn.keys_values(self.norm_kv(kv))
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_attention: bool
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+        return_attention: bool,
+        age: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q (B, Q, D); k, v (B, H, S, d); mask bool (B, Q, S)."""
-        out, weights = self.attn.attend(self.attn.query(self.norm_q(q)), k, v, mask, return_attention)
+        """q (B, Q, D); k, v (B, H, S, d); mask bool (B, Q, S); age (B, Q, S) steps, read only
+        with recency_bias."""
+        query = self.attn.query(self.norm_q(q))
+        out, weights = self.attn.attend(query, k, v, mask, return_attention, self.bias(age))
         mlp_in = q + (torch.tanh(self.attn_gate) * out if self.gated else out)
         mlp_out = self.mlp(self.norm_mlp(mlp_in))
         return mlp_in + (torch.tanh(self.mlp_gate) * mlp_out if self.gated else mlp_out), weights
@@ -62,10 +88,11 @@ class CrossAttentionFusion(Fusion):
         q = text[:, None, :] + query_time  # (B, T, D)
         kv = rearrange(tokens, "b t p d -> b (t p) d")
         mask = repeat(self.visibility(times, frame_mask), "b q t -> b q (t p)", p=per_frame)
+        age = self._age(times[:, :, None] - times[:, None, :], per_frame)
         weights = []
         for block in self.blocks:
             k, v = block.keys_values(kv)
-            q, w = block(q, k, v, mask, return_attention)
+            q, w = block(q, k, v, mask, return_attention, age)
             weights.append(w)
         extras = {}
         if return_attention:
@@ -83,10 +110,18 @@ class CrossAttentionFusion(Fusion):
         kv = rearrange(tokens, "b t p d -> b (t p) d")
         visible = gather_steps(self.visibility(times, frame_mask), index)  # (B, Q, T)
         mask = repeat(visible, "b q t -> b q (t p)", p=per_frame)
+        age = self._age(gather_steps(times, index)[:, :, None] - times[:, None, :], per_frame)
         for block in self.blocks:
             k, v = block.keys_values(kv)
-            q, _ = block(q, k, v, mask, False)
+            q, _ = block(q, k, v, mask, False, age)
         return FusionOutput(self.norm_out(q))
+
+    def _age(self, age: torch.Tensor, per_frame: int) -> torch.Tensor | None:
+        """age (B, Q, T) between query and frame steps -> (B, Q, T * P), or None without
+        recency_bias (then nothing is computed)."""
+        if not self.config.recency_bias:
+            return None
+        return repeat(age, "b q t -> b q (t p)", p=per_frame)
 
     def initial_state(self, text: torch.Tensor) -> list[HistoryRing]:
         return [self.ring(text.shape[0], self.tokens_per_frame, text.device) for _ in self.blocks]
@@ -105,13 +140,15 @@ class CrossAttentionFusion(Fusion):
     def step(self, state, text, tokens, query_time, time, valid, return_attention=False) -> FusionOutput:
         q = (text + query_time)[:, None, :]  # (B, 1, D)
         weights = []
-        visible = None
+        visible = age = None
         for block, ring in zip(self.blocks, state, strict=True):
             k_new, v_new = block.keys_values(tokens)  # (B, H, P, d)
             ring.append(time, valid, slot_dim=2, k=k_new, v=v_new)
             if visible is None:  # every block's ring holds the same frames: one mask (B, 1, S)
                 visible = ring.visible(time)[:, None, :]
-            q, w = block(q, ring.get("k"), ring.get("v"), visible, return_attention)
+                if self.config.recency_bias:
+                    age = (time[:, None] - ring.slot_time[:, : ring.filled])[:, None, :]
+            q, w = block(q, ring.get("k"), ring.get("v"), visible, return_attention, age)
             weights.append(w)
         extras = {}
         if return_attention:
