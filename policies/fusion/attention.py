@@ -12,28 +12,20 @@ from torch import nn
 
 
 def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor,
-    return_weights: bool,
-    bias: torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_weights: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """q (B, H, Q, d), k/v (B, H, S, d), mask bool (B, Q, S) True = may attend, bias float
-    (B, H, Q, S) added to the scores where the mask allows (None: no bias).
+    """q (B, H, Q, d), k/v (B, H, S, d), mask bool (B, Q, S) True = may attend, or float
+    (B, H, Q, S) added to the scores (-inf where a query may not attend).
 
     Without weights: ``scaled_dot_product_attention`` (the fast path). With weights: the same
     maths written out, so nothing is thrown away."""
-    mask = mask[:, None]
-    if bias is not None:
-        mask = bias.masked_fill(~mask, float("-inf"))  # a float mask is added to the scores
+    boolean = mask.dtype == torch.bool
+    if boolean:
+        mask = mask[:, None]
     if not return_weights:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if bias is not None:
-        weights = (scores + mask).softmax(-1)
-    else:
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    weights = (scores.masked_fill(~mask, float("-inf")) if boolean else scores + mask).softmax(-1)
     return weights @ v, weights
 
 
@@ -54,16 +46,10 @@ class MultiHeadAttention(nn.Module):
         return rearrange(self.q(x), "b q (h d) -> b h q d", h=self.heads)
 
     def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor,
-        return_weights: bool,
-        bias: torch.Tensor | None = None,
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, return_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (B, Q, D) and weights (B, H, Q, S) or None."""
-        out, weights = attend(q, k, v, mask, return_weights, bias)
+        out, weights = attend(q, k, v, mask, return_weights)
         return self.out(rearrange(out, "b h q d -> b q (h d)")), weights
 
 

@@ -67,8 +67,10 @@ class CrossAttentionBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """q (B, Q, D); k, v (B, H, S, d); mask bool (B, Q, S); age (B, Q, S) steps, read only
         with recency_bias."""
-        query = self.attn.query(self.norm_q(q))
-        out, weights = self.attn.attend(query, k, v, mask, return_attention, self.bias(age))
+        bias = self.bias(age)
+        if bias is not None:  # a float mask: the bias where the query may attend, -inf elsewhere
+            mask = bias.masked_fill(~mask[:, None], float("-inf"))
+        out, weights = self.attn.attend(self.attn.query(self.norm_q(q)), k, v, mask, return_attention)
         mlp_in = q + (torch.tanh(self.attn_gate) * out if self.gated else out)
         mlp_out = self.mlp(self.norm_mlp(mlp_in))
         return mlp_in + (torch.tanh(self.mlp_gate) * mlp_out if self.gated else mlp_out), weights
